@@ -1,0 +1,42 @@
+"""The shared estimation core: symmetric operators, Lanczos, eigsh, SLQ and trace estimators.
+
+Backend-agnostic (torch on CPU or CUDA, numpy, jax): algorithms only call ``op.matmat``.
+"""
+
+from hessntk.spectral.eigen import EigshResult, eigsh
+from hessntk.spectral.krylov import Tridiagonal, lanczos
+from hessntk.spectral.operators import (
+    CallableOperator,
+    CountingOperator,
+    DenseOperator,
+    LinearOperator,
+    aslinearoperator,
+    check_symmetric,
+)
+from hessntk.spectral.probes import as_generator, rademacher
+from hessntk.spectral.quadrature import CDFEstimate, SpectralDensity, slq
+from hessntk.spectral.results import BlockEstimate, Estimate
+from hessntk.spectral.traces import DiagonalEstimate, diagonal, trace
+
+__all__ = [
+    "BlockEstimate",
+    "CDFEstimate",
+    "CallableOperator",
+    "CountingOperator",
+    "DenseOperator",
+    "DiagonalEstimate",
+    "EigshResult",
+    "Estimate",
+    "LinearOperator",
+    "SpectralDensity",
+    "Tridiagonal",
+    "as_generator",
+    "aslinearoperator",
+    "check_symmetric",
+    "diagonal",
+    "eigsh",
+    "lanczos",
+    "rademacher",
+    "slq",
+    "trace",
+]

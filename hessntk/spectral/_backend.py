@@ -1,0 +1,225 @@
+"""Array backends for the spectral core: numpy, torch (CPU or CUDA) and jax.
+
+The core algorithms keep their working vectors on the operator's own backend and device
+(no host round trip per product); only small per-step scalars (Lanczos coefficients) and
+small projected matrices come to the host as numpy float64. Probe vectors are drawn on the
+host from a seeded numpy generator and moved to the device once, so that the same seed gives
+the same probes on every backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+Array = Any
+
+
+class Backend:
+    """Minimal array operations used by the spectral core (numpy implementation)."""
+
+    name = "numpy"
+
+    def __init__(self, device: Any = None) -> None:
+        self.device = device
+
+    # -- dtypes ---------------------------------------------------------------------------
+    @property
+    def float64(self) -> Any:
+        return np.float64
+
+    def eps(self, dtype: Any) -> float:
+        return float(np.finfo(np.dtype(dtype)).eps)
+
+    # -- conversion -----------------------------------------------------------------------
+    def from_numpy(self, a: np.ndarray, dtype: Any = None) -> Array:
+        return np.asarray(a, dtype=dtype if dtype is not None else a.dtype)
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        return np.asarray(x)
+
+    def cast(self, x: Array, dtype: Any) -> Array:
+        return x.astype(dtype, copy=False)
+
+    # -- creation and updates ---------------------------------------------------------------
+    def zeros(self, shape: tuple[int, ...], dtype: Any = None) -> Array:
+        return np.zeros(shape, dtype=dtype or self.float64)
+
+    def set_index(self, x: Array, index: Any, value: Array) -> Array:
+        """Return ``x`` with ``x[index] = value`` (in place where the backend allows)."""
+        x[index] = value
+        return x
+
+    def stack(self, xs: list[Array], axis: int = 0) -> Array:
+        return np.stack(xs, axis=axis)
+
+    def concat(self, xs: list[Array], axis: int = 0) -> Array:
+        return np.concatenate(xs, axis=axis)
+
+    # -- linear algebra -----------------------------------------------------------------------
+    def sum(self, x: Array, axis: int) -> Array:
+        return x.sum(axis=axis)
+
+    def norm(self, x: Array, axis: int) -> Array:
+        return np.sqrt((x * x).sum(axis=axis))
+
+    def qr(self, x: Array) -> tuple[Array, Array]:
+        return np.linalg.qr(x)
+
+    def transpose(self, x: Array) -> Array:
+        """Swap the last two axes."""
+        return np.swapaxes(x, -1, -2)
+
+    def all_finite(self, x: Array) -> bool:
+        return bool(np.isfinite(x).all())
+
+    def nbytes_per_float64(self) -> int:
+        return 8
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, device: Any = None) -> None:
+        import torch
+
+        self._torch = torch
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+
+    @property
+    def float64(self) -> Any:
+        return self._torch.float64
+
+    def eps(self, dtype: Any) -> float:
+        return float(self._torch.finfo(dtype).eps)
+
+    def from_numpy(self, a: np.ndarray, dtype: Any = None) -> Array:
+        t = self._torch.from_numpy(np.ascontiguousarray(a))
+        return t.to(device=self.device, dtype=dtype if dtype is not None else t.dtype)
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def cast(self, x: Array, dtype: Any) -> Array:
+        return x.to(dtype)
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any = None) -> Array:
+        return self._torch.zeros(shape, dtype=dtype or self.float64, device=self.device)
+
+    def stack(self, xs: list[Array], axis: int = 0) -> Array:
+        return self._torch.stack(xs, dim=axis)
+
+    def concat(self, xs: list[Array], axis: int = 0) -> Array:
+        return self._torch.cat(xs, dim=axis)
+
+    def sum(self, x: Array, axis: int) -> Array:
+        return x.sum(dim=axis)
+
+    def norm(self, x: Array, axis: int) -> Array:
+        return self._torch.linalg.vector_norm(x, dim=axis)
+
+    def qr(self, x: Array) -> tuple[Array, Array]:
+        return self._torch.linalg.qr(x)
+
+    def transpose(self, x: Array) -> Array:
+        return x.transpose(-1, -2)
+
+    def all_finite(self, x: Array) -> bool:
+        return bool(self._torch.isfinite(x).all())
+
+
+class JaxBackend(Backend):
+    name = "jax"
+
+    def __init__(self, device: Any = None) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        self._jax = jax
+        self._jnp = jnp
+        self.device = device
+
+    @property
+    def float64(self) -> Any:
+        if not self._jax.config.jax_enable_x64:
+            raise ValueError(
+                "Expected jax with float64 enabled for the spectral core's float64 "
+                "bookkeeping; got jax_enable_x64=False. Call "
+                "jax.config.update('jax_enable_x64', True) before creating arrays."
+            )
+        return self._jnp.float64
+
+    def eps(self, dtype: Any) -> float:
+        return float(self._jnp.finfo(dtype).eps)
+
+    def from_numpy(self, a: np.ndarray, dtype: Any = None) -> Array:
+        x = self._jnp.asarray(a, dtype=dtype)
+        if self.device is not None:
+            x = self._jax.device_put(x, self.device)
+        return x
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        return np.asarray(x)
+
+    def cast(self, x: Array, dtype: Any) -> Array:
+        return x.astype(dtype)
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any = None) -> Array:
+        return self._jnp.zeros(shape, dtype=dtype or self.float64)
+
+    def set_index(self, x: Array, index: Any, value: Array) -> Array:
+        return x.at[index].set(value)
+
+    def stack(self, xs: list[Array], axis: int = 0) -> Array:
+        return self._jnp.stack(xs, axis=axis)
+
+    def concat(self, xs: list[Array], axis: int = 0) -> Array:
+        return self._jnp.concatenate(xs, axis=axis)
+
+    def norm(self, x: Array, axis: int) -> Array:
+        return self._jnp.sqrt((x * x).sum(axis=axis))
+
+    def qr(self, x: Array) -> tuple[Array, Array]:
+        return self._jnp.linalg.qr(x)
+
+    def transpose(self, x: Array) -> Array:
+        return self._jnp.swapaxes(x, -1, -2)
+
+    def all_finite(self, x: Array) -> bool:
+        return bool(self._jnp.isfinite(x).all())
+
+
+def is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def is_jax(x: Any) -> bool:
+    module = type(x).__module__
+    return module.startswith("jax") or module.startswith("jaxlib")
+
+
+def backend_for(name: str, device: Any = None) -> Backend:
+    """Return the backend called ``name`` ("numpy", "torch" or "jax") on ``device``."""
+    if name == "numpy":
+        return Backend(device)
+    if name == "torch":
+        return TorchBackend(device)
+    if name == "jax":
+        return JaxBackend(device)
+    raise ValueError(f"Expected backend 'numpy', 'torch' or 'jax'; got {name!r}.")
+
+
+def backend_of_array(x: Any) -> Backend:
+    """Return the backend that holds array ``x``."""
+    if is_torch(x):
+        return TorchBackend(x.device)
+    if is_jax(x):
+        devices = getattr(x, "devices", None)
+        device = next(iter(devices())) if callable(devices) else None
+        return JaxBackend(device)
+    if isinstance(x, np.ndarray):
+        return Backend()
+    raise TypeError(
+        f"Expected a torch tensor, numpy array or jax array; got {type(x).__name__}."
+    )

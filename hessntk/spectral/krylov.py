@@ -1,0 +1,225 @@
+"""Lanczos tridiagonalisation with full reorthogonalisation, several probes in lockstep."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.linalg import eigh_tridiagonal
+
+from hessntk.spectral._backend import Array
+from hessntk.spectral.operators import LinearOperator, matmat_float64
+from hessntk.spectral.probes import Seed, rademacher
+
+# Lanczos breaks down (the Krylov space is invariant) when beta_j <= BREAKDOWN_FACTOR * eps *
+# ||A||, with eps the machine epsilon of the product dtype: products carry errors of that size.
+BREAKDOWN_FACTOR = 100.0
+
+
+@dataclass(frozen=True)
+class Tridiagonal:
+    """Lanczos tridiagonal matrices ``T`` of one or more probes.
+
+    Attributes
+    ----------
+    alpha : numpy.ndarray of shape (num_probes, m)
+        Diagonals (float64). Entries past ``num_steps[i]`` are zero.
+    beta : numpy.ndarray of shape (num_probes, m)
+        ``beta[i, j]`` couples steps ``j`` and ``j + 1``; ``beta[i, num_steps[i] - 1]`` is the
+        residual norm after the last step (0 after a breakdown). Float64.
+    num_steps : numpy.ndarray of shape (num_probes,)
+        Steps (products) taken per probe; fewer than ``m`` after a breakdown.
+    breakdown : numpy.ndarray of shape (num_probes,)
+        True where the Krylov space became invariant: that probe's quadrature is exact.
+    num_matvecs : int
+        Total products over all probes.
+    basis : array of shape (num_probes, m, n) or None
+        Orthonormal Lanczos vectors (float64, on the operator's backend), if requested.
+    """
+
+    alpha: np.ndarray
+    beta: np.ndarray
+    num_steps: np.ndarray
+    breakdown: np.ndarray
+    num_matvecs: int
+    basis: Any = None
+
+    @property
+    def num_probes(self) -> int:
+        return self.alpha.shape[0]
+
+    def matrix(self, i: int = 0) -> np.ndarray:
+        """Return the dense ``(m_i, m_i)`` tridiagonal matrix of probe ``i``."""
+        m = int(self.num_steps[i])
+        off = self.beta[i, : m - 1]
+        return np.diag(self.alpha[i, :m]) + np.diag(off, 1) + np.diag(off, -1)
+
+    def eigh(self, i: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Return the Ritz values (ascending) and eigenvectors of probe ``i``'s ``T``."""
+        m = int(self.num_steps[i])
+        if m == 1:
+            return self.alpha[i, :1].copy(), np.ones((1, 1))
+        return eigh_tridiagonal(self.alpha[i, :m], self.beta[i, : m - 1])
+
+    def __repr__(self) -> str:
+        return (
+            f"Tridiagonal(num_probes={self.num_probes}, num_steps={self.num_steps.tolist()}, "
+            f"num_matvecs={self.num_matvecs}, breakdowns={int(self.breakdown.sum())})"
+        )
+
+
+def lanczos(
+    op: LinearOperator,
+    num_matvecs: int,
+    *,
+    v0: Array | np.ndarray | None = None,
+    num_probes: int = 1,
+    seed: Seed = 0,
+    return_basis: bool = False,
+) -> Tridiagonal:
+    """Run Lanczos with full reorthogonalisation from one or several start vectors.
+
+    All probes advance in lockstep: each step is one ``op.matmat`` over the probes that have
+    not broken down. Products run in the operator's dtype; the coefficients and the
+    reorthogonalisation (classical Gram-Schmidt, twice) are float64 on the operator's device.
+    A breakdown (invariant Krylov space) stops that probe early: its quadrature is exact.
+
+    Parameters
+    ----------
+    op : LinearOperator
+        Symmetric operator of size ``n``.
+    num_matvecs : int
+        Lanczos steps (= products) per probe, ``1 <= num_matvecs <= n``.
+    v0 : array of shape (n,) or (n, num_probes), optional
+        Start vector(s), normalised internally. Default: ``num_probes`` Rademacher vectors.
+    num_probes : int
+        Number of random start vectors when ``v0`` is None.
+    seed : int or numpy.random.Generator
+        Seed for the random start vectors.
+    return_basis : bool
+        Keep the Lanczos vectors in the result (memory ``num_probes * m * n`` float64).
+
+    Returns
+    -------
+    Tridiagonal
+
+    Raises
+    ------
+    ValueError
+        If ``num_matvecs`` is not in ``[1, n]`` or ``v0`` has the wrong shape.
+    FloatingPointError
+        If a product is not finite (the step and probe are named).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessntk.spectral import aslinearoperator
+    >>> op = aslinearoperator(np.diag(np.arange(1.0, 6.0)))
+    >>> T = lanczos(op, 5)
+    >>> np.round(T.eigh()[0], 8)
+    array([1., 2., 3., 4., 5.])
+    """
+    n = op.shape[0]
+    m = _check_num_matvecs(num_matvecs, n)
+    xp = op._xp
+    V0 = _start_vectors(op, v0, num_probes, seed)
+    k = V0.shape[1]
+    basis = xp.zeros((k, m, n))
+    q = xp.transpose(V0)  # (k, n), float64
+    q = q / xp.norm(q, axis=1)[:, None]
+    alpha = np.zeros((k, m))
+    beta = np.zeros((k, m))
+    num_steps = np.zeros(k, dtype=np.int64)
+    breakdown = np.zeros(k, dtype=bool)
+    active = np.arange(k)
+    norm_est = np.zeros(k)  # running lower bound on ||A|| seen by each probe
+    tol = BREAKDOWN_FACTOR * xp.eps(op.dtype)
+    total = 0
+    for j in range(m):
+        # Index the stored basis by a slice while every probe is active (a view, no copy).
+        rows = slice(None) if len(active) == k else xp.from_numpy(active)
+        basis = xp.set_index(basis, (rows, j), q)
+        w = _apply(op, q, j, active)
+        total += len(active)
+        norm_est[active] = np.maximum(norm_est[active], xp.to_numpy(xp.norm(w, axis=1)))
+        a = xp.sum(q * w, axis=1)
+        alpha[active, j] = xp.to_numpy(a)
+        w = w - a[:, None] * q
+        if j > 0:
+            b_prev = xp.from_numpy(beta[active, j - 1], xp.float64)
+            w = w - b_prev[:, None] * basis[rows, j - 1]
+        w = _reorthogonalise(xp, basis[rows, : j + 1], w)
+        b = xp.norm(w, axis=1)
+        b_host = xp.to_numpy(b)
+        beta[active, j] = b_host
+        num_steps[active] = j + 1
+        broke = b_host <= tol * np.maximum(norm_est[active], np.finfo(np.float64).tiny)
+        if broke.any():
+            beta[active[broke], j] = 0.0
+            breakdown[active[broke]] = True
+        if j == m - 1:
+            break
+        keep = ~broke
+        if not keep.any():
+            break
+        keep_dev = xp.from_numpy(np.flatnonzero(keep))
+        q = w[keep_dev] / b[keep_dev][:, None]
+        active = active[keep]
+    return Tridiagonal(
+        alpha=alpha,
+        beta=beta,
+        num_steps=num_steps,
+        breakdown=breakdown,
+        num_matvecs=total,
+        basis=basis if return_basis else None,
+    )
+
+
+def _check_num_matvecs(num_matvecs: int, n: int) -> int:
+    m = int(num_matvecs)
+    if m < 1 or m > n:
+        raise ValueError(
+            f"Expected 1 <= num_matvecs <= n = {n}; got {num_matvecs}. More Lanczos steps "
+            "than the dimension add nothing: num_matvecs = n already gives the exact spectrum."
+        )
+    return m
+
+
+def _start_vectors(
+    op: LinearOperator, v0: Array | np.ndarray | None, num_probes: int, seed: Seed
+) -> Array:
+    """Return float64 start vectors of shape (n, k) on the operator's backend."""
+    xp = op._xp
+    n = op.shape[0]
+    if v0 is None:
+        if int(num_probes) < 1:
+            raise ValueError(f"Expected num_probes >= 1; got {num_probes}.")
+        return xp.from_numpy(rademacher(n, int(num_probes), seed), xp.float64)
+    if isinstance(v0, np.ndarray):
+        V0 = xp.from_numpy(v0.astype(np.float64))
+    else:
+        V0 = xp.cast(v0, xp.float64)
+    if V0.ndim == 1:
+        V0 = V0[:, None]
+    if V0.ndim != 2 or V0.shape[0] != n:
+        raise ValueError(f"Expected v0 of shape ({n},) or ({n}, k); got {tuple(v0.shape)}.")
+    norms = xp.to_numpy(xp.norm(V0, axis=0))
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        raise ValueError("Expected non-zero, finite start vectors v0; got a zero or non-finite.")
+    return V0
+
+
+def _apply(op: LinearOperator, q: Array, step: int, active: np.ndarray) -> Array:
+    """Return ``A q`` for float64 rows ``q`` of shape (k, n), as float64 rows."""
+    xp = op._xp
+    where = f"Lanczos step {step} (probes {active.tolist()})"
+    return xp.transpose(matmat_float64(op, xp.transpose(q), where))
+
+
+def _reorthogonalise(xp: Any, Q: Array, w: Array) -> Array:
+    """Remove from each row ``w[i]`` its components along ``Q[i]`` (k, j, n): CGS twice."""
+    for _ in range(2):
+        coeffs = Q @ w[:, :, None]  # (k, j, 1)
+        w = w - (xp.transpose(Q) @ coeffs)[:, :, 0]
+    return w

@@ -1,0 +1,376 @@
+"""Randomised trace, block-trace and diagonal estimators (theory.md section 4).
+
+All estimators draw Rademacher probes from :func:`hessntk.spectral.probes.rademacher`, apply
+the operator with one ``matmat`` per stage, and do the small projected linear algebra on the
+host in float64. Per-block traces (a partition of the coordinates, e.g. the parameter tensors
+of a model) come from the same products as the total: for a coordinate projector ``D_b``,
+``tr(D_b A) = tr(D_b A Q Q^T) + tr(P D_b A P)`` with ``P = I - Q Q^T`` for any orthonormal ``Q``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+
+from hessntk.spectral._backend import Array, Backend
+from hessntk.spectral.operators import LinearOperator, matmat_float64
+from hessntk.spectral.probes import Seed, as_generator, rademacher
+from hessntk.spectral.results import (
+    BlockEstimate,
+    Estimate,
+    mean_block_estimate,
+)
+
+TRACE_METHODS = ("xtrace", "xnystrace", "hutchpp", "hutchinson", "exact")
+_MIN_MATVECS = {"xtrace": 4, "xnystrace": 2, "hutchpp": 3, "hutchinson": 1, "exact": 0}
+
+Blocks = Sequence[slice | np.ndarray | Sequence[int]]
+
+
+@dataclass(frozen=True)
+class DiagonalEstimate:
+    """Estimate of ``diag(A)``.
+
+    Attributes
+    ----------
+    values : numpy.ndarray of shape (n,)
+    stderrs : numpy.ndarray of shape (n,)
+    num_matvecs : int
+    method : str
+    """
+
+    values: np.ndarray
+    stderrs: np.ndarray
+    num_matvecs: int
+    method: str
+
+    def __repr__(self) -> str:
+        return (
+            f"DiagonalEstimate(n={self.values.size}, num_matvecs={self.num_matvecs}, "
+            f"method={self.method!r})"
+        )
+
+
+def trace(
+    op: LinearOperator,
+    *,
+    num_matvecs: int,
+    method: str = "xtrace",
+    seed: Seed = 0,
+    blocks: Blocks | None = None,
+) -> Estimate | BlockEstimate:
+    """Estimate ``tr(A)``, or the traces of diagonal blocks ``tr(A_bb)``, from products.
+
+    Parameters
+    ----------
+    op : LinearOperator
+        Symmetric operator of size ``n``.
+    num_matvecs : int
+        Product budget, ``<= n`` (with ``n`` products use ``method="exact"``).
+    method : {"xtrace", "xnystrace", "hutchpp", "hutchinson", "exact"}
+        ``"xtrace"`` (Epperly, Tropp and Webber 2024; any symmetric ``A``; the default),
+        ``"xnystrace"`` (same paper; positive semi-definite ``A`` only, single pass),
+        ``"hutchpp"`` (Meyer, Musco, Musco and Woodruff 2021), ``"hutchinson"``
+        (Girard-Hutchinson), or ``"exact"`` (``n`` products with unit vectors).
+    seed : int or numpy.random.Generator
+        Seed of the Rademacher probes.
+    blocks : sequence of slices or 1-D integer index arrays, optional
+        Disjoint coordinate sets; returns the trace of each diagonal block, all estimated
+        from the same products as the total.
+
+    Returns
+    -------
+    Estimate
+        ``value``, ``stderr`` and ``num_matvecs`` (products actually used). ``stderr`` is
+        the sample standard deviation of the per-probe estimates over ``sqrt(#probes)``:
+        exact for "hutchinson" (iid probes) and for the residual part of "hutchpp"; for
+        "xtrace"/"xnystrace" the per-probe leave-one-out estimates are exchangeable but
+        correlated, and this (the paper's) error estimate measured 1.1-2x too small on test
+        spectra: judge these with about 4 standard errors. 0 for "exact".
+    BlockEstimate
+        When ``blocks`` is given: per-block values and standard errors.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, a budget too small for the method or larger than ``n``,
+        overlapping or out-of-range blocks, or (xnystrace) an operator that is not PSD.
+
+    References
+    ----------
+    Epperly, Tropp, Webber, "XTrace: making the most of every sample in stochastic trace
+    estimation", SIMAX 45(1), 2024. Meyer, Musco, Musco, Woodruff, "Hutch++", SOSA 2021.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessntk.spectral import aslinearoperator
+    >>> A = np.outer(np.arange(10.0), np.arange(10.0))  # rank one: XTrace is exact
+    >>> round(trace(aslinearoperator(A), num_matvecs=4).value, 8)
+    285.0
+    """
+    if method not in TRACE_METHODS:
+        raise ValueError(f"Expected method in {TRACE_METHODS}; got {method!r}.")
+    n = op.shape[0]
+    m = n if method == "exact" else int(num_matvecs)
+    if method != "exact" and not _MIN_MATVECS[method] <= m <= n:
+        raise ValueError(
+            f"Expected {_MIN_MATVECS[method]} <= num_matvecs <= n = {n} for method "
+            f"{method!r}; got {num_matvecs}. With n products use method='exact'."
+        )
+    index = _as_blocks(blocks, n)
+    rng = as_generator(seed)
+    xp = op._xp
+    if method == "exact":
+        samples = _exact(op, index)
+        values = samples[:, 0]
+        stderrs = np.zeros_like(values)
+        result = BlockEstimate(values, stderrs, n, method)
+    else:
+        fn = {"hutchinson": _hutchinson, "hutchpp": _hutchpp, "xtrace": _xtrace,
+              "xnystrace": _xnystrace}[method]
+        samples, used, offset = fn(op, xp, m, rng, index)
+        result = mean_block_estimate(samples, used, method)
+        result = BlockEstimate(result.values + offset, result.stderrs, used, method)
+    if blocks is None:
+        return Estimate(float(result.values[0]), float(result.stderrs[0]), result.num_matvecs,
+                        method)
+    return result
+
+
+def diagonal(
+    op: LinearOperator, *, num_matvecs: int, method: str = "hutchpp", seed: Seed = 0
+) -> DiagonalEstimate:
+    """Estimate ``diag(A)`` from products.
+
+    ``"hutchinson"``: mean of ``z * (A z)`` over Rademacher ``z``. ``"hutchpp"``: the exact
+    ``diag(A Q Q^T)`` of a rank-``m/3`` range sketch plus a Hutchinson estimate of
+    ``diag(A (I - Q Q^T))`` (unbiased; Baston and Nakatsukasa 2022, "Stochastic diagonal
+    estimation").
+
+    Parameters
+    ----------
+    op : LinearOperator
+    num_matvecs : int
+        Product budget, ``<= n``.
+    method : {"hutchpp", "hutchinson"}
+    seed : int or numpy.random.Generator
+
+    Returns
+    -------
+    DiagonalEstimate
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessntk.spectral import aslinearoperator
+    >>> A = np.diag([1.0, 2.0, 3.0])  # diagonal: z * (A z) = diag(A) for +-1 probes
+    >>> d = diagonal(aslinearoperator(A), num_matvecs=2, method="hutchinson")
+    >>> np.round(d.values, 12)
+    array([1., 2., 3.])
+    """
+    if method not in ("hutchpp", "hutchinson"):
+        raise ValueError(f"Expected method 'hutchpp' or 'hutchinson'; got {method!r}.")
+    n = op.shape[0]
+    m = int(num_matvecs)
+    lo = 3 if method == "hutchpp" else 1
+    if not lo <= m <= n:
+        raise ValueError(f"Expected {lo} <= num_matvecs <= n = {n}; got {num_matvecs}.")
+    xp = op._xp
+    rng = as_generator(seed)
+    exact = np.zeros(n)
+    if method == "hutchpp":
+        s = m // 3
+        Q, AQ = _range_sketch(op, xp, s, rng)
+        exact = xp.to_numpy(xp.sum(AQ * Q, axis=1))
+        G = _probes(xp, n, m - 2 * s, rng)
+        AG = _apply(op, xp, G - Q @ (xp.transpose(Q) @ G))
+    else:
+        G = _probes(xp, n, m, rng)
+        AG = _apply(op, xp, G)
+    samples = xp.to_numpy(G * AG)
+    k = samples.shape[1]
+    stderrs = samples.std(axis=1, ddof=1) / np.sqrt(k) if k > 1 else np.full(n, np.nan)
+    return DiagonalEstimate(exact + samples.mean(axis=1), stderrs, m, method)
+
+
+# -- estimators: each returns per-block per-probe samples (B, k), products used, offset -----
+
+
+def _hutchinson(op, xp, m, rng, index):
+    Z = _probes(xp, op.shape[0], m, rng)
+    return _block_colsums(xp, Z * _apply(op, xp, Z), index), m, 0.0
+
+
+def _hutchpp(op, xp, m, rng, index):
+    s = m // 3
+    Q, AQ = _range_sketch(op, xp, s, rng)
+    exact = _block_colsums(xp, Q * AQ, index).sum(axis=1)
+    G = _probes(xp, op.shape[0], m - 2 * s, rng)
+    X = G - Q @ (xp.transpose(Q) @ G)
+    return _block_colsums(xp, X * _apply(op, xp, X), index), m, exact
+
+
+def _xtrace(op, xp, m, rng, index):
+    # Exchangeable leave-one-out estimator (Epperly, Tropp, Webber 2024, Sec. 2): for each
+    # probe i, Q_(i) spans A Omega without column i; Q_(i) Q_(i)^T = Q (I - s_i s_i^T) Q^T with
+    # s_i the unit vector orthogonal to R's other columns (Y = A Omega = Q R).
+    s = m // 2
+    Om = _probes(xp, op.shape[0], s, rng)
+    Y = _apply(op, xp, Om)
+    Q, R = xp.qr(Y)
+    Z = _apply(op, xp, Q)
+    R = xp.to_numpy(R)
+    W = xp.to_numpy(xp.transpose(Q) @ Om)  # w_i = Q^T omega_i
+    S = _leave_one_out_directions(R)
+    c = np.sum(S * W, axis=0)
+    Vm = W - S * c  # v_i = w_i - (s_i . w_i) s_i, so Q_(i) Q_(i)^T omega_i = Q v_i
+    samples = []
+    for OY, OZ, QY, C in _block_grams(xp, index, (Om, Y), (Om, Z), (Q, Y), (Q, Z)):
+        t = np.trace(C) - _diag_quad(S, C, S)
+        t += np.diag(OY) - _diag_quad(np.eye(s), OZ, Vm) - _diag_quad(Vm, QY, np.eye(s))
+        t += _diag_quad(Vm, C, Vm)
+        samples.append(t)
+    return np.array(samples), 2 * s, 0.0
+
+
+def _xnystrace(op, xp, m, rng, index):
+    # Leave-one-out Nystrom (Epperly, Tropp, Webber 2024, Sec. 3) of A + nu I, whose trace
+    # is tr(A) + n nu; nu is a tiny stabilising shift subtracted exactly at the end.
+    n = op.shape[0]
+    Om = _probes(xp, n, m, rng)
+    Y = _apply(op, xp, Om)
+    nu = np.sqrt(n) * np.finfo(np.float64).eps * float(xp.to_numpy(xp.norm(Y.reshape(-1), 0)))
+    Y = Y + nu * Om
+    G = xp.to_numpy(xp.transpose(Om) @ Y)
+    G = (G + G.T) / 2
+    try:
+        L = scipy.linalg.cholesky(G, lower=True)
+    except np.linalg.LinAlgError as err:
+        raise ValueError(
+            "Expected a positive semi-definite operator for method='xnystrace'; "
+            "Omega^T A Omega is not positive definite. Use method='xtrace'."
+        ) from err
+    # Stable form (Tropp et al.'s Nystrom, B = Y L^{-T}): A_nu's Nystrom is B B^T, and with
+    # F = L^{-1}, u_i = F e_i / ||F e_i||, the leave-one-out terms are
+    # T_i = ||B||_F^2 - ||B u_i||^2 + (omega_i . B u_i) / ||F e_i||.
+    F = scipy.linalg.solve_triangular(L, np.eye(m), lower=True)
+    Fn = np.linalg.norm(F, axis=0)
+    U = F / Fn
+    B = Y @ xp.from_numpy(np.ascontiguousarray(F.T), xp.float64)
+    samples, offsets = [], []
+    for BB, OB, size in _block_grams(xp, index, (B, B), (Om, B), sizes=True):
+        t = np.trace(BB) - _diag_quad(U, BB, U) + _diag_quad(np.eye(m), OB, U) / Fn
+        samples.append(t)
+        offsets.append(-nu * size)
+    return np.array(samples), m, np.array(offsets)
+
+
+def _exact(op: LinearOperator, index: list[Any]) -> np.ndarray:
+    xp = op._xp
+    n = op.shape[0]
+    b = op.block_size or 64
+    diag = np.zeros(n)
+    for i in range(0, n, b):
+        cols = np.arange(i, min(i + b, n))
+        E = np.zeros((n, len(cols)))
+        E[cols, np.arange(len(cols))] = 1.0
+        diag[cols] = xp.to_numpy(_apply(op, xp, xp.from_numpy(E)))[cols, np.arange(len(cols))]
+    return np.array([[diag[ix].sum()] for ix in index])
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _probes(xp: Backend, n: int, k: int, rng: np.random.Generator) -> Array:
+    return xp.from_numpy(rademacher(n, k, rng), xp.float64)
+
+
+def _apply(op: LinearOperator, xp: Backend, X: Array) -> Array:
+    return matmat_float64(op, X, "trace estimation")
+
+
+def _range_sketch(op, xp, s, rng):
+    Q, _ = xp.qr(_apply(op, xp, _probes(xp, op.shape[0], s, rng)))
+    return Q, _apply(op, xp, Q)
+
+
+def _as_blocks(blocks: Blocks | None, n: int) -> list[Any]:
+    if blocks is None:
+        return [slice(None)]
+    if len(blocks) == 0:
+        raise ValueError("Expected at least one block; got an empty sequence.")
+    counts = np.zeros(n, dtype=np.int64)
+    out = []
+    for b in blocks:
+        if isinstance(b, slice):
+            ix = np.arange(n)[b]
+            out.append(b)
+        else:
+            ix = np.asarray(b)
+            if ix.ndim != 1 or not np.issubdtype(ix.dtype, np.integer):
+                raise ValueError(f"Expected blocks as slices or 1-D integer arrays; got {b!r}.")
+            if ix.size and (ix.min() < -n or ix.max() >= n):
+                raise ValueError(f"Expected block indices in [0, {n}); got {ix.min()}..{ix.max()}.")
+            ix = ix % n
+            out.append(ix)
+        np.add.at(counts, ix, 1)
+    if counts.max() > 1:
+        raise ValueError(
+            f"Expected disjoint blocks; coordinate {int(np.argmax(counts > 1))} is in more "
+            "than one block."
+        )
+    return out
+
+
+def _block_rows(xp: Backend, X: Array, ix: Any) -> Array:
+    if isinstance(ix, slice):
+        return X[ix]
+    return X[xp.from_numpy(ix)]
+
+
+def _block_colsums(xp: Backend, P: Array, index: list[Any]) -> np.ndarray:
+    """Per-block column sums of ``P`` (n, k) -> (num_blocks, k) on the host."""
+    return np.stack([xp.to_numpy(xp.sum(_block_rows(xp, P, ix), axis=0)) for ix in index])
+
+
+def _block_grams(xp: Backend, index: list[Any], *pairs: tuple[Array, Array], sizes=False):
+    """Yield, per block, the host matrices ``X_b^T Y_b`` for each ``(X, Y)`` pair."""
+    for ix in index:
+        grams = []
+        for X, Y in pairs:
+            Xb, Yb = _block_rows(xp, X, ix), _block_rows(xp, Y, ix)
+            grams.append(xp.to_numpy(xp.transpose(Xb) @ Yb))
+        if sizes:
+            grams.append(_block_rows(xp, X, ix).shape[0])
+        yield grams
+
+
+def _diag_quad(A: np.ndarray, C: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Return ``diag(A^T C B)`` without forming the product."""
+    return np.einsum("pi,pq,qi->i", A, C, B)
+
+
+def _leave_one_out_directions(R: np.ndarray) -> np.ndarray:
+    """Columns ``s_i``: unit vectors orthogonal to every column of ``R`` but the ``i``-th.
+
+    ``s_i`` is proportional to ``R^{-T} e_i``. When ``R`` is numerically singular (a low-rank
+    operator) the triangular solve is meaningless; an SVD of ``R`` without column ``i`` then
+    gives a unit vector orthogonal to the other columns.
+    """
+    s = R.shape[1]
+    d = np.abs(np.diag(R))
+    if d.min() > 1e3 * s * np.finfo(np.float64).eps * max(d.max(), np.finfo(float).tiny):
+        S = scipy.linalg.solve_triangular(R, np.eye(s), trans="T")
+        norms = np.linalg.norm(S, axis=0)
+        if np.all(np.isfinite(norms)) and np.all(norms > 0):
+            return S / norms
+    S = np.empty((s, s))
+    for i in range(s):
+        U, _, _ = np.linalg.svd(np.delete(R, i, axis=1), full_matrices=True)
+        S[:, i] = U[:, -1]
+    return S

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+
+from hessntk.spectral import CountingOperator, aslinearoperator, eigsh
+from tests.helpers import (
+    assert_close,
+    marchenko_pastur_matrix,
+    matrix_with_spectrum,
+    power_law_spectrum,
+)
+
+
+@pytest.mark.parametrize("which", ["LA", "SA", "LM"])
+def test_extreme_eigenvalues_of_indefinite_spectrum(which):
+    lam = np.concatenate([power_law_spectrum(200, 0.5, 10.0), -power_law_spectrum(100, 1.0, 4.0)])
+    A = matrix_with_spectrum(lam, seed=0)
+    res = eigsh(aslinearoperator(A), k=5, which=which, tol=1e-10)
+    assert res.converged
+    if which == "LA":
+        expected = np.sort(lam)[::-1][:5]
+    elif which == "SA":
+        expected = np.sort(lam)[:5]
+    else:
+        expected = lam[np.argsort(-np.abs(lam))][:5]
+    assert_close(res.eigenvalues, expected, rtol=1e-10)
+    Y = res.eigenvectors
+    assert_close(Y.T @ Y, np.eye(5), atol=1e-10, rtol=0)
+    R = A @ Y - Y * res.eigenvalues
+    assert_close(np.linalg.norm(R, axis=0), res.residual_norms, atol=1e-9, rtol=0)
+
+
+def test_thick_restart_converges_with_a_small_basis_and_counts_products():
+    A = marchenko_pastur_matrix(400, 300, seed=1)
+    op = CountingOperator(aslinearoperator(A))
+    res = eigsh(op, k=4, ncv=10, tol=1e-9)
+    assert res.converged and res.num_matvecs == op.num_matvecs > 10
+    assert_close(res.eigenvalues, np.sort(np.linalg.eigvalsh(A))[::-1][:4], rtol=1e-10)
+
+
+def test_repeated_eigenvalues_found_after_breakdown():
+    d = np.array([5.0, 5.0, 5.0, 1.0, 1.0, 0.5])
+    res = eigsh(aslinearoperator(np.diag(d)), k=3, tol=1e-12)
+    assert_close(res.eigenvalues, np.array([5.0, 5.0, 5.0]), rtol=1e-12)
+
+
+def test_torch_float32_operator():
+    lam = power_law_spectrum(300, 0.5, 2.0)
+    A = torch.tensor(matrix_with_spectrum(lam), dtype=torch.float32)
+    res = eigsh(aslinearoperator(A), k=3, tol=1e-5)
+    assert isinstance(res.eigenvectors, torch.Tensor)
+    assert_close(res.eigenvalues, np.sort(lam)[::-1][:3], rtol=1e-5)
+
+
+def test_deterministic_and_bad_arguments():
+    A = marchenko_pastur_matrix(100, 50, seed=3)
+    r1 = eigsh(aslinearoperator(A), k=2, seed=4)
+    r2 = eigsh(aslinearoperator(A), k=2, seed=4)
+    np.testing.assert_array_equal(r1.eigenvalues, r2.eigenvalues)
+    op = aslinearoperator(np.eye(5))
+    with pytest.raises(ValueError, match="k < n = 5"):
+        eigsh(op, k=5)
+    with pytest.raises(ValueError, match="which"):
+        eigsh(op, k=2, which="BE")
+
+
+def test_budget_exhausted_warns_and_flags():
+    A = marchenko_pastur_matrix(400, 300, seed=1)
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        res = eigsh(aslinearoperator(A), k=4, ncv=8, max_matvecs=12, tol=1e-12)
+    assert not res.converged and res.num_matvecs == 12

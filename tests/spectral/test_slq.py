@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import torch
+
+from hessntk.spectral import aslinearoperator, lanczos, slq
+from hessntk.spectral.probes import rademacher
+from tests.helpers import assert_close, marchenko_pastur_matrix, matrix_with_spectrum
+
+
+def test_slq_exact_on_diagonal_with_rademacher_probes():
+    # z^T f(D) z / n = tr f(D) / n for +-1 probes; breakdown makes the quadrature exact.
+    d = np.repeat([0.5, 1.0, 2.0, 7.0], 25)
+    dens = slq(aslinearoperator(np.diag(d)), num_probes=3, num_matvecs=10, seed=0)
+    assert dens.exact.all()
+    assert_close(dens.logdet().value, np.log(d).sum(), rtol=1e-12)
+    assert_close(dens.trace(np.sqrt).value, np.sqrt(d).sum(), rtol=1e-12)
+    c = dens.cdf([0.7, 1.5, 10.0])
+    assert_close(c.value, np.array([0.25, 0.5, 1.0]), rtol=1e-12)
+    assert_close(c.lower, c.upper, rtol=0)
+
+
+def test_polynomials_of_degree_below_2m_equal_hutchinson():
+    A = marchenko_pastur_matrix(300, 120, seed=0)
+    m, P = 4, 5
+    dens = slq(aslinearoperator(A), num_probes=P, num_matvecs=m, seed=11)
+    Z = rademacher(120, P, 11)
+    A7 = np.linalg.matrix_power(A, 7)
+    hutch = np.mean(np.einsum("ip,ij,jp->p", Z, A7, Z))
+    assert_close(dens.trace(lambda x: x**7).value, hutch, rtol=1e-10)
+
+
+def test_logdet_and_trace_within_reported_error():
+    A = marchenko_pastur_matrix(2000, 500, seed=5)
+    lam = np.linalg.eigvalsh(A)
+    dens = slq(aslinearoperator(A), num_probes=20, num_matvecs=40, seed=1)
+    ld = dens.logdet()
+    assert abs(ld.value - np.log(lam).sum()) <= 4 * ld.stderr
+    tr = dens.trace()
+    assert abs(tr.value - lam.sum()) <= 4 * tr.stderr
+    assert ld.num_matvecs == 800
+
+
+def test_cdf_brackets_contain_each_probe_measure():
+    lam = np.linspace(-2.0, 3.0, 150) ** 3
+    rng = np.random.default_rng(0)
+    U, _ = np.linalg.qr(rng.standard_normal((150, 150)))
+    A = (U * lam) @ U.T
+    V = rng.standard_normal((150, 4))
+    V /= np.linalg.norm(V, axis=0)
+    dens = slq(aslinearoperator(A), num_matvecs=8, v0=V)
+    x = np.linspace(-9.0, 28.0, 200)
+    weights = (U.T @ V) ** 2  # probe measures: mass (u_i . v_l)^2 at lambda_i
+    exact = np.array([[w[lam <= xi].sum() for xi in x] for w in weights.T]).mean(0)
+    c = dens.cdf(x)
+    assert np.all(c.lower <= exact + 1e-12) and np.all(exact <= c.upper + 1e-12)
+    assert np.all(c.lower <= c.value) and np.all(c.value <= c.upper)
+
+
+def test_density_plot_and_errors():
+    A = matrix_with_spectrum(np.linspace(-0.1, 1.0, 100), seed=0)
+    dens = slq(aslinearoperator(torch.tensor(A)), num_probes=4, num_matvecs=20, seed=0)
+    x = np.linspace(-0.5, 1.5, 4001)
+    assert_close(np.trapezoid(dens.density(x, sigma=0.02), x), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="positive definite"):
+        dens.logdet()
+    assert np.isfinite(dens.logdet(shift=0.1).value)
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    ax = dens.plot()
+    assert len(ax.lines) == 2 and "SpectralDensity" in repr(dens)
+
+
+def test_same_seed_same_bits_and_lanczos_consistency():
+    A = marchenko_pastur_matrix(100, 60, seed=0)
+    d1 = slq(aslinearoperator(A), num_probes=3, num_matvecs=10, seed=4)
+    d2 = slq(aslinearoperator(A), num_probes=3, num_matvecs=10, seed=4)
+    np.testing.assert_array_equal(d1.nodes, d2.nodes)
+    T = lanczos(aslinearoperator(A), 10, num_probes=3, seed=4)
+    assert_close(d1.nodes[1], np.sort(T.eigh(1)[0]), rtol=1e-14)
