@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from hessntk.spectral.krylov import Tridiagonal, lanczos
+from hessntk.spectral.krylov import Tridiagonal, _check_num_matvecs, _start_vectors, lanczos
 from hessntk.spectral.operators import LinearOperator
 from hessntk.spectral.probes import Seed
 from hessntk.spectral.results import Estimate, mean_estimate
@@ -209,6 +209,7 @@ def slq(
     num_matvecs: int = 100,
     seed: Seed = 0,
     v0: Any = None,
+    max_basis_bytes: int = 2**31,
 ) -> SpectralDensity:
     """Run stochastic Lanczos quadrature with Rademacher probes advancing in lockstep.
 
@@ -224,6 +225,10 @@ def slq(
         Seed of the probes.
     v0 : array of shape (n, num_probes), optional
         Explicit probe vectors (e.g. shared between operators for common random numbers).
+    max_basis_bytes : int
+        Memory allowed for the float64 Lanczos bases of the probes advancing together
+        (``8 * n * m`` bytes per probe). Probes beyond it run in successive groups; the
+        numbers are the same either way, since every probe's run is independent.
 
     Returns
     -------
@@ -243,5 +248,17 @@ def slq(
     >>> bool(abs(d.logdet().value - np.log(np.diag(A)).sum()) < 1e-8)
     True
     """
-    T = lanczos(op, num_matvecs, v0=v0, num_probes=num_probes, seed=seed)
-    return SpectralDensity.from_tridiagonal(T, op.shape[0])
+    n = op.shape[0]
+    m = _check_num_matvecs(num_matvecs, n)
+    V0 = _start_vectors(op, v0, num_probes, seed)
+    k = V0.shape[1]
+    group = max(1, min(k, int(max_basis_bytes) // (8 * n * m)))
+    parts = [lanczos(op, m, v0=V0[:, i : i + group]) for i in range(0, k, group)]
+    T = parts[0] if len(parts) == 1 else Tridiagonal(
+        alpha=np.concatenate([p.alpha for p in parts]),
+        beta=np.concatenate([p.beta for p in parts]),
+        num_steps=np.concatenate([p.num_steps for p in parts]),
+        breakdown=np.concatenate([p.breakdown for p in parts]),
+        num_matvecs=sum(p.num_matvecs for p in parts),
+    )
+    return SpectralDensity.from_tridiagonal(T, n)

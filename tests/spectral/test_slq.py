@@ -77,3 +77,12 @@ def test_same_seed_same_bits_and_lanczos_consistency():
     np.testing.assert_array_equal(d1.nodes, d2.nodes)
     T = lanczos(aslinearoperator(A), 10, num_probes=3, seed=4)
     assert_close(d1.nodes[1], np.sort(T.eigh(1)[0]), rtol=1e-14)
+
+
+def test_probe_groups_under_a_memory_cap_give_the_same_numbers():
+    A = marchenko_pastur_matrix(100, 60, seed=0)
+    whole = slq(aslinearoperator(A), num_probes=5, num_matvecs=10, seed=4)
+    grouped = slq(aslinearoperator(A), num_probes=5, num_matvecs=10, seed=4,
+                  max_basis_bytes=2 * 8 * 60 * 10)
+    assert_close(grouped.nodes, whole.nodes, rtol=1e-13)
+    assert grouped.num_matvecs == whole.num_matvecs == 50
