@@ -218,8 +218,17 @@ def _apply(op: LinearOperator, q: Array, step: int, active: np.ndarray) -> Array
 
 
 def _reorthogonalise(xp: Any, Q: Array, w: Array) -> Array:
-    """Remove from each row ``w[i]`` its components along ``Q[i]`` (k, j, n): CGS twice."""
-    for _ in range(2):
-        coeffs = Q @ w[:, :, None]  # (k, j, 1)
-        w = w - (xp.transpose(Q) @ coeffs)[:, :, 0]
+    """Remove from each row ``w[i]`` its components along ``Q[i]`` (k, j, n).
+
+    Classical Gram-Schmidt, repeated once more only where the first pass cancelled much of
+    ``w`` (the Daniel-Gragg-Kaufman-Stewart criterion, ``||w'|| < ||w|| / sqrt(2)``): "twice
+    is enough", and once is enough when nothing cancelled. The products are ordered so that
+    the stored basis is read contiguously.
+    """
+    before = xp.to_numpy(xp.norm(w, axis=1))
+    for sweep in range(2):
+        coeffs = w[:, None, :] @ xp.transpose(Q)  # (k, 1, j)
+        w = w - (coeffs @ Q)[:, 0, :]
+        if sweep == 0 and np.all(xp.to_numpy(xp.norm(w, axis=1)) >= before / np.sqrt(2.0)):
+            break
     return w

@@ -253,6 +253,7 @@ def slq(
     V0 = _start_vectors(op, v0, num_probes, seed)
     k = V0.shape[1]
     group = max(1, min(k, int(max_basis_bytes) // (8 * n * m)))
+    group = -(-k // -(-k // group))  # balance the groups: 10 probes in 5 + 5, not 8 + 2
     parts = [lanczos(op, m, v0=V0[:, i : i + group]) for i in range(0, k, group)]
     T = parts[0] if len(parts) == 1 else Tridiagonal(
         alpha=np.concatenate([p.alpha for p in parts]),

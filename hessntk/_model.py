@@ -1,0 +1,678 @@
+"""Torch-model plumbing shared by :mod:`hessntk.hessian` and :mod:`hessntk.ntk`.
+
+Everything here is about getting from a user's ``torch.nn.Module`` and data to pure functions
+of a parameter dict: choosing the parameters (:func:`select_params`), flattening them to one
+vector and back (:class:`ParamLayout`), calling the model functionally (:func:`call_model`),
+walking the data (:func:`iter_batches`) and refusing inputs that would make products random or
+wrong (:func:`check_eval_mode`, :func:`check_finite`, :func:`check_batch`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+__all__ = [
+    "ParamLayout",
+    "ParamSpec",
+    "batch_size",
+    "call_model",
+    "check_batch",
+    "check_eval_mode",
+    "check_finite",
+    "is_single_batch",
+    "iter_batches",
+    "select_output",
+    "select_params",
+    "to_device",
+]
+
+ParamSpec = (
+    None
+    | str
+    | Sequence[str]
+    | nn.Module
+    | Sequence[nn.Module]
+    | Callable[[str, nn.Parameter], bool]
+)
+
+
+# -- parameter selection ---------------------------------------------------------------------
+
+
+def _canonical_names(model: nn.Module) -> dict[str, str]:
+    """Map every parameter name, aliases of tied weights included, to its canonical name.
+
+    The canonical name is the one :meth:`torch.nn.Module.named_parameters` reports (the first
+    name under which a shared tensor is reached), so tied weights are counted once.
+    """
+    canonical_by_id = {id(p): name for name, p in model.named_parameters()}
+    return {
+        name: canonical_by_id[id(p)] for name, p in model.named_parameters(remove_duplicate=False)
+    }
+
+
+def select_params(model: nn.Module, params: ParamSpec = None) -> dict[str, nn.Parameter]:
+    """Choose the parameters that curvature is taken with respect to.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    params : None, str, sequence of str, Module, sequence of Modules, or callable
+        ``None``: every parameter with ``requires_grad=True``. Names (as in
+        ``model.named_parameters()``; an alias of a tied weight selects the shared tensor). A
+        submodule or list of submodules: their parameters. A predicate
+        ``(name, param) -> bool`` over ``model.named_parameters()``.
+
+    Returns
+    -------
+    dict[str, torch.nn.Parameter]
+        Selected parameters in ``model.named_parameters()`` order, keyed by canonical name.
+        Tied/shared weights appear once.
+
+    Raises
+    ------
+    ValueError
+        If nothing is selected, a name is unknown, a module is not part of ``model``, or a
+        selected parameter has ``requires_grad=False``.
+    TypeError
+        If ``params`` has an unsupported type.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    >>> list(select_params(net, ["2.weight", "0.bias"]))
+    ['0.bias', '2.weight']
+    >>> list(select_params(net, net[2]))
+    ['2.weight', '2.bias']
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected a torch.nn.Module; got {type(model).__name__}.")
+    named = dict(model.named_parameters())
+    if params is None:
+        chosen = {name for name, p in named.items() if p.requires_grad}
+        if not chosen:
+            raise ValueError(
+                "Expected at least one parameter with requires_grad=True; got none "
+                f"among {len(named)} parameters. Call p.requires_grad_(True) on the "
+                "parameters to differentiate, or pass params=."
+            )
+    else:
+        chosen = _resolve_spec(model, named, params)
+        if not chosen:
+            raise ValueError(
+                "Expected params= to select at least one parameter; got an empty "
+                f"selection. Valid names: {_short_list(named)}."
+            )
+        frozen = sorted(name for name in chosen if not named[name].requires_grad)
+        if frozen:
+            raise ValueError(
+                f"Expected selected parameters to require grad; got requires_grad=False for "
+                f"{frozen}. Call .requires_grad_(True) on them or leave them out of params=."
+            )
+    return {name: p for name, p in named.items() if name in chosen}
+
+
+def _resolve_spec(model: nn.Module, named: dict[str, nn.Parameter], params: Any) -> set[str]:
+    if isinstance(params, nn.Module):
+        params = [params]
+    if isinstance(params, str):
+        params = [params]
+    if callable(params):
+        return {name for name, p in named.items() if bool(params(name, p))}
+    if not isinstance(params, (list, tuple, set, frozenset)):
+        raise TypeError(
+            "Expected params= to be None, names, module(s) or a predicate (name, param) -> "
+            f"bool; got {type(params).__name__}."
+        )
+    params = list(params)
+    if all(isinstance(m, nn.Module) for m in params):
+        name_by_id = {id(p): name for name, p in named.items()}
+        chosen = set()
+        for m in params:
+            for p in m.parameters():
+                if id(p) not in name_by_id:
+                    raise ValueError(
+                        f"Expected modules that belong to the model; got a "
+                        f"{type(m).__name__} whose parameters are not among "
+                        "model.named_parameters(). Pass submodules of the model itself."
+                    )
+                chosen.add(name_by_id[id(p)])
+        return chosen
+    if all(isinstance(s, str) for s in params):
+        canonical = _canonical_names(model)
+        unknown = [s for s in params if s not in canonical]
+        if unknown:
+            raise ValueError(
+                f"Expected parameter names of the model; got unknown names {unknown}. "
+                f"Valid names: {_short_list(named)}."
+            )
+        return {canonical[s] for s in params}
+    raise TypeError(
+        "Expected params= to be a list of names or a list of modules (not a mix); got "
+        f"element types {sorted({type(s).__name__ for s in params})}."
+    )
+
+
+def _short_list(names: Iterable[str], limit: int = 20) -> str:
+    names = list(names)
+    head = ", ".join(names[:limit])
+    return head + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+# -- flat layout -------------------------------------------------------------------------------
+
+
+class ParamLayout:
+    """The map between a dict of parameter tensors and one flat vector.
+
+    Parameters
+    ----------
+    params : dict[str, torch.Tensor]
+        Typically the output of :func:`select_params`. The flat order is the dict order.
+
+    Attributes
+    ----------
+    names : list[str]
+    shapes : list[torch.Size]
+    numels : list[int]
+    offsets : list[int]
+        Start of each tensor in the flat vector.
+    n : int
+        Total number of entries.
+    dtype, device
+        Common dtype and device of the tensors.
+    slices : dict[str, slice]
+        ``name -> slice`` into the flat vector.
+
+    Examples
+    --------
+    >>> net = nn.Linear(3, 2)
+    >>> layout = ParamLayout(select_params(net))
+    >>> layout.n, layout.slices["bias"]
+    (8, slice(6, 8, None))
+    >>> v = layout.flatten(dict(net.named_parameters()))
+    >>> layout.unravel(v)["weight"].shape
+    torch.Size([2, 3])
+    """
+
+    def __init__(self, params: Mapping[str, torch.Tensor]) -> None:
+        if not params:
+            raise ValueError("Expected at least one parameter; got an empty dict.")
+        self.names = list(params)
+        tensors = list(params.values())
+        self.shapes = [t.shape for t in tensors]
+        self.numels = [t.numel() for t in tensors]
+        self.offsets = [0]
+        for k in self.numels[:-1]:
+            self.offsets.append(self.offsets[-1] + k)
+        self.n = sum(self.numels)
+        dtypes = {t.dtype for t in tensors}
+        devices = {t.device for t in tensors}
+        if len(dtypes) > 1:
+            raise ValueError(
+                f"Expected selected parameters of one dtype; got {sorted(map(str, dtypes))}. "
+                "Cast the model with model.to(dtype) or select parameters of one dtype."
+            )
+        if len(devices) > 1:
+            raise ValueError(
+                f"Expected selected parameters on one device; got {sorted(map(str, devices))}. "
+                "Move the model with model.to(device)."
+            )
+        self.dtype = tensors[0].dtype
+        self.device = tensors[0].device
+        self.slices = {
+            name: slice(o, o + k)
+            for name, o, k in zip(self.names, self.offsets, self.numels, strict=True)
+        }
+
+    def __repr__(self) -> str:
+        return f"ParamLayout(n={self.n}, tensors={len(self.names)}, dtype={self.dtype})"
+
+    def flatten(
+        self, tensors: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], batch_ndim: int = 0
+    ) -> torch.Tensor:
+        """Concatenate tensors (a dict keyed like the layout, or a list in layout order).
+
+        Parameters
+        ----------
+        tensors : dict or list of torch.Tensor
+            Each of shape ``(*batch, *shape)``.
+        batch_ndim : int
+            Number of leading batch dimensions shared by all tensors.
+
+        Returns
+        -------
+        torch.Tensor of shape (*batch, n)
+        """
+        if isinstance(tensors, Mapping):
+            missing = [name for name in self.names if name not in tensors]
+            if missing:
+                raise ValueError(f"Expected tensors for every layout name; missing {missing}.")
+            tensors = [tensors[name] for name in self.names]
+        if len(tensors) != len(self.names):
+            raise ValueError(f"Expected {len(self.names)} tensors; got {len(tensors)}.")
+        flat = []
+        for t, shape in zip(tensors, self.shapes, strict=True):
+            batch = t.shape[:batch_ndim]
+            if t.shape[batch_ndim:] != shape:
+                raise ValueError(
+                    f"Expected a tensor of shape (*batch, {tuple(shape)}); got {tuple(t.shape)}."
+                )
+            flat.append(t.reshape(*batch, -1))
+        return torch.cat(flat, dim=-1)
+
+    def unravel(self, vec: torch.Tensor, dim: int = -1) -> dict[str, torch.Tensor]:
+        """Split a flat vector into tensors shaped like the parameters (views, no copy).
+
+        Parameters
+        ----------
+        vec : torch.Tensor
+            Of shape ``(n,)``; or ``(..., n)`` with ``dim=-1`` (leading batch dims, returned
+            tensors ``(..., *shape)``); or ``(n, ...)`` with ``dim=0`` (trailing batch dims,
+            returned tensors ``(*shape, ...)``, e.g. the columns of an ``(n, k)`` block).
+        dim : {-1, 0}
+            The axis of length ``n``.
+
+        Returns
+        -------
+        dict[str, torch.Tensor]
+        """
+        if vec.ndim == 0 or vec.shape[dim] != self.n:
+            raise ValueError(
+                f"Expected a tensor with {self.n} entries along dim {dim}; got shape "
+                f"{tuple(vec.shape)}."
+            )
+        out = {}
+        parts = zip(self.names, self.offsets, self.numels, self.shapes, strict=True)
+        for name, o, k, shape in parts:
+            part = vec.narrow(dim, o, k)
+            if dim in (-1, vec.ndim - 1):
+                out[name] = part.reshape(*vec.shape[:-1], *shape)
+            elif dim == 0:
+                out[name] = part.reshape(*shape, *vec.shape[1:])
+            else:
+                raise ValueError(f"Expected dim=-1 or dim=0; got {dim}.")
+        return out
+
+    def layer_groups(self) -> dict[str, list[str]]:
+        """Group parameter names by their owning module.
+
+        The group key is the module's qualified name (the parameter name without its last
+        component): ``"0.weight", "0.bias" -> "0"``. Parameters of the root module are grouped
+        under ``""``, as in ``model.named_modules()``.
+
+        Returns
+        -------
+        dict[str, list[str]]
+            In order of first appearance.
+        """
+        groups: dict[str, list[str]] = {}
+        for name in self.names:
+            layer = name.rpartition(".")[0]
+            groups.setdefault(layer, []).append(name)
+        return groups
+
+    def index(self, names: Sequence[str]) -> slice | torch.Tensor:
+        """Positions of the given parameters in the flat vector.
+
+        Returns a ``slice`` when the tensors are contiguous in layout order, else a 1-D
+        ``torch.long`` index tensor.
+        """
+        pos = sorted(self.names.index(name) for name in names)
+        if pos == list(range(pos[0], pos[-1] + 1)):
+            start = self.offsets[pos[0]]
+            return slice(start, self.offsets[pos[-1]] + self.numels[pos[-1]])
+        return torch.cat(
+            [torch.arange(self.offsets[i], self.offsets[i] + self.numels[i]) for i in pos]
+        )
+
+
+# -- model state and calls ---------------------------------------------------------------------
+
+
+def _train_mode_matters(m: nn.Module) -> bool:
+    if isinstance(m, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)):
+        return getattr(m, "p", 0.0) > 0
+    if isinstance(m, nn.MultiheadAttention):
+        return m.dropout > 0
+    if isinstance(m, nn.modules.instancenorm._InstanceNorm):
+        return m.track_running_stats
+    return isinstance(m, nn.modules.batchnorm._BatchNorm)
+
+
+def check_eval_mode(model: nn.Module, allow_train_mode: bool = False) -> None:
+    """Refuse modules whose train-mode behaviour makes curvature products random.
+
+    Dropout (any ``_DropoutNd``, ``AlphaDropout``, ``MultiheadAttention`` with ``dropout>0``)
+    makes every product random; batch norm in train mode normalises with batch statistics
+    (products depend on how the data is batched) and updates its running statistics on every
+    call. Instance norm with ``track_running_stats=True`` is refused for the latter reason.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    allow_train_mode : bool
+        Skip the check (you accept random / batch-dependent products).
+
+    Raises
+    ------
+    ValueError
+        Naming the offending submodules and the fix.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.1))
+    >>> check_eval_mode(net.eval())
+    """
+    if allow_train_mode:
+        return
+    bad = [
+        (name or "<root>", type(m).__name__)
+        for name, m in model.named_modules()
+        if m.training and _train_mode_matters(m)
+    ]
+    if bad:
+        listed = ", ".join(f"{n} ({t})" for n, t in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(
+            f"Expected a model in eval mode; got train mode with {listed}{more}. In train mode "
+            "dropout makes products random and batch norm makes them depend on the batch (and "
+            "updates running statistics). Call model.eval(), or pass allow_train_mode=True to "
+            "accept this."
+        )
+
+
+def call_model(
+    model: nn.Module,
+    params: Mapping[str, torch.Tensor],
+    inputs: Any,
+    *,
+    buffers: Mapping[str, torch.Tensor] | None = None,
+    output_key: str | int | None = None,
+    outputs_fn: Callable[[Any], torch.Tensor] | None = None,
+    math_attention: bool = True,
+) -> torch.Tensor:
+    """Evaluate ``model`` functionally at ``params`` and return its output tensor.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    params : dict[str, torch.Tensor]
+        Values for (a subset of) the parameters, keyed by canonical name. Parameters not
+        given are passed as constants (their current values, detached).
+    inputs : Tensor, tuple/list or dict
+        Tensor: ``model(x)``; tuple/list: ``model(*x)``; dict: ``model(**x)``.
+    buffers : dict[str, torch.Tensor], optional
+        Buffer values; default the model's own ``named_buffers()``, unchanged.
+    output_key : str or int, optional
+        For a model returning a dict, tuple or HF-style object: ``out[key]`` (or
+        ``getattr(out, key)``).
+    outputs_fn : callable, optional
+        ``outputs_fn(out) -> Tensor``, applied to the raw output (instead of ``output_key``).
+    math_attention : bool
+        Run ``scaled_dot_product_attention`` (``nn.MultiheadAttention``,
+        ``nn.TransformerEncoderLayer``, HF attention) with its math backend: the fused CPU/CUDA
+        kernels have neither forward-mode (``jvp``) nor double-backward derivatives.
+
+    Returns
+    -------
+    torch.Tensor
+
+    Raises
+    ------
+    TypeError
+        If the output is not a tensor and neither ``output_key`` nor ``outputs_fn`` selects
+        one.
+
+    Examples
+    --------
+    >>> net = nn.Linear(3, 2)
+    >>> p = {"weight": torch.zeros(2, 3)}
+    >>> call_model(net, p, torch.ones(1, 3)).shape
+    torch.Size([1, 2])
+    """
+    full = {name: p.detach() for name, p in model.named_parameters()}
+    full.update(params)
+    if buffers is None:
+        buffers = dict(model.named_buffers())
+    if isinstance(inputs, Mapping):
+        args, kwargs = (), dict(inputs)
+    elif isinstance(inputs, (tuple, list)):
+        args, kwargs = tuple(inputs), {}
+    else:
+        args, kwargs = (inputs,), {}
+    if math_attention:
+        with sdpa_kernel(SDPBackend.MATH):
+            out = torch.func.functional_call(model, (full, dict(buffers)), args, kwargs)
+    else:
+        out = torch.func.functional_call(model, (full, dict(buffers)), args, kwargs)
+    return select_output(out, output_key=output_key, outputs_fn=outputs_fn)
+
+
+def select_output(
+    out: Any,
+    *,
+    output_key: str | int | None = None,
+    outputs_fn: Callable[[Any], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Pick the output tensor from a raw model output (see :func:`call_model`)."""
+    if outputs_fn is not None:
+        out = outputs_fn(out)
+        what = "outputs_fn(out)"
+    elif output_key is not None:
+        if (
+            isinstance(output_key, str)
+            and hasattr(out, output_key)
+            and not isinstance(out, Mapping)
+        ):
+            out = getattr(out, output_key)
+        else:
+            try:
+                out = out[output_key]
+            except (KeyError, IndexError, TypeError) as err:
+                keys = list(out.keys()) if hasattr(out, "keys") else None
+                raise ValueError(
+                    f"Expected output_key={output_key!r} to select a model output; got a "
+                    f"{type(out).__name__} without it" + (f" (keys: {keys})." if keys else ".")
+                ) from err
+        what = f"output[{output_key!r}]"
+    else:
+        what = "the model output"
+    if not isinstance(out, torch.Tensor):
+        hint = ""
+        if isinstance(out, Mapping) or hasattr(out, "keys"):
+            hint = f" with keys {list(out.keys())}"
+        raise TypeError(
+            f"Expected {what} to be a torch.Tensor; got {type(out).__name__}{hint}. Pass "
+            "output_key= (e.g. output_key='logits') or outputs_fn=lambda out: ... to pick "
+            "the tensor."
+        )
+    return out
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def is_single_batch(data: Any) -> bool:
+    """Whether ``data`` is one ``(inputs, targets)`` batch rather than an iterable of batches.
+
+    The rule: a tuple or list of length 2 whose first element is a Tensor or a dict (mapping)
+    is one batch. Anything else is an iterable of batches. One batch with tuple inputs
+    (``model(*inputs)``) is therefore ambiguous: wrap it in a list, ``[((x1, x2), y)]``.
+    """
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and isinstance(data[0], (torch.Tensor, Mapping))
+    )
+
+
+def _first_tensor(tree: Any) -> torch.Tensor | None:
+    if isinstance(tree, torch.Tensor):
+        return tree
+    if isinstance(tree, Mapping):
+        tree = list(tree.values())
+    if isinstance(tree, (tuple, list)):
+        for leaf in tree:
+            t = _first_tensor(leaf)
+            if t is not None:
+                return t
+    return None
+
+
+def _tensor_leaves(tree: Any) -> Iterator[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, Mapping):
+        for leaf in tree.values():
+            yield from _tensor_leaves(leaf)
+    elif isinstance(tree, (tuple, list)):
+        for leaf in tree:
+            yield from _tensor_leaves(leaf)
+
+
+def batch_size(inputs: Any) -> int:
+    """Number of samples in ``inputs``: the leading dimension of its first tensor leaf.
+
+    Examples
+    --------
+    >>> batch_size({"ids": torch.zeros(5, 7, dtype=torch.long)})
+    5
+    """
+    t = _first_tensor(inputs)
+    if t is None or t.ndim == 0:
+        raise ValueError(
+            "Expected inputs containing a tensor with a leading batch dimension; got "
+            f"{type(inputs).__name__} without one."
+        )
+    return int(t.shape[0])
+
+
+def check_batch(inputs: Any, targets: Any, index: int, dtype: torch.dtype | None = None) -> int:
+    """Validate one batch and return its number of samples.
+
+    Checks that the batch is non-empty, that targets (if they hold a tensor) have the same
+    leading dimension as inputs, and, when ``dtype`` is given, that floating-point leaves of
+    inputs and targets have that dtype (integer leaves such as token ids are fine).
+
+    Raises
+    ------
+    ValueError
+        On an empty batch or inconsistent batch sizes, naming batch ``index``.
+    TypeError
+        On a floating dtype that differs from ``dtype``.
+    """
+    n = batch_size(inputs)
+    if n == 0:
+        raise ValueError(f"Expected non-empty batches; got 0 samples in batch {index}.")
+    t = _first_tensor(targets)
+    if t is not None and t.ndim > 0 and t.shape[0] != n:
+        raise ValueError(
+            f"Expected targets with the inputs' batch size {n}; got leading dimension "
+            f"{t.shape[0]} in batch {index}. Check that inputs and targets are paired."
+        )
+    if dtype is not None:
+        for role, tree in (("inputs", inputs), ("targets", targets)):
+            for leaf in _tensor_leaves(tree):
+                if leaf.is_floating_point() and leaf.dtype != dtype:
+                    raise TypeError(
+                        f"Expected floating-point {role} of the parameters' dtype {dtype}; got "
+                        f"{leaf.dtype} in batch {index}. Cast the data with .to({dtype}) or "
+                        f"the model with model.to({leaf.dtype})."
+                    )
+    return n
+
+
+def iter_batches(data: Any, *, reiterable: bool = False) -> Iterator[tuple[Any, Any]]:
+    """Yield ``(inputs, targets)`` pairs from one batch or an iterable of batches.
+
+    Parameters
+    ----------
+    data : (inputs, targets) or iterable of (inputs, targets)
+        One batch (see :func:`is_single_batch` for the rule) or any iterable of batches, e.g.
+        a ``DataLoader`` or a list. Each batch must be a pair.
+    reiterable : bool
+        Refuse a one-shot iterator (a generator): curvature operators walk the data once
+        per product.
+
+    Raises
+    ------
+    ValueError
+        If ``data`` holds no batch or a batch is not a pair.
+    TypeError
+        If ``data`` is not iterable, or is a one-shot iterator while ``reiterable=True``.
+
+    Examples
+    --------
+    >>> x, y = torch.zeros(4, 3), torch.zeros(4)
+    >>> len(list(iter_batches((x, y)))), len(list(iter_batches([(x, y), (x, y)])))
+    (1, 2)
+    """
+    if is_single_batch(data):
+        yield data[0], data[1]
+        return
+    if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
+        raise TypeError(
+            "Expected data as one (inputs, targets) batch or an iterable of batches; got "
+            f"{type(data).__name__}. Pass (x, y), a list of (x, y) or a DataLoader."
+        )
+    if reiterable and iter(data) is data:
+        raise TypeError(
+            f"Expected re-iterable data (a list or DataLoader); got a one-shot "
+            f"{type(data).__name__}. Operators walk the data once per product: pass "
+            "list(data)."
+        )
+    count = 0
+    for i, batch in enumerate(data):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError(
+                f"Expected each batch to be an (inputs, targets) pair; got "
+                f"{type(batch).__name__}"
+                + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+                + f" in batch {i}. Wrap one batch with tuple inputs as [((x1, x2), y)]."
+            )
+        count += 1
+        yield batch[0], batch[1]
+    if count == 0:
+        raise ValueError(
+            "Expected at least one (inputs, targets) batch; got empty data. Check the dataset "
+            "or DataLoader (drop_last=True with fewer samples than batch_size gives none)."
+        )
+
+
+def to_device(tree: Any, device: torch.device) -> Any:
+    """Move every tensor leaf of a tensor / tuple / list / dict tree to ``device``."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device) if tree.device != device else tree
+    if isinstance(tree, Mapping):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(to_device(v, device) for v in tree)
+    return tree
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """Raise ``FloatingPointError`` naming ``what`` if ``tensor`` has a NaN or infinity.
+
+    Examples
+    --------
+    >>> check_finite(torch.ones(2), "loss of batch 0")
+    """
+    if not bool(torch.isfinite(tensor).all()):
+        bad = tensor.detach().reshape(-1)
+        n_bad = int((~torch.isfinite(bad)).sum())
+        raise FloatingPointError(
+            f"Expected finite values in {what}; got {n_bad} non-finite of {bad.numel()} "
+            f"(e.g. {bad[~torch.isfinite(bad)][0].item()}). Check the data and the loss "
+            "(e.g. log of 0), or the model's parameters."
+        )
+
+
+def _is_scalar(x: torch.Tensor) -> bool:
+    return x.ndim == 0 or math.prod(x.shape) == 1

@@ -1,0 +1,38 @@
+"""Hessian and generalised Gauss-Newton operators of PyTorch models, and one-call spectra.
+
+Operators (:class:`HessianOperator`, :class:`GGNOperator`) are
+:class:`hessntk.spectral.LinearOperator` s over the flattened selected parameters; the
+functions (:func:`top_eigenvalues`, :func:`trace`, :func:`density` and their ``block_*``
+variants) build one and call the spectral core.
+
+Examples
+--------
+>>> import torch
+>>> from hessntk.hessian import HessianOperator, top_eigenvalues
+>>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+>>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+>>> H = HessianOperator(net, torch.nn.CrossEntropyLoss(), (x, y), blocks="layer")
+>>> H.shape, H.blocks
+((67, 67), ['0', '2'])
+"""
+
+from hessntk.hessian.functions import (
+    block_density,
+    block_top_eigenvalues,
+    block_traces,
+    density,
+    top_eigenvalues,
+    trace,
+)
+from hessntk.hessian.operators import GGNOperator, HessianOperator
+
+__all__ = [
+    "GGNOperator",
+    "HessianOperator",
+    "block_density",
+    "block_top_eigenvalues",
+    "block_traces",
+    "density",
+    "top_eigenvalues",
+    "trace",
+]

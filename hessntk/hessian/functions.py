@@ -1,0 +1,420 @@
+"""One-call spectra of a model's loss curvature: thin wrappers over the operators.
+
+Each function builds a :class:`~hessntk.hessian.HessianOperator` (or, with
+``curvature="ggn"``, a :class:`~hessntk.hessian.GGNOperator`) and hands it to the spectral core
+(:func:`hessntk.spectral.eigen`, :func:`~hessntk.spectral.traces`,
+:func:`~hessntk.spectral.quadrature`). The ``block_*`` variants return one result per parameter
+block (per layer by default), as an ordered ``dict`` keyed by block name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from hessntk._model import ParamSpec
+from hessntk.hessian.operators import BlockSpec, GGNOperator, HessianOperator, LossFn
+from hessntk.spectral import (
+    EigshResult,
+    Estimate,
+    LinearOperator,
+    SpectralDensity,
+    eigsh,
+    slq,
+)
+from hessntk.spectral import trace as _spectral_trace
+
+__all__ = [
+    "block_density",
+    "block_top_eigenvalues",
+    "block_traces",
+    "density",
+    "top_eigenvalues",
+    "trace",
+]
+
+_CURVATURES = {"hessian": HessianOperator, "ggn": GGNOperator}
+
+
+def _operator(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    curvature: str,
+    params: ParamSpec,
+    blocks: BlockSpec,
+    output_key: str | int | None,
+    outputs_fn: Callable[[Any], torch.Tensor] | None,
+    allow_train_mode: bool,
+) -> HessianOperator | GGNOperator:
+    if curvature not in _CURVATURES:
+        raise ValueError(f"Expected curvature in {sorted(_CURVATURES)}; got {curvature!r}.")
+    return _CURVATURES[curvature](
+        model,
+        loss_fn,
+        data,
+        params=params,
+        blocks=blocks,
+        output_key=output_key,
+        outputs_fn=outputs_fn,
+        allow_train_mode=allow_train_mode,
+    )
+
+
+def _eigs(
+    op: LinearOperator,
+    k: int,
+    which: str,
+    tol: float,
+    seed: int,
+    max_matvecs: int | None,
+    return_eigenvectors: bool,
+) -> EigshResult:
+    """``eigsh``, or a dense ``eigh`` when ``k`` covers the whole (small) operator."""
+    n = op.shape[0]
+    if k < n:
+        return eigsh(
+            op,
+            k,
+            which=which,
+            tol=tol,
+            seed=seed,
+            max_matvecs=max_matvecs,
+            return_eigenvectors=return_eigenvectors,
+        )
+    # All n eigenvalues were asked for (e.g. a 10-entry bias block): n products, dense eigh.
+    eye = torch.eye(n, dtype=op.dtype, device=op.device)
+    A = op.matmat(eye).double()
+    A = 0.5 * (A + A.T)
+    vals, vecs = torch.linalg.eigh(A)
+    order = {"LA": torch.argsort(vals, descending=True), "SA": torch.argsort(vals)}.get(
+        which, torch.argsort(vals.abs(), descending=True)
+    )
+    vals, vecs = vals[order], vecs[:, order]
+    resid = torch.linalg.vector_norm(A @ vecs - vecs * vals, dim=0)
+    return EigshResult(
+        eigenvalues=vals.cpu().numpy(),
+        eigenvectors=vecs if return_eigenvectors else None,
+        residual_norms=resid.cpu().numpy(),
+        num_matvecs=n,
+        converged=True,
+    )
+
+
+def _trace(op: LinearOperator, num_matvecs: int, method: str, seed: int, blocks: Any = None):
+    if num_matvecs >= op.shape[0]:
+        method = "exact"  # as cheap as the budget, and without error
+    return _spectral_trace(op, num_matvecs=num_matvecs, method=method, seed=seed, blocks=blocks)
+
+
+def top_eigenvalues(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    k: int = 1,
+    *,
+    which: str = "LA",
+    curvature: str = "hessian",
+    tol: float = 1e-6,
+    seed: int = 0,
+    max_matvecs: int | None = None,
+    return_eigenvectors: bool = False,
+    params: ParamSpec = None,
+    output_key: str | int | None = None,
+    outputs_fn: Callable[[Any], torch.Tensor] | None = None,
+    allow_train_mode: bool = False,
+) -> EigshResult:
+    """Compute the ``k`` extreme eigenvalues of the loss Hessian (or GGN).
+
+    Parameters
+    ----------
+    model, loss_fn, data
+        As for :class:`~hessntk.hessian.HessianOperator`.
+    k : int
+        Number of eigenvalues. ``k >= n`` gives all of them (dense, ``n`` products).
+    which : {"LA", "SA", "LM"}
+        Largest algebraic (default), smallest algebraic or largest magnitude.
+    curvature : {"hessian", "ggn"}
+    tol, seed, max_matvecs, return_eigenvectors
+        Passed to :func:`hessntk.spectral.eigen`. Eigenvectors are flat, shape ``(n, k)``;
+        ``HessianOperator(...).unravel(vecs, dim=0)`` shapes them like the parameters.
+    params, output_key, outputs_fn, allow_train_mode
+        Operator options (see :class:`~hessntk.hessian.HessianOperator`).
+
+    Returns
+    -------
+    hessntk.spectral.EigshResult
+        ``eigenvalues`` of shape ``(k,)`` (descending for ``"LA"``), ``num_matvecs``,
+        ``converged``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    >>> res = top_eigenvalues(net, torch.nn.CrossEntropyLoss(), (x, y), k=3)
+    >>> res.eigenvalues.shape
+    (3,)
+    """
+    op = _operator(
+        model, loss_fn, data, curvature, params, "tensor", output_key, outputs_fn,
+        allow_train_mode,
+    )  # fmt: skip
+    return _eigs(op, k, which, tol, seed, max_matvecs, return_eigenvectors)
+
+
+def trace(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    *,
+    num_matvecs: int = 100,
+    method: str = "xtrace",
+    curvature: str = "hessian",
+    seed: int = 0,
+    params: ParamSpec = None,
+    output_key: str | int | None = None,
+    outputs_fn: Callable[[Any], torch.Tensor] | None = None,
+    allow_train_mode: bool = False,
+) -> Estimate:
+    """Estimate the trace of the loss Hessian (or GGN) from ``num_matvecs`` products.
+
+    Parameters
+    ----------
+    model, loss_fn, data
+        As for :class:`~hessntk.hessian.HessianOperator`.
+    num_matvecs : int
+        Product budget; ``>= n`` computes the exact trace with ``n`` products.
+    method : {"xtrace", "xnystrace", "hutchpp", "hutchinson"}
+        Estimator of :func:`hessntk.spectral.traces` (``"xnystrace"`` needs a PSD operator:
+        use it with ``curvature="ggn"``).
+    curvature : {"hessian", "ggn"}
+    seed : int
+    params, output_key, outputs_fn, allow_train_mode
+        Operator options.
+
+    Returns
+    -------
+    hessntk.spectral.Estimate
+        ``value``, ``stderr``, ``num_matvecs``, ``method``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Linear(4, 1)
+    >>> x, y = torch.randn(32, 4), torch.randn(32, 1)
+    >>> est = trace(net, torch.nn.MSELoss(), (x, y), num_matvecs=5)  # n = 5: exact
+    >>> round(est.value, 4) == round(float(2 * (x.square().sum() / 32 + 1)), 4)
+    True
+    """
+    op = _operator(
+        model, loss_fn, data, curvature, params, "tensor", output_key, outputs_fn,
+        allow_train_mode,
+    )  # fmt: skip
+    return _trace(op, num_matvecs, method, seed)
+
+
+def density(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    *,
+    num_probes: int = 10,
+    num_matvecs: int = 100,
+    curvature: str = "hessian",
+    seed: int = 0,
+    params: ParamSpec = None,
+    output_key: str | int | None = None,
+    outputs_fn: Callable[[Any], torch.Tensor] | None = None,
+    allow_train_mode: bool = False,
+) -> SpectralDensity:
+    """Estimate the spectral density of the loss Hessian (or GGN) by SLQ.
+
+    All probes advance together: each Lanczos step is one ``matmat`` of ``num_probes``
+    vectors.
+
+    Parameters
+    ----------
+    model, loss_fn, data
+        As for :class:`~hessntk.hessian.HessianOperator`.
+    num_probes : int
+        Rademacher probes (independent quadrature rules).
+    num_matvecs : int
+        Lanczos steps per probe (capped at ``n``).
+    curvature : {"hessian", "ggn"}
+    seed : int
+    params, output_key, outputs_fn, allow_train_mode
+        Operator options.
+
+    Returns
+    -------
+    hessntk.spectral.SpectralDensity
+        With ``.density(x, sigma)``, ``.cdf(x)``, ``.trace(f)``, ``.logdet()``, ``.plot()``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    >>> x, y = torch.randn(32, 4), torch.randn(32, 1)
+    >>> d = density(net, torch.nn.MSELoss(), (x, y), num_probes=2, num_matvecs=20)
+    >>> d.nodes.shape
+    (2, 20)
+    """
+    op = _operator(
+        model, loss_fn, data, curvature, params, "tensor", output_key, outputs_fn,
+        allow_train_mode,
+    )  # fmt: skip
+    return slq(op, num_probes=num_probes, num_matvecs=min(num_matvecs, op.shape[0]), seed=seed)
+
+
+def block_top_eigenvalues(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    k: int = 1,
+    *,
+    blocks: BlockSpec = "layer",
+    which: str = "LA",
+    curvature: str = "hessian",
+    tol: float = 1e-6,
+    seed: int = 0,
+    max_matvecs: int | None = None,
+    return_eigenvectors: bool = False,
+    params: ParamSpec = None,
+    output_key: str | int | None = None,
+    outputs_fn: Callable[[Any], torch.Tensor] | None = None,
+    allow_train_mode: bool = False,
+) -> dict[str, EigshResult]:
+    """Compute the ``k`` extreme eigenvalues of every diagonal block ``H_bb``.
+
+    Each block's restricted operator (the other parameters held fixed) is solved on its own;
+    a block with at most ``k`` entries gets all its eigenvalues (dense).
+
+    Parameters
+    ----------
+    blocks : {"layer", "tensor"} or dict
+        Per owning module (default), per parameter tensor, or ``name -> parameter names``.
+    Others
+        As for :func:`top_eigenvalues`.
+
+    Returns
+    -------
+    dict[str, hessntk.spectral.EigshResult]
+        Keyed by block name, in parameter order.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    >>> res = block_top_eigenvalues(net, torch.nn.CrossEntropyLoss(), (x, y), k=2)
+    >>> list(res)
+    ['0', '2']
+    """
+    op = _operator(
+        model, loss_fn, data, curvature, params, blocks, output_key, outputs_fn,
+        allow_train_mode,
+    )  # fmt: skip
+    return {
+        name: _eigs(op.block(name), k, which, tol, seed, max_matvecs, return_eigenvectors)
+        for name in op.blocks
+    }
+
+
+def block_traces(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    *,
+    blocks: BlockSpec = "layer",
+    num_matvecs: int = 100,
+    method: str = "xtrace",
+    curvature: str = "hessian",
+    seed: int = 0,
+    params: ParamSpec = None,
+    output_key: str | int | None = None,
+    outputs_fn: Callable[[Any], torch.Tensor] | None = None,
+    allow_train_mode: bool = False,
+) -> dict[str, Estimate]:
+    """Estimate the trace of every diagonal block ``H_bb`` in one pass.
+
+    All blocks share the same ``num_matvecs`` products of the full operator
+    (:func:`hessntk.spectral.traces` with ``blocks=``), so the cost does not grow with the
+    number of blocks.
+
+    Parameters
+    ----------
+    blocks : {"layer", "tensor"} or dict
+        Per owning module (default), per parameter tensor, or ``name -> parameter names``.
+    Others
+        As for :func:`trace`.
+
+    Returns
+    -------
+    dict[str, hessntk.spectral.Estimate]
+        Keyed by block name; every estimate reports the shared ``num_matvecs``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    >>> x, y = torch.randn(32, 4), torch.randn(32, 1)
+    >>> tr = block_traces(net, torch.nn.MSELoss(), (x, y), num_matvecs=20)
+    >>> sorted(tr)
+    ['0', '2']
+    """
+    op = _operator(
+        model, loss_fn, data, curvature, params, blocks, output_key, outputs_fn,
+        allow_train_mode,
+    )  # fmt: skip
+    res = _trace(op, num_matvecs, method, seed, blocks=op.block_slices)
+    return {name: res[i] for i, name in enumerate(op.blocks)}
+
+
+def block_density(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    *,
+    blocks: BlockSpec = "layer",
+    num_probes: int = 10,
+    num_matvecs: int = 100,
+    curvature: str = "hessian",
+    seed: int = 0,
+    params: ParamSpec = None,
+    output_key: str | int | None = None,
+    outputs_fn: Callable[[Any], torch.Tensor] | None = None,
+    allow_train_mode: bool = False,
+) -> dict[str, SpectralDensity]:
+    """Estimate the spectral density of every diagonal block ``H_bb`` by SLQ.
+
+    Each block runs its own SLQ on the restricted operator (``num_probes`` probes of the
+    block's size; ``num_matvecs`` capped at the block's size, where SLQ is exact).
+
+    Returns
+    -------
+    dict[str, hessntk.spectral.SpectralDensity]
+        Keyed by block name.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    >>> x, y = torch.randn(32, 4), torch.randn(32, 1)
+    >>> ds = block_density(net, torch.nn.MSELoss(), (x, y), num_probes=2, num_matvecs=10)
+    >>> ds["2"].nodes.shape  # the last layer has 9 parameters
+    (2, 9)
+    """
+    op = _operator(
+        model, loss_fn, data, curvature, params, blocks, output_key, outputs_fn,
+        allow_train_mode,
+    )  # fmt: skip
+    out = {}
+    for name in op.blocks:
+        sub = op.block(name)
+        m = min(num_matvecs, sub.shape[0])
+        out[name] = slq(sub, num_probes=num_probes, num_matvecs=m, seed=seed)
+    return out

@@ -1,0 +1,119 @@
+"""Bad input is refused at construction with a message that says what to change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hessntk import hessian
+from hessntk.hessian import GGNOperator, HessianOperator
+from tests.hessian.models import DT, case, mlp
+
+
+def _data(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 3, generator=g, dtype=DT), torch.randn(n, 2, generator=g, dtype=DT)
+
+
+@pytest.mark.parametrize("layer", [lambda: nn.Dropout(0.2), lambda: nn.BatchNorm1d(5)])
+@pytest.mark.parametrize("cls", [HessianOperator, GGNOperator])
+def test_train_mode_with_dropout_or_batchnorm(layer, cls: type) -> None:
+    model = nn.Sequential(nn.Linear(3, 5), layer(), nn.Tanh(), nn.Linear(5, 2)).to(DT)
+    with pytest.raises(ValueError, match=r"model\.eval\(\).*allow_train_mode=True"):
+        cls(model, nn.MSELoss(), _data())
+    n = sum(p.numel() for p in model.parameters())
+    op = cls(model, nn.MSELoss(), _data(), allow_train_mode=True)  # accepted on request
+    assert op.shape == (n, n)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    HV = op.matmat(torch.eye(n, dtype=DT)[:, :3])  # runs; dropout: one mask for all columns
+    assert HV.shape == (n, 3) and bool(torch.isfinite(HV).all())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert cls(model.eval(), nn.MSELoss(), _data()).shape == (n, n)
+
+
+def test_non_scalar_loss_names_the_batch() -> None:
+    x, y = _data(8)
+
+    def per_sample(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (out - t).square().mean(dim=1).squeeze()  # scalar only for one sample
+
+    with pytest.raises(ValueError, match=r"scalar mean loss; got \(7,\) for batch 1.*reduction"):
+        HessianOperator(mlp(), per_sample, [(x[:1], y[:1]), (x[1:], y[1:])])
+
+
+def test_non_finite_loss_names_the_batch() -> None:
+    x, y = _data(8)
+    y[5, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="loss of batch 1"):
+        HessianOperator(mlp(), nn.MSELoss(), [(x[:4], y[:4]), (x[4:], y[4:])])
+
+
+def test_non_finite_product_names_the_batch() -> None:
+    # finite loss, infinite curvature: sqrt has an infinite second derivative at 0
+    model, (x, y) = mlp(), _data(4)
+    op = HessianOperator(model, lambda out, t: (out - out.detach()).abs().sqrt().mean(), (x, y))
+    for method in ("graph", "func"):
+        op.method = method
+        with pytest.raises(FloatingPointError, match="product of batch 0"):
+            op.matmat(torch.ones(op.shape[0], 2, dtype=DT))
+
+
+def test_empty_data_and_empty_batches() -> None:
+    with pytest.raises(ValueError, match="empty data"):
+        HessianOperator(mlp(), nn.MSELoss(), [])
+    x, y = _data()
+    with pytest.raises(ValueError, match="0 samples in batch 0"):
+        HessianOperator(mlp(), nn.MSELoss(), (x[:0], y[:0]))
+    with pytest.raises(ValueError, match="batch size 6.*batch 0"):
+        HessianOperator(mlp(), nn.MSELoss(), (x, y[:5]))
+    with pytest.raises(TypeError, match="re-iterable"):
+        HessianOperator(mlp(), nn.MSELoss(), ((x, y) for _ in range(2)))
+
+
+def test_parameter_selection_errors() -> None:
+    x, y = _data()
+    with pytest.raises(ValueError, match="at least one parameter"):
+        HessianOperator(mlp(), nn.MSELoss(), (x, y), params=[])
+    with pytest.raises(ValueError, match="unknown names"):
+        HessianOperator(mlp(), nn.MSELoss(), (x, y), params=["0.wieght"])
+    model = mlp()
+    model[0].weight.requires_grad_(False)
+    with pytest.raises(ValueError, match="requires_grad=False"):
+        GGNOperator(model, nn.MSELoss(), (x, y), params=["0.weight"])
+    assert HessianOperator(model, nn.MSELoss(), (x, y)).layout.names == [
+        "0.bias",
+        "2.weight",
+        "2.bias",
+    ]
+
+
+def test_dtype_mismatches() -> None:
+    x, y = _data()
+    with pytest.raises(TypeError, match="float32 in batch 0.*Cast"):
+        HessianOperator(mlp(), nn.MSELoss(), (x.float(), y))
+    with pytest.raises(TypeError, match="targets.*float32"):
+        HessianOperator(mlp(), nn.MSELoss(), (x, y.float()))
+    with pytest.raises(TypeError, match="dtype error on batch 0 with inputs of dtype int64"):
+        HessianOperator(mlp(), nn.MSELoss(), (x.long(), y))
+    with pytest.raises(TypeError, match="targets"):
+        HessianOperator(mlp(), nn.CrossEntropyLoss(), (x, torch.zeros(6, 2, dtype=torch.long)))
+
+
+def test_output_and_option_errors() -> None:
+    model, loss, batches, _ = case("transformer")
+    with pytest.raises(TypeError, match="output_key="):
+        HessianOperator(model, loss, batches)
+    with pytest.raises(ValueError, match="keys"):
+        HessianOperator(model, loss, batches, output_key="logit")
+    x, y = _data()
+    with pytest.raises(ValueError, match="method"):
+        GGNOperator(mlp(), nn.MSELoss(), (x, y), method="graph")
+    with pytest.raises(ValueError, match="chunk_size"):
+        HessianOperator(mlp(), nn.MSELoss(), (x, y), chunk_size=0)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        HessianOperator(lambda t: t, nn.MSELoss(), (x, y))
+    with pytest.raises(TypeError, match="loss_fn"):
+        HessianOperator(mlp(), "mse", (x, y))
+    with pytest.raises(TypeError, match="iterable of batches"):
+        hessian.trace(mlp(), nn.MSELoss(), x)
