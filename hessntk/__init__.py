@@ -7,7 +7,7 @@ Data flow: Hessian-vector products / Jacobian builders (:mod:`hessntk.hessian`,
 ``import hessntk`` never imports jax.
 """
 
-from hessntk import spectral
+from hessntk import criteria, hessian, ntk, spectral
 from hessntk.spectral import (
     BlockEstimate,
     CountingOperator,
@@ -45,6 +45,9 @@ __all__ = [
     "eigsh",
     "lanczos",
     "slq",
+    "criteria",
+    "hessian",
+    "ntk",
     "spectral",
     "trace",
 ]

@@ -1,0 +1,381 @@
+"""Shared set-up of the NTK builders: outputs, batches, memory budget.
+
+Internal. The public entry points (:func:`~hessntk.ntk.gram`, :func:`~hessntk.ntk.jacobian`,
+:class:`~hessntk.ntk.GramOperator`) validate their arguments once through :func:`setup`, and
+every engine then evaluates the model through :meth:`Problem.outputs`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hessntk._model import (
+    ParamLayout,
+    batch_size,
+    call_model,
+    check_eval_mode,
+    check_finite,
+    iter_batches,
+    select_params,
+)
+from hessntk.ntk.prior import resolve_prior
+
+OUTPUTS = ("raw", "logits", "probabilities", "simplex")
+OutputsSpec = str | Callable[[torch.Tensor], torch.Tensor]
+
+#: Fraction of the free memory that ``max_memory=None`` allows.
+DEFAULT_MEMORY_FRACTION = 0.25
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def available_memory(device: torch.device) -> int:
+    """Free memory in bytes on ``device``: ``MemAvailable`` on CPU, ``mem_get_info`` on CUDA."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # pragma: no cover - non-Linux fallback
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 4 * 2**30
+
+
+def memory_budget(max_memory: int | float | None, device: torch.device) -> int:
+    """Resolve ``max_memory=`` (bytes, or None for a fraction of free memory)."""
+    if max_memory is None:
+        return int(DEFAULT_MEMORY_FRACTION * available_memory(device))
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)):
+        raise TypeError(f"Expected max_memory in bytes (int) or None; got {max_memory!r}.")
+    if not max_memory > 0:
+        raise ValueError(f"Expected a positive max_memory in bytes; got {max_memory}.")
+    return int(max_memory)
+
+
+def format_bytes(num: float) -> str:
+    """Human-readable size: ``format_bytes(3.2e9) == '3.2 GB'``."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(num) < 1000 or unit == "TB":
+            return f"{num:.3g} {unit}"
+        num /= 1000
+    return f"{num:.3g} TB"  # pragma: no cover
+
+
+# -- outputs -----------------------------------------------------------------------------------
+
+
+def simplex_basis(
+    c: int, *, dtype: torch.dtype = torch.float64, device: Any = None
+) -> torch.Tensor:
+    """Orthonormal basis of the complement of the all-ones vector in ``R^c`` (Helmert).
+
+    Column ``k`` (``k = 0..c-2``) is ``(1, ..., 1, -(k+1), 0, ..., 0) / sqrt((k+1)(k+2))``
+    with ``k+1`` leading ones. Projecting a probability vector ``p`` onto these columns,
+    ``Q^T p``, removes the direction ``1^T dp = 0`` along which probabilities cannot move.
+
+    Parameters
+    ----------
+    c : int
+        Number of classes, at least 2.
+
+    Returns
+    -------
+    torch.Tensor of shape (c, c - 1)
+        ``Q^T Q = I`` and ``Q^T 1 = 0``.
+
+    Examples
+    --------
+    >>> Q = simplex_basis(3)
+    >>> Q.shape, bool(torch.allclose(Q.T @ Q, torch.eye(2, dtype=Q.dtype)))
+    (torch.Size([3, 2]), True)
+    >>> bool((Q.sum(0).abs() < 1e-12).all())
+    True
+    """
+    if c < 2:
+        raise ValueError(f"Expected at least 2 classes for a simplex basis; got c={c}.")
+    Q = torch.zeros(c, c - 1, dtype=dtype, device=device)
+    for k in range(c - 1):
+        Q[: k + 1, k] = 1.0
+        Q[k + 1, k] = -(k + 1.0)
+        Q[:, k] /= math.sqrt((k + 1.0) * (k + 2.0))
+    return Q
+
+
+def structural_nullity(n: int, outputs: OutputsSpec = "raw") -> int:
+    """Number of exact zero eigenvalues of the Gram that the output map forces.
+
+    ``outputs="probabilities"``: each sample's probabilities sum to one, so ``1^T J_i = 0``
+    and the ``(n c, n c)`` Gram has (at least) ``n`` zero eigenvalues. Every other output
+    map forces none (``"simplex"`` removes exactly that direction).
+
+    Examples
+    --------
+    >>> structural_nullity(100, "probabilities"), structural_nullity(100, "simplex")
+    (100, 0)
+    """
+    return int(n) if outputs == "probabilities" else 0
+
+
+def _check_outputs_spec(outputs: OutputsSpec) -> None:
+    if callable(outputs):
+        return
+    if outputs not in OUTPUTS:
+        raise ValueError(
+            f"Expected outputs= to be one of {OUTPUTS} or a callable; got {outputs!r}."
+        )
+
+
+def transform_outputs(out: torch.Tensor, outputs: OutputsSpec) -> torch.Tensor:
+    """Apply the observation map and flatten to ``(n, c)`` (row-major over trailing dims)."""
+    if out.ndim == 0:
+        raise ValueError(
+            "Expected model outputs with a leading batch dimension; got a 0-d tensor. "
+            "Return per-sample outputs of shape (n,) or (n, c), not a reduced loss."
+        )
+    if callable(outputs):
+        out = outputs(out)
+    elif outputs in ("probabilities", "simplex"):
+        if out.ndim != 2 or out.shape[1] < 2:
+            raise ValueError(
+                f"Expected logits of shape (n, c) with c >= 2 for outputs={outputs!r}; got "
+                f"{tuple(out.shape)}."
+            )
+        out = torch.softmax(out, dim=-1)
+        if outputs == "simplex":
+            out = out @ simplex_basis(out.shape[1], dtype=out.dtype, device=out.device)
+    return out.reshape(out.shape[0], -1)
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+def _leaves(tree: Any) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, Mapping):
+        return [x for v in tree.values() for x in _leaves(v)]
+    if isinstance(tree, (tuple, list)):
+        return [x for v in tree for x in _leaves(v)]
+    return []
+
+
+def _signature(tree: Any) -> Any:
+    """Structure, dtypes and per-sample shapes of an inputs tree (for batch consistency)."""
+    if isinstance(tree, torch.Tensor):
+        return ("tensor", tree.dtype, tuple(tree.shape[1:]))
+    if isinstance(tree, Mapping):
+        return ("dict", tuple((k, _signature(v)) for k, v in tree.items()))
+    if isinstance(tree, (tuple, list)):
+        return ("seq", tuple(_signature(v) for v in tree))
+    return ("const", type(tree).__name__)
+
+
+def check_inputs(inputs: Any, what: str) -> int:
+    """Validate one batch of inputs (tensor leaves share the leading dim) and return ``n``."""
+    leaves = _leaves(inputs)
+    if not leaves:
+        raise TypeError(
+            f"Expected {what} to be a tensor, or a tuple/dict of tensors with a leading "
+            f"batch dimension; got {type(inputs).__name__}."
+        )
+    n = batch_size(inputs)
+    sizes = sorted({int(t.shape[0]) if t.ndim else -1 for t in leaves})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"Expected every tensor in {what} to have the same leading (batch) dimension; got "
+            f"sizes {sizes}. Pass per-sample tensors with the samples along dim 0."
+        )
+    if n == 0:
+        raise ValueError(f"Expected at least one sample in {what}; got 0.")
+    return n
+
+
+def as_batches(inputs: Any, data: Any) -> list[Any]:
+    """Normalise ``inputs=`` (one batch or a list of batches) or ``data=`` (pairs) to a list.
+
+    One batch is a tensor, a dict, or a tuple (called as ``model(*inputs)``); a *list* of such
+    batches (or any other iterable, e.g. a ``DataLoader``) gives several batches. ``data=``
+    takes ``(inputs, targets)`` pairs as elsewhere in hessntk; targets are ignored.
+    """
+    if (inputs is None) == (data is None):
+        raise ValueError(
+            "Expected exactly one of inputs= (input batches) or data= ((inputs, targets) "
+            f"batches); got {'both' if inputs is not None else 'neither'}."
+        )
+    if data is not None:
+        return [x for x, _ in iter_batches(data)]
+    if isinstance(inputs, (torch.Tensor, Mapping, tuple)):
+        return [inputs]
+    if isinstance(inputs, Iterable):
+        batches = list(inputs)
+        if not batches:
+            raise ValueError("Expected at least one batch of inputs; got an empty iterable.")
+        return batches
+    raise TypeError(
+        "Expected inputs as a tensor, a tuple/dict of tensors, or a list of such batches; got "
+        f"{type(inputs).__name__}."
+    )
+
+
+def unsqueeze_tree(tree: Any) -> Any:
+    """Add a leading batch dimension of size 1 to every tensor leaf."""
+    if isinstance(tree, torch.Tensor):
+        return tree.unsqueeze(0)
+    if isinstance(tree, Mapping):
+        return {k: unsqueeze_tree(v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(unsqueeze_tree(v) for v in tree)
+    return tree
+
+
+def slice_tree(tree: Any, sl: slice) -> Any:
+    """Take samples ``sl`` of every tensor leaf."""
+    if isinstance(tree, torch.Tensor):
+        return tree[sl]
+    if isinstance(tree, Mapping):
+        return {k: slice_tree(v, sl) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(slice_tree(v, sl) for v in tree)
+    return tree
+
+
+def in_dims_tree(tree: Any) -> Any:
+    """``vmap`` in_dims for an inputs tree: 0 for tensors, None for constants."""
+    if isinstance(tree, torch.Tensor):
+        return 0
+    if isinstance(tree, Mapping):
+        return {k: in_dims_tree(v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(in_dims_tree(v) for v in tree)
+    return None
+
+
+# -- the problem ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    """A model, its selected parameters, prior and output map, validated once."""
+
+    model: nn.Module
+    params: dict[str, torch.Tensor]
+    layout: ParamLayout
+    variances: dict[str, float | torch.Tensor]
+    outputs_spec: OutputsSpec
+    output_key: str | int | None
+    outputs_fn: Callable[[Any], torch.Tensor] | None
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layout.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.layout.device
+
+    def outputs(self, params: Mapping[str, torch.Tensor], inputs: Any) -> torch.Tensor:
+        """Observed outputs ``(n, c)`` at ``params`` (unlisted parameters are constants)."""
+        out = call_model(
+            self.model,
+            params,
+            inputs,
+            buffers=self.buffers,
+            output_key=self.output_key,
+            outputs_fn=self.outputs_fn,
+        )
+        return transform_outputs(out, self.outputs_spec)
+
+    def single_output(self, params: Mapping[str, torch.Tensor], x: Any) -> torch.Tensor:
+        """Outputs ``(c,)`` of one sample ``x`` given without its batch dimension."""
+        return self.outputs(params, unsqueeze_tree(x))[0]
+
+    def detached(self) -> dict[str, torch.Tensor]:
+        return {k: p.detach() for k, p in self.params.items()}
+
+    def scaled(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Multiply each tensor (leading batch dims allowed) by its prior variance."""
+        out = {}
+        for name, t in tensors.items():
+            s = self.variances[name]
+            out[name] = t if (not torch.is_tensor(s) and s == 1.0) else t * s
+        return out
+
+    def probe(self, inputs: Any, what: str) -> tuple[int, int]:
+        """Check one batch and return ``(n, c)`` from forward passes on 2 and 3 samples.
+
+        Two sizes, so that a model reducing over the batch cannot pass by coincidence. The
+        engines check the finiteness of every output they evaluate.
+        """
+        n = check_inputs(inputs, what)
+        c = None
+        for m in sorted({min(n, 2), min(n, 3)}):
+            with torch.no_grad():
+                out = self.outputs(self.detached(), slice_tree(inputs, slice(0, m)))
+            if out.shape[0] != m:
+                raise ValueError(
+                    f"Expected model outputs with the batch size of {what} along dim 0 ({m} "
+                    f"for {m} samples); got shape {tuple(out.shape)}. hessntk needs "
+                    "per-sample outputs (n, ...), not batch reductions."
+                )
+            check_finite(out, f"the model outputs on {what}")
+            c = int(out.shape[1])
+        return n, c
+
+
+def setup(
+    model: nn.Module,
+    *,
+    params: Any,
+    prior: Any,
+    outputs: OutputsSpec,
+    output_key: str | int | None,
+    outputs_fn: Callable[[Any], torch.Tensor] | None,
+    allow_train_mode: bool,
+) -> Problem:
+    """Validate the model-side arguments shared by every public entry point."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected a torch.nn.Module; got {type(model).__name__}.")
+    _check_outputs_spec(outputs)
+    check_eval_mode(model, allow_train_mode=allow_train_mode)
+    selected = select_params(model, params)
+    layout = ParamLayout(selected)
+    if not layout.dtype.is_floating_point:
+        raise TypeError(f"Expected floating-point parameters; got {layout.dtype}.")
+    variances = resolve_prior(prior, model, selected)
+    return Problem(
+        model=model,
+        params=selected,
+        layout=layout,
+        variances=variances,
+        outputs_spec=outputs,
+        output_key=output_key,
+        outputs_fn=outputs_fn,
+        buffers=dict(model.named_buffers()),
+    )
+
+
+def check_same_signature(batches: list[Any], what: str) -> None:
+    """Refuse batches whose structure, dtypes or per-sample shapes differ."""
+    ref = _signature(batches[0])
+    for i, b in enumerate(batches[1:], start=1):
+        sig = _signature(b)
+        if sig != ref:
+            raise ValueError(
+                f"Expected every batch of {what} to match the first in structure, dtype and "
+                f"per-sample shape; got {sig} in batch {i} vs {ref} in batch 0."
+            )

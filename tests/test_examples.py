@@ -1,0 +1,26 @@
+"""The examples run (at small settings) and print their tables."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EXAMPLES = [
+    ("hessian_cnn.py", [], "eigen"),
+    ("ntk_spectrum.py", [], ""),
+    ("model_selection.py", ["--n-train", "100", "--widths", "8", "32", "128"], "Kendall tau"),
+]
+
+
+@pytest.mark.parametrize("script,args,expect", EXAMPLES, ids=[e[0] for e in EXAMPLES])
+def test_example_runs(script, args, expect, tmp_path):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert expect.lower() in done.stdout.lower()
+    assert len(done.stdout.strip().splitlines()) >= 3
