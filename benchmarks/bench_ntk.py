@@ -339,8 +339,12 @@ def launch(method: str, data: Path, save: Path | None, reps: int, timeout: float
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"note": f"failed: {err[:70]}"}
+    lines = proc.stderr.strip().splitlines()
+    errors = [ln for ln in lines if "Error" in ln and "removed its internal frames" not in ln]
+    err = (errors or lines or [f"exit code {proc.returncode}"])[-1]
+    if proc.returncode < 0:
+        err = f"killed by signal {-proc.returncode} (out of memory?)"
+    return {"note": f"failed: {err[:60]}"}
 
 
 def reference(data: Path):

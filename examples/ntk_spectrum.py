@@ -3,14 +3,17 @@
 Builds the empirical NTK ``K = J J^T`` of an MLP on 200 digits images three ways (logit
 outputs, probability outputs, probabilities projected on the simplex tangent), prints the
 structural null count and the log-determinant per output, checks a matrix-free
-``GramOperator`` product against the explicit Gram, and saves ``ntk_spectrum.png`` when
-matplotlib is installed. Runs in a few seconds on a CPU.
+``GramOperator`` product against the explicit Gram, and saves the spectra as a PNG when
+matplotlib is installed (default ``<tempdir>/ntk_spectrum.png``). Runs in a few seconds.
 
-    python examples/ntk_spectrum.py
+    python examples/ntk_spectrum.py [plot.png]
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -78,8 +81,11 @@ def main() -> None:
     ax.set_ylabel("eigenvalue of K")
     ax.legend()
     fig.tight_layout()
-    fig.savefig("ntk_spectrum.png", dpi=120)
-    print("saved ntk_spectrum.png")
+    path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+        tempfile.gettempdir(), "ntk_spectrum.png"
+    )
+    fig.savefig(path, dpi=120)
+    print(f"saved {path}")
 
 
 if __name__ == "__main__":

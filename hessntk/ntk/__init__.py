@@ -11,8 +11,8 @@
 """
 
 from hessntk.ntk._common import simplex_basis, structural_nullity
-from hessntk.ntk.gram import gram, gram_diagonal, per_sample_grad_norms
-from hessntk.ntk.jacobian import jacobian
+from hessntk.ntk.grams import gram, gram_diagonal, per_sample_grad_norms
+from hessntk.ntk.jacobians import jacobian
 from hessntk.ntk.operator import GramOperator
 from hessntk.ntk.prior import init_variances
 

@@ -185,7 +185,7 @@ class GramOperator(LinearOperator):
 
         Batch by batch with :func:`hessntk.ntk.gram_diagonal`; its sum is the exact trace.
         """
-        from hessntk.ntk.gram import gram_diagonal
+        from hessntk.ntk.grams import gram_diagonal
 
         p = self.problem
         parts = [

@@ -348,6 +348,8 @@ def capture_chunked(
     m = min(n, VERIFY_SAMPLES)
     failed = verify(problem, layers, slice_tree(inputs, slice(0, m)), m, c)
     layers = [ly for ly in layers if ly.name not in failed]
+    if not layers:
+        return Capture(failed=failed)
     if chunk >= n:
         out = capture(problem, layers, inputs, n, c)
         out.failed.update(failed)

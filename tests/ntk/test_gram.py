@@ -22,7 +22,7 @@ from tests.helpers import assert_close
 from tests.ntk.models import DT, Reuse, cases, mlp, reference_jacobian
 
 # ``hessntk.ntk.gram`` is the function; the module holds the planner and block size.
-gram_module = importlib.import_module("hessntk.ntk.gram")
+gram_module = importlib.import_module("hessntk.ntk.grams")
 CASES = cases()
 METHODS = ["auto", "structured", "jacobian", "ntk_vp"]
 

@@ -33,7 +33,7 @@ from hessntk.ntk._common import (
     setup,
     slice_tree,
 )
-from hessntk.ntk.jacobian import activation_numel, jacobian_chunks
+from hessntk.ntk.jacobians import activation_numel, jacobian_chunks
 from hessntk.ntk.structured import (
     accumulate,
     capture_chunked,
