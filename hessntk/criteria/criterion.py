@@ -227,6 +227,9 @@ def iic(
                       "(finite noise precision).", RuntimeWarning, stacklevel=2)
     if method == "auto":
         method = "exact" if (N <= EXACT_MAX_N or general) else "slq"
+    if layout.n < N and soft is None:
+        reasons.append(f"K has rank at most P = {layout.n} < N = {N} (fewer parameters than "
+                       "constraints): its log-determinant is -inf; use soft=kappa")
     if general:
         if method != "exact":
             raise ValueError("Expected method='exact' for a callable prior; the matrix-free "
@@ -307,6 +310,10 @@ def _gaussian_slq(op, soft, num_probes, num_matvecs, seed, reasons) -> dict[str,
     dens = slq(C, num_probes=num_probes, num_matvecs=min(num_matvecs, N), seed=seed)
     log_diag = float(torch.log(d).sum())
     terms: dict[str, Any] = {"curvature": 0.0, "floor": float("nan")}
+    smallest, largest = float(dens.nodes.min()), float(dens.nodes.max())
+    if soft is None and smallest <= torch.finfo(op.dtype).eps * largest:
+        reasons.append(f"K is numerically singular at SLQ resolution (smallest node "
+                       f"{smallest:.3g}, largest {largest:.3g}); try soft=kappa")
     try:
         ld = dens.logdet()
         terms["sharpness"] = (log_diag + ld.value) / N

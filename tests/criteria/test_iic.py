@@ -199,3 +199,14 @@ def test_invalid_cases_are_flagged_not_hidden(regression):
     with pytest.raises(ValueError, match="method='exact'"):
         iic(net, (X, Y), prior=lambda p: (p["weight"] ** 2).sum(), method="slq",
             reference=net)
+
+
+def test_fewer_parameters_than_constraints_is_flagged():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    net = nn.Linear(3, 1).double().eval()
+    with torch.no_grad():
+        Y = net(X)
+    for method in ("exact", "slq"):
+        res = iic(net, (X, Y), method=method, num_probes=4, num_matvecs=10)
+        assert not res.valid and any("rank at most P = 4 < N = 30" in r for r in res.reasons)
