@@ -312,7 +312,13 @@ def _lower_tail_slq(
         if candidates.size == 0:
             raise ValueError(f"Expected SLQ nodes above the floor {floor:.3g}; got none.")
         candidates = candidates[np.unique(np.linspace(0, candidates.size - 1, 100).astype(int))]
-        x_max = min(candidates, key=lambda c: _slq_fit(theta, w, c, m, method)[1])
+        def score(c: float) -> float:
+            try:
+                return _slq_fit(theta, w, c, m, method)[1]
+            except ValueError:
+                return np.inf
+
+        x_max = min(candidates, key=score)
     else:
         x_max = float(cutoff)
         mass = float(w[theta <= x_max].sum())
@@ -354,7 +360,10 @@ def _slq_fit(theta, w, x_max, m, method) -> tuple[float, float]:
     F = np.cumsum(ww) / mass
     if method == "mle":
         # weighted truncated power-law MLE (theory.md 2.4)
-        alpha = float(mass / np.sum(ww * np.log(x_max / t)))
+        spread = float(np.sum(ww * np.log(x_max / t)))
+        if not spread > 0:
+            raise ValueError(f"Expected SLQ nodes spread below the cutoff {x_max:.3g}.")
+        alpha = mass / spread
     else:
         ok = np.cumsum(ww) >= 3.0 / m  # levels SLQ resolves
         lx, ly = np.log(t[ok]), np.log(F[ok])

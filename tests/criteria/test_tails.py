@@ -90,3 +90,14 @@ def test_bad_input_and_plot():
     assert len(ax.lines) >= 2
     ax = upper_tail_exponent((1 - (np.arange(400) + 0.5) / 400) ** -0.5).plot()
     assert len(ax.lines) >= 2
+
+
+def test_slq_cutoff_candidates_without_spread_are_skipped():
+    import warnings
+
+    d = np.concatenate([np.full(90, 0.1), np.full(10, 1.0)])
+    dens = slq(aslinearoperator(np.diag(d)), num_probes=3, num_matvecs=20, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = lower_tail_exponent(dens, seed=0)
+    assert np.isfinite(fit.alpha) and fit.cutoff == pytest.approx(1.0)
