@@ -29,6 +29,7 @@ __all__ = [
     "iter_batches",
     "select_output",
     "select_params",
+    "tensor_leaves",
     "to_device",
 ]
 
@@ -526,15 +527,16 @@ def _first_tensor(tree: Any) -> torch.Tensor | None:
     return None
 
 
-def _tensor_leaves(tree: Any) -> Iterator[torch.Tensor]:
+def tensor_leaves(tree: Any) -> Iterator[torch.Tensor]:
+    """Yield the tensor leaves of a tensor / tuple / list / dict tree, in order."""
     if isinstance(tree, torch.Tensor):
         yield tree
     elif isinstance(tree, Mapping):
         for leaf in tree.values():
-            yield from _tensor_leaves(leaf)
+            yield from tensor_leaves(leaf)
     elif isinstance(tree, (tuple, list)):
         for leaf in tree:
-            yield from _tensor_leaves(leaf)
+            yield from tensor_leaves(leaf)
 
 
 def batch_size(inputs: Any) -> int:
@@ -579,7 +581,7 @@ def check_batch(inputs: Any, targets: Any, index: int, dtype: torch.dtype | None
         )
     if dtype is not None:
         for role, tree in (("inputs", inputs), ("targets", targets)):
-            for leaf in _tensor_leaves(tree):
+            for leaf in tensor_leaves(tree):
                 if leaf.is_floating_point() and leaf.dtype != dtype:
                     raise TypeError(
                         f"Expected floating-point {role} of the parameters' dtype {dtype}; got "

@@ -402,13 +402,10 @@ def _general_prior(op, R, theta, ref, batches, model, params, spec, output_key, 
 
 
 def _variance_vector(op, layout: ParamLayout) -> torch.Tensor:
-    parts = []
-    for name, shape in zip(layout.names, layout.shapes, strict=True):
-        v = op.problem.variances[name]
-        t = torch.as_tensor(v, dtype=torch.float64).expand(shape) if not torch.is_tensor(v) \
-            else v.to(torch.float64).expand(shape)
-        parts.append(t.reshape(-1))
-    var = torch.cat(parts).to(layout.device)
+    variances = {name: torch.as_tensor(op.problem.variances[name], dtype=torch.float64,
+                                       device=layout.device).expand(shape)
+                 for name, shape in zip(layout.names, layout.shapes, strict=True)}
+    var = layout.flatten(variances)
     if not bool((var > 0).all()):
         raise ValueError("Expected positive prior variances; got a zero or negative one.")
     return var
@@ -420,17 +417,13 @@ def _reference_vector(reference, model, layout: ParamLayout, params) -> torch.Te
     if isinstance(reference, nn.Module):
         reference = dict(reference.named_parameters())
     if isinstance(reference, Mapping):
-        missing = [n for n in layout.names if n not in reference]
-        if missing:
-            raise ValueError(f"Expected the reference to hold every selected parameter; "
-                             f"missing {missing[:5]}.")
-        for name, shape in zip(layout.names, layout.shapes, strict=True):
-            if tuple(reference[name].shape) != tuple(shape):
-                raise ValueError(f"Expected reference {name!r} of shape {tuple(shape)}; got "
-                                 f"{tuple(reference[name].shape)} (a different architecture?).")
-        vec = torch.cat([reference[n].detach().reshape(-1).to(layout.device, torch.float64)
-                         for n in layout.names])
-        return vec
+        try:
+            vec = layout.flatten({n: reference[n].detach() for n in layout.names
+                                  if n in reference})
+        except ValueError as err:
+            raise ValueError(f"Expected the reference to match the model's parameters (same "
+                             f"architecture): {err}") from err
+        return vec.to(layout.device, torch.float64)
     if torch.is_tensor(reference) and reference.shape == (layout.n,):
         return reference.detach().to(layout.device, torch.float64)
     raise TypeError("Expected reference to be None, a state dict, a Module or a flat tensor; "

@@ -24,6 +24,7 @@ from hessntk._model import (
     check_finite,
     iter_batches,
     select_params,
+    tensor_leaves,
 )
 from hessntk.ntk.prior import resolve_prior
 
@@ -163,16 +164,6 @@ def transform_outputs(out: torch.Tensor, outputs: OutputsSpec) -> torch.Tensor:
 # -- inputs ------------------------------------------------------------------------------------
 
 
-def _leaves(tree: Any) -> list[torch.Tensor]:
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    if isinstance(tree, Mapping):
-        return [x for v in tree.values() for x in _leaves(v)]
-    if isinstance(tree, (tuple, list)):
-        return [x for v in tree for x in _leaves(v)]
-    return []
-
-
 def _signature(tree: Any) -> Any:
     """Structure, dtypes and per-sample shapes of an inputs tree (for batch consistency)."""
     if isinstance(tree, torch.Tensor):
@@ -186,7 +177,7 @@ def _signature(tree: Any) -> Any:
 
 def check_inputs(inputs: Any, what: str) -> int:
     """Validate one batch of inputs (tensor leaves share the leading dim) and return ``n``."""
-    leaves = _leaves(inputs)
+    leaves = list(tensor_leaves(inputs))
     if not leaves:
         raise TypeError(
             f"Expected {what} to be a tensor, or a tuple/dict of tensors with a leading "
