@@ -21,6 +21,11 @@ import torch
 from torch import nn
 
 from hessntk._model import ParamLayout, call_model, iter_batches
+from hessntk.criteria.curvature import (
+    Regulariser,
+    general_slq_terms,
+    multiplier_correction,
+)
 from hessntk.criteria.tails import TailFit, lower_tail_exponent
 from hessntk.ntk import GramOperator, gram, jacobian
 from hessntk.spectral import aslinearoperator, slq
@@ -28,6 +33,7 @@ from hessntk.spectral.probes import Seed
 
 OBSERVATIONS = {"outputs": "raw", "logits": "logits", "probabilities": "simplex"}
 METHODS = ("auto", "exact", "slq")
+CONVENTIONS = ("B", "A")
 EXACT_MAX_N = 4096  # method="auto" builds K exactly up to this many constraints
 DENSE_PRIOR_MAX_P = 4096  # a general (callable) prior needs dense P x P Hessians
 
@@ -78,6 +84,13 @@ class IICResult:
         Why the value is not theory-valid (empty when valid).
     eigenvalues : numpy.ndarray or None
         The spectrum of ``K_H`` (exact method).
+    curvature_stderr : float
+        Standard error of the curvature term (0 when exact).
+    convention : {"B", "A"}
+        Curvature convention (theory.md 1.6).
+    multiplier_correction : float or None
+        Convention A's part of ``curvature``: ``(1/N)[log det(Q^T H_M Q) - log det(Q^T H* Q)]``
+        (None for convention B).
     """
 
     value: float
@@ -103,6 +116,9 @@ class IICResult:
     valid: bool = True
     reasons: tuple[str, ...] = ()
     eigenvalues: np.ndarray | None = field(default=None, repr=False)
+    curvature_stderr: float = 0.0
+    convention: str = "B"
+    multiplier_correction: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every number (the spectrum excluded)."""
@@ -134,6 +150,7 @@ def iic(
     num_probes: int = 16,
     num_matvecs: int = 100,
     interpolation_tol: float = 1e-3,
+    convention: str = "B",
 ) -> IICResult:
     """Compute the Interpolating Information Criterion of a trained (interpolating) model.
 
@@ -148,8 +165,10 @@ def iic(
         ``2 / fan_in`` for weights, 1 for biases; the IIC reference code's choice), a float
         variance, or a dict ``name -> variance`` (float or a tensor of the parameter's shape).
         A callable ``R(params: dict) -> scalar`` is a general regulariser (negative log prior);
-        then ``reference`` must be its minimiser ``theta0``, and only method "exact" with at
-        most 4096 parameters is supported (dense Hessians of ``R``).
+        then ``reference`` must be its minimiser ``theta0``. Method "exact" forms dense
+        Hessians of ``R`` (at most 4096 parameters); "slq" is matrix-free: the sharpness by
+        SLQ on ``J H*^-1 J^T`` with conjugate-gradient solves, the curvature ``log det H* -
+        log det H0`` by SLQ on both with common probes. "auto" picks "exact" when it fits.
     reference : state dict, Module or None
         The prior mean ``m`` (e.g. the initialisation); default zero. For a callable prior,
         the minimiser ``theta0`` of ``R``.
@@ -172,6 +191,14 @@ def iic(
         SLQ settings.
     interpolation_tol : float
         Largest relative residual that counts as interpolating.
+    convention : {"B", "A"}
+        ``"B"`` (default, the reference implementation's): curvature from ``hess R`` only.
+        ``"A"`` (exact Laplace on the manifold, theory.md 1.6): adds the second fundamental
+        form ``sum_i mu_i hess f_i`` with the least-squares multiplier; the extra term is
+        reported as ``multiplier_correction`` and vanishes for models linear in ``theta``.
+        Needs ``J J^T`` exactly (``N <= 4096``); dense and exact with method "exact" and at
+        most 4096 parameters, otherwise by SLQ with common probes (its error is in
+        ``curvature_stderr``).
 
     Returns
     -------
@@ -200,6 +227,8 @@ def iic(
         raise ValueError(f"Expected observations in {tuple(OBSERVATIONS)}; got {observations!r}.")
     if method not in METHODS:
         raise ValueError(f"Expected method in {METHODS}; got {method!r}.")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"Expected convention in {CONVENTIONS}; got {convention!r}.")
     if soft is not None and not soft > 0:
         raise ValueError(f"Expected soft > 0 (a noise precision); got {soft!r}.")
     batches = list(iter_batches(data))
@@ -226,16 +255,27 @@ def iic(
         warnings.warn(f"{reasons[0]}; the IIC assumes interpolation. Consider soft=kappa "
                       "(finite noise precision).", RuntimeWarning, stacklevel=2)
     if method == "auto":
-        method = "exact" if (N <= EXACT_MAX_N or general) else "slq"
+        fits = layout.n <= DENSE_PRIOR_MAX_P if general else N <= EXACT_MAX_N
+        method = "exact" if fits else "slq"
+    if convention == "A" and N > EXACT_MAX_N:
+        raise ValueError(f"Expected at most {EXACT_MAX_N} constraints for convention='A' (it "
+                         f"needs J J^T exactly); got N = {N}. Use convention='B'.")
     if layout.n < N and soft is None:
         reasons.append(f"K has rank at most P = {layout.n} < N = {N} (fewer parameters than "
                        "constraints): its log-determinant is -inf; use soft=kappa")
+    names = params if params is not None else list(layout.names)
     if general:
-        if method != "exact":
-            raise ValueError("Expected method='exact' for a callable prior; the matrix-free "
-                             "path supports Gaussian priors (float, dict or 'init').")
-        terms = _general_prior(op, prior, theta, ref, batches, model, params, spec, output_key,
-                               outputs_fn, soft, reasons)
+
+        def R_flat(vec: torch.Tensor) -> torch.Tensor:
+            return prior(layout.unravel(vec.to(layout.dtype)))
+
+        if method == "exact":
+            terms = _general_prior(op, R_flat, theta, ref, batches, model, params, spec,
+                                   output_key, outputs_fn, soft, reasons)
+        else:
+            terms = _general_slq(op, R_flat, theta, ref, soft, num_probes, num_matvecs, seed,
+                                 reasons)
+        reg = Regulariser.general(R_flat, theta) if convention == "A" else None
         prior_name = getattr(prior, "__name__", "callable")
     else:
         var = _variance_vector(op, layout)
@@ -247,8 +287,27 @@ def iic(
         else:
             terms = _gaussian_slq(op, soft, num_probes, num_matvecs, seed, reasons)
         terms["reg_gap"] = reg_gap
+        reg = Regulariser.gaussian(delta, var) if convention == "A" else None
         prior_name = prior if isinstance(prior, str) else (
             f"{prior:g}" if isinstance(prior, (int, float)) else "dict")
+    correction_a = None
+    if reg is not None:
+        try:
+            mc = multiplier_correction(
+                model, batches, op, reg, params=names, output_key=output_key,
+                outputs_fn=outputs_fn, dense=method == "exact" and layout.n <= DENSE_PRIOR_MAX_P,
+                num_probes=num_probes, num_matvecs=num_matvecs, seed=seed,
+            )  # fmt: skip
+            correction_a = mc.value
+            if math.isnan(terms.get("kkt", math.nan)):
+                terms["kkt"] = mc.kkt_residual
+            terms["curvature"] += mc.value
+            terms["curvature_stderr"] = math.hypot(terms.get("curvature_stderr", 0.0),
+                                                   mc.stderr)
+        except ValueError as err:
+            reasons.append(f"convention A correction not defined: {err}")
+            correction_a = float("nan")
+            terms["curvature"] = float("nan")
     reg_gap = terms["reg_gap"]
     if not reg_gap > 0:
         reasons.append(f"R* - R0 = {reg_gap:.3g} is not positive")
@@ -267,6 +326,8 @@ def iic(
         floor=terms.get("floor", float("nan")), num_below_floor=terms.get("below"),
         tail=terms.get("tail"), valid=not reasons, reasons=tuple(reasons),
         eigenvalues=terms.get("eigenvalues"),
+        curvature_stderr=float(terms.get("curvature_stderr", 0.0)), convention=convention,
+        multiplier_correction=correction_a,
     )
 
 
@@ -362,17 +423,14 @@ def _spectrum_terms(lam: np.ndarray, op, soft, reasons) -> dict[str, Any]:
 # -- general regulariser (dense) -------------------------------------------------------------------
 
 
-def _general_prior(op, R, theta, ref, batches, model, params, spec, output_key, outputs_fn,
-                   soft, reasons) -> dict[str, Any]:
+def _general_prior(op, R_flat, theta, ref, batches, model, params, spec, output_key,
+                   outputs_fn, soft, reasons) -> dict[str, Any]:
     layout = op.layout
     P, N = layout.n, op.shape[0]
     if P > DENSE_PRIOR_MAX_P:
         raise ValueError(f"Expected at most {DENSE_PRIOR_MAX_P} parameters for a callable prior "
-                         f"(dense Hessians of R); got {P}. Use a Gaussian prior.")
-
-    def R_flat(vec: torch.Tensor) -> torch.Tensor:
-        return R(layout.unravel(vec.to(layout.dtype)))
-
+                         f"with method='exact' (dense Hessians of R); got {P}. Use "
+                         "method='slq'.")
     r_star, r0 = float(R_flat(theta)), float(R_flat(ref))
     H_star = torch.func.hessian(R_flat)(theta).to(torch.float64)
     H0 = torch.func.hessian(R_flat)(ref).to(torch.float64)
@@ -395,6 +453,28 @@ def _general_prior(op, R, theta, ref, batches, model, params, spec, output_key, 
     g = torch.func.grad(R_flat)(theta).to(torch.float64)
     mu = -torch.linalg.lstsq(J.T, g[:, None]).solution
     terms["kkt"] = float(torch.linalg.norm(g + (J.T @ mu)[:, 0]) / torch.linalg.norm(g))
+    return terms
+
+
+def _general_slq(op, R_flat, theta, ref, soft, num_probes, num_matvecs, seed,
+                 reasons) -> dict[str, Any]:
+    if soft is not None:
+        raise ValueError("Expected soft=None with a callable prior and method='slq' (the "
+                         "finite-penalty variant is implemented for method='exact').")
+    r_star, r0 = float(R_flat(theta)), float(R_flat(ref))
+    try:
+        terms = general_slq_terms(op, Regulariser.general(R_flat, theta),
+                                  Regulariser.general(R_flat, ref), num_probes=num_probes,
+                                  num_matvecs=num_matvecs, seed=seed)
+    except (ValueError, RuntimeError) as err:
+        reasons.append(f"a Hessian of R is not positive definite or K_H not resolved: {err}")
+        return {"sharpness": float("nan"), "curvature": float("nan"), "stderr": float("nan"),
+                "reg_gap": r_star - r0}
+    try:
+        terms["tail"] = lower_tail_exponent(terms.pop("density"))
+    except ValueError:
+        terms["tail"] = None
+    terms["reg_gap"] = r_star - r0
     return terms
 
 

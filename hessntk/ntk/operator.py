@@ -138,7 +138,11 @@ class GramOperator(LinearOperator):
         return self._apply(v.to(self.problem.dtype)[:, None])[:, 0]
 
     def _apply(self, V: torch.Tensor) -> torch.Tensor:
-        """``K V`` for ``V`` of shape ``(N, k)``: vjps then jvps, vmapped over ``k``."""
+        """``K V = J S J^T V`` for ``V`` of shape ``(N, k)``."""
+        return self._push(self.problem.scaled(self._pull(V)), V.shape[1])
+
+    def _pull(self, V: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``J^T V`` as a dict of ``(k, *shape)`` tensors: one vmapped vjp per batch."""
         p = self.problem
         c, k = self.num_outputs, V.shape[1]
         primals = p.detached()
@@ -150,7 +154,12 @@ class GramOperator(LinearOperator):
             cot = V[rows].T.reshape(k, -1, c)
             (g,) = torch.func.vmap(vjp_fn)(cot)
             u = g if u is None else {name: u[name] + g[name] for name in g}
-        tangents = p.scaled(u)
+        return u
+
+    def _push(self, tangents: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+        """``J T`` of shape ``(N, k)`` for tangents given as ``(k, *shape)`` tensors."""
+        p = self.problem
+        primals = p.detached()
         result = torch.empty(self.shape[0], k, dtype=p.dtype, device=p.device)
         for b, x in enumerate(self.batches):
             rows = slice(self._offsets[b], self._offsets[b + 1])
@@ -162,22 +171,33 @@ class GramOperator(LinearOperator):
             result[rows] = Ju.reshape(k, -1).T
         return result
 
+    def vjp(self, V: torch.Tensor) -> torch.Tensor:
+        """Return ``J^T V`` (flat, shape ``(P, k)``, or ``(P,)`` for ``V`` of shape ``(N,)``).
+
+        Not weighted by the prior: ``K V = J (S * (J^T V))``.
+        """
+        p = self.problem
+        vector = V.ndim == 1
+        V = (V[:, None] if vector else V).to(device=p.device, dtype=p.dtype)
+        if V.ndim != 2 or V.shape[0] != self.shape[0]:
+            raise ValueError(f"Expected V of shape ({self.shape[0]},) or ({self.shape[0]}, k); "
+                             f"got {tuple(V.shape)}.")
+        out = self.layout.flatten(self._pull(V), batch_ndim=1).T
+        return out[:, 0] if vector else out
+
     def jvp(self, tangent: torch.Tensor) -> torch.Tensor:
-        """Return ``J t`` of shape ``(N,)`` for a flat parameter tangent ``t`` of shape ``(P,)``.
+        """Return ``J t`` for a flat parameter tangent ``t`` of shape ``(P,)`` or ``(P, k)``.
 
         Rows are ordered like the operator's (sample-major over the batches).
         """
         p = self.problem
-        if tangent.shape != (self.layout.n,):
-            raise ValueError(f"Expected a tangent of shape ({self.layout.n},); got "
-                             f"{tuple(tangent.shape)}.")
-        t = self.layout.unravel(tangent.to(device=p.device, dtype=p.dtype))
-        primals = p.detached()
-        parts = [
-            torch.func.jvp(lambda q, x=x: p.outputs(q, x), (primals,), (t,))[1].reshape(-1)
-            for x in self.batches
-        ]
-        return torch.cat(parts)
+        vector = tangent.ndim == 1
+        T = (tangent[:, None] if vector else tangent).to(device=p.device, dtype=p.dtype)
+        if T.ndim != 2 or T.shape[0] != self.layout.n:
+            raise ValueError(f"Expected a tangent of shape ({self.layout.n},) or "
+                             f"({self.layout.n}, k); got {tuple(tangent.shape)}.")
+        out = self._push(self.layout.unravel(T.T, dim=-1), T.shape[1])
+        return out[:, 0] if vector else out
 
     # -- exact side quantities ----------------------------------------------------------------
     def diagonal(self) -> torch.Tensor:

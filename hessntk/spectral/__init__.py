@@ -5,6 +5,7 @@ Backend-agnostic (torch on CPU or CUDA, numpy, jax): algorithms only call ``op.m
 
 from hessntk.spectral.eigen import EigshResult, eigsh
 from hessntk.spectral.krylov import Tridiagonal, lanczos
+from hessntk.spectral.logdets import logdet_difference
 from hessntk.spectral.operators import (
     CallableOperator,
     CountingOperator,
@@ -16,11 +17,13 @@ from hessntk.spectral.operators import (
 from hessntk.spectral.probes import as_generator, rademacher
 from hessntk.spectral.quadrature import CDFEstimate, SpectralDensity, slq
 from hessntk.spectral.results import BlockEstimate, Estimate
+from hessntk.spectral.solvers import CGResult, cg
 from hessntk.spectral.traces import DiagonalEstimate, diagonal, trace
 
 __all__ = [
     "BlockEstimate",
     "CDFEstimate",
+    "CGResult",
     "CallableOperator",
     "CountingOperator",
     "DenseOperator",
@@ -32,10 +35,12 @@ __all__ = [
     "Tridiagonal",
     "as_generator",
     "aslinearoperator",
+    "cg",
     "check_symmetric",
     "diagonal",
     "eigsh",
     "lanczos",
+    "logdet_difference",
     "rademacher",
     "slq",
     "trace",

@@ -196,9 +196,11 @@ def test_invalid_cases_are_flagged_not_hidden(regression):
         iic(net, (X, Y), reference={"weight": torch.zeros(2, 2)})
     with pytest.raises(ValueError, match="observations"):
         iic(net, (X, Y), observations="labels")
-    with pytest.raises(ValueError, match="method='exact'"):
+    with pytest.raises(ValueError, match="soft=None"):
         iic(net, (X, Y), prior=lambda p: (p["weight"] ** 2).sum(), method="slq",
-            reference=net)
+            reference=net, soft=1.0)
+    with pytest.raises(ValueError, match="convention"):
+        iic(net, (X, Y), convention="C")
 
 
 def test_fewer_parameters_than_constraints_is_flagged():
