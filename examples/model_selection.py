@@ -5,13 +5,19 @@ Trains MLPs 64-w-10 (tanh) with cross-entropy to 100% training accuracy on a spl
 the rank correlations (Kendall tau, Spearman rho) between the test loss and the IIC and three
 simple baselines: parameter count, squared weight norm and Hessian trace.
 
-The constraints are the logits (N = 10 n). Narrow networks have fewer parameters than
-constraints, so their NTK Gram is singular and the hard IIC is undefined: the sweep uses the
-finite-penalty IIC (``soft``, theory.md 1.7) for every width, and reports the hard IIC where
-it is valid.
+The constraints are the logits (N = 10 n). A network with fewer parameters than constraints
+has a singular NTK Gram and no hard IIC: the sweep reports the finite-penalty IIC (``soft``,
+theory.md 1.7) for every width and the hard IIC where it is valid. The default (100 training
+points, N = 1000, widths 16 to 512) keeps every network over-parameterised (P > N), the
+regime the IIC is derived for.
+
+Measured on this default (2 training seeds x 6 widths, 2026-11-23), Kendall tau with the test
+loss: hard IIC 0.45, squared weight norm 0.52, distance from initialisation 0.52, width 0.38.
+At 1000 training points, where narrow networks have P < N, the soft IIC is anti-correlated
+(-0.24): it rewards a rank-deficient Gram.
 
 Run: ``python examples/model_selection.py`` (full sweep), or
-``python examples/model_selection.py --n-train 150 --widths 8 32 128`` (seconds, as in CI).
+``python examples/model_selection.py --n-train 100 --widths 8 32 128`` (seconds, as in CI).
 """
 
 from __future__ import annotations
@@ -58,8 +64,8 @@ def train(width: int, data, seed: int = 0, max_steps: int = 3000) -> nn.Module:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n-train", type=int, default=1000)
-    parser.add_argument("--widths", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256, 512])
+    parser.add_argument("--n-train", type=int, default=100)
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
     parser.add_argument("--soft", type=float, default=1e4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
