@@ -1,7 +1,8 @@
-"""``python -m hessntk`` runs the command line."""
+"""``python -m hessntk`` runs the command line (see :mod:`hessntk.cli`)."""
 
 import sys
 
 from hessntk.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,20 +1,398 @@
+"""The ``hessntk`` command line end to end: demo, spectrum, iic, compare, quantization, resume,
+report schema and plots, and one-line errors for bad inputs.
+
+Most tests call ``main([...])`` in process (torch starts once); a few go through
+``python -m hessntk`` in a subprocess to check the module entry point, stdout and exit codes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
-import numpy as np
+import pytest
+import torch
 
-from hessntk.cli import demo_matrix, main
+from hessntk.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "tests" / "cli_models.py"
+ENTRY = f"{MODELS}:build"
+FAST = ["--threads", "1"]
+TINY_DEMO = ["demo", "--quick", "--n-train", "40", "--width", "16", "--ntk-samples", "20",
+             "--probes", "4", "--probes-per-group", "2", "--steps", "10",
+             "--trace-matvecs", "10", "--bits", "2", "8", *FAST]
+SPECTRUM = ["spectrum", ENTRY, "--k", "2", "--probes", "6", "--probes-per-group", "2",
+            "--steps", "12", "--trace-matvecs", "12", *FAST]
 
 
-def test_demo_runs_in_process_and_estimates_are_close(capsys):
-    assert main(["demo", "--n", "300"]) == 0
-    out = capsys.readouterr().out
-    assert "top eigenvalue" in out and "logdet" in out
-    A, lam = demo_matrix(300)
-    assert np.isclose(np.trace(A), lam.sum())
+def _strict_json(text: str) -> dict:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"non-finite number {name} in the report JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
-def test_module_entry_point_and_bad_argument():
-    done = subprocess.run([sys.executable, "-m", "hessntk", "demo", "--n", "5"],
-                          capture_output=True, text=True)
-    assert done.returncode == 2 and "--n must be at least 10" in done.stderr
+def _numbers(tree, path=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _numbers(v, f"{path}.{k}")
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from _numbers(v, f"{path}[{i}]")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield path, tree
+
+
+def _run(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "hessntk", *argv], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=ROOT)
+
+
+def _one_line_error(stderr: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("hessntk: error: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two checkpoints of tests/cli_models.py:build (.pt and .safetensors) and bad files."""
+    sys.path.insert(0, str(MODELS.parent))
+    try:
+        import cli_models
+    finally:
+        sys.path.remove(str(MODELS.parent))
+    folder = tmp_path_factory.mktemp("checkpoints")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny training: extra threads only spin on a busy machine
+    try:
+        early, late = cli_models.train(5), cli_models.train(120)
+    finally:
+        torch.set_num_threads(threads)
+    assert cli_models.accuracy(late) == 1.0
+    torch.save(early, folder / "early.pt")
+    torch.save({"state_dict": late}, folder / "late.pth")
+    paths = {"early": folder / "early.pt", "late": folder / "late.pth"}
+    try:
+        from safetensors.torch import save_file
+    except ImportError:  # pragma: no cover - safetensors is optional
+        pass
+    else:
+        save_file(late, folder / "late.safetensors")
+        paths["safetensors"] = folder / "late.safetensors"
+    (folder / "corrupt.pt").write_bytes(b"this is not a checkpoint")
+    (folder / "corrupt.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
+    torch.save({"0.weight": torch.zeros(3, 3)}, folder / "wrong_shape.pt")
+    paths.update(corrupt=folder / "corrupt.pt", corrupt_st=folder / "corrupt.safetensors",
+                 wrong=folder / "wrong_shape.pt", folder=folder)
+    return paths
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    buf = io.StringIO()
+    stdout, sys.stdout = sys.stdout, buf
+    try:
+        assert main([*TINY_DEMO, "--out", str(out)]) == 0
+    finally:
+        sys.stdout = stdout
+    return out, buf.getvalue()
+
+
+def test_demo_prints_a_summary_and_writes_the_report_folder(demo_report):
+    out, text = demo_report
+    for heading in ("Hessian of the mean loss", "NTK Gram", "IIC", "Quantization sensitivity"):
+        assert heading in text
+    assert "top eigenvalues" in text and "lower-tail exponent" in text and "done in" in text
+    for name in ("report.json", "report.html", "hessian_esd.png", "ntk_cdf.png",
+                 "quantization_sensitivity.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def test_demo_report_json_schema_and_finite_numbers(demo_report):
+    out, _ = demo_report
+    doc = _strict_json((out / "report.json").read_text())
+    assert doc["schema"] == "hessntk.report/1" and doc["command"] == "demo"
+    for key in ("argv", "settings", "seeds", "versions", "model", "hessian", "ntk", "iic",
+                "quantization", "timings_s", "wall_time_s", "plots", "notes"):
+        assert key in doc, key
+    assert {"hessntk", "torch", "numpy", "python"} <= set(doc["versions"])
+    assert doc["seeds"]["seed"] == 0 and doc["settings"]["probes"] == 4
+    h = doc["hessian"]
+    assert len(h["top_eigenvalues"]["values"]) == 3
+    assert {"value", "stderr", "num_matvecs", "method"} <= set(h["trace"])
+    assert set(h["layer_traces"]) == {"0", "2"}
+    assert len(h["density"]["nodes"]) == 4 and len(h["density"]["nodes"][0]) == 10
+    assert "alpha" in h["lower_tail"] or "error" in h["lower_tail"]
+    assert len(doc["ntk"]["eigenvalues"]) == 20 * 10
+    assert doc["ntk"]["lower_tail"]["alpha"] > 0
+    iic = doc["iic"]
+    for term in ("value", "regularization", "sharpness", "curvature", "correction", "valid",
+                 "reasons", "num_constraints"):
+        assert term in iic, term
+    assert iic["valid"] is True and iic["num_constraints"] == 400
+    q = doc["quantization"]
+    assert [row["bits"] for row in q["sensitivity"]["layers"][0]["per_bits"]] == [2, 8]
+    assert "measured" in q
+    numbers = dict(_numbers(doc))
+    assert len(numbers) > 500 and all(math.isfinite(v) for v in numbers.values())
+    html = (out / "report.html").read_text()
+    for plot in doc["plots"]:
+        assert f"src='{plot}'" in html
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_subprocess_json_on_stdout(tmp_path):
+    done = _run(*TINY_DEMO, "--n-train", "30", "--ntk-samples", "10", "--json",
+                "--out", str(tmp_path / "d"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = _strict_json(done.stdout)  # stdout holds the JSON only
+    assert doc == _strict_json((tmp_path / "d" / "report.json").read_text())
+    assert doc["iic"]["num_constraints"] == 300
+    assert done.stderr == ""  # no progress bars when stderr is not a terminal
+
+
+# -- spectrum, iic, quantization on an entry point ----------------------------------------------
+
+
+def test_spectrum_on_an_entry_point_with_a_checkpoint(tmp_path, checkpoints, capsys):
+    out = tmp_path / "s"
+    assert main([*SPECTRUM, "--checkpoint", str(checkpoints["late"]), "--ntk-samples", "8",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Hessian of the mean loss (1210 parameters, 40 samples)" in text
+    doc = _strict_json((out / "report.json").read_text())
+    assert doc["model"]["checkpoint"] == str(checkpoints["late"])
+    assert doc["ntk"]["size"] == 80 and doc["ntk"]["outputs"] == "logits"
+    top = doc["hessian"]["top_eigenvalues"]["values"]
+    # The report's top eigenvalue is that of the library on the same weights.
+    from hessntk import hessian
+
+    net, loss_fn, data = _build_with(checkpoints["late"])
+    ref = hessian.top_eigenvalues(net, loss_fn, data, k=2).eigenvalues
+    assert top == pytest.approx(ref.tolist(), rel=1e-5)
+    assert (out / "hessian_esd.png").stat().st_size > 0 and (out / "ntk_cdf.png").exists()
+
+
+def _build_with(path):
+    sys.path.insert(0, str(MODELS.parent))
+    try:
+        import cli_models
+    finally:
+        sys.path.remove(str(MODELS.parent))
+    from hessntk.criteria import load_checkpoint
+
+    net, loss_fn, data = cli_models.build()
+    net.load_state_dict(load_checkpoint(path))
+    return net, loss_fn, data
+
+
+def test_spectrum_dict_entry_point_float32_and_json(tmp_path, capsys):
+    assert main([*SPECTRUM, "--out", str(tmp_path), "--dtype", "float32", "--json",
+                 "--curvature", "ggn"]) == 0
+    doc = _strict_json(capsys.readouterr().out)
+    assert doc["model"]["dtype"] == "torch.float32"
+    assert doc["hessian"]["curvature"] == "ggn"
+    assert doc["hessian"]["density"]["negative_mass"]["value"] == 0.0  # the GGN is PSD
+
+
+def test_iic_command_and_regression_observations(tmp_path, checkpoints, capsys):
+    assert main(["iic", ENTRY, "--checkpoint", str(checkpoints["late"]), "--out",
+                 str(tmp_path / "a"), "--quiet", *FAST]) == 0
+    assert capsys.readouterr().out == ""  # --quiet: no summary
+    doc = _strict_json((tmp_path / "a" / "report.json").read_text())
+    assert doc["iic"]["observations"] == "logits" and doc["iic"]["valid"]
+    from hessntk.criteria import iic
+
+    net, _, data = _build_with(checkpoints["late"])
+    assert doc["iic"]["value"] == pytest.approx(iic(net, data, observations="logits").value)
+    assert main(["iic", f"{MODELS}:build_regression", "--soft", "100", "--out",
+                 str(tmp_path / "b"), "--quiet", *FAST]) == 0
+    doc = _strict_json((tmp_path / "b" / "report.json").read_text())
+    assert doc["iic"]["observations"] == "outputs" and doc["iic"]["soft"] == 100
+
+
+def test_quantization_command(tmp_path, checkpoints):
+    out = tmp_path / "q"
+    assert main(["quantization", f"{MODELS}:build_dict", "--checkpoint",
+                 str(checkpoints["late"]), "--bits", "2", "4", "--trace-matvecs", "10",
+                 "--out", str(out), "--quiet", *FAST]) == 0
+    doc = _strict_json((out / "report.json").read_text())
+    layers = doc["quantization"]["sensitivity"]["layers"]
+    assert {layer["layer"] for layer in layers} == {"0", "2"}
+    assert len(doc["quantization"]["measured"]["rows"]) == 4
+    assert (out / "quantization_sensitivity.png").stat().st_size > 0
+
+
+# -- compare and resume -------------------------------------------------------------------------
+
+
+def test_compare_ranks_checkpoints_and_writes_table_and_plot(tmp_path, checkpoints, capsys):
+    paths = [str(checkpoints["early"]), str(checkpoints["late"])]
+    if "safetensors" in checkpoints:
+        paths.append(str(checkpoints["safetensors"]))
+    out = tmp_path / "c"
+    assert main(["compare", ENTRY, *paths, "--out", str(out), *FAST]) == 0
+    text = capsys.readouterr().out
+    assert "Ranking" in text and "early.pt" in text
+    doc = _strict_json((out / "report.json").read_text())
+    rows = doc["rows"]
+    assert [r["rank"] for r in rows] == list(range(1, len(paths) + 1))
+    by_name = {r["name"]: r for r in rows}
+    assert not by_name["early.pt"]["valid"]  # 5 steps do not interpolate: ranked last
+    assert rows[-1]["name"] == "early.pt"
+    if "safetensors" in checkpoints:  # the same weights in two formats: the same IIC
+        assert by_name["late.safetensors"]["value"] == by_name["late.pth"]["value"]
+    csv_lines = (out / "ranking.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("rank,name,value") and len(csv_lines) == len(paths) + 1
+    assert (out / "ranking.png").stat().st_size > 0
+
+
+def test_compare_resumes_after_an_interruption(tmp_path, checkpoints, monkeypatch):
+    import hessntk.criteria
+
+    paths = [str(checkpoints["early"]), str(checkpoints["late"])]
+    args = ["compare", ENTRY, *paths, "--quiet", *FAST]
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+    real, calls = hessntk.criteria.compare, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(hessntk.criteria, "compare", interrupted)
+    assert main([*args, "--out", str(tmp_path / "resumed")]) == 130
+    assert not (tmp_path / "resumed" / "report.json").exists()
+    monkeypatch.setattr(hessntk.criteria, "compare", real)
+    assert main([*args, "--out", str(tmp_path / "resumed"), "--resume"]) == 0
+    straight = _strict_json((tmp_path / "straight" / "report.json").read_text())
+    resumed = _strict_json((tmp_path / "resumed" / "report.json").read_text())
+    assert resumed["rows"] == straight["rows"] and resumed["results"] == straight["results"]
+    assert any("1 partial result(s) reused" in n for n in resumed["notes"])
+
+
+def test_spectrum_slq_resumes_after_an_interruption(tmp_path, monkeypatch):
+    import hessntk.report
+
+    assert main([*SPECTRUM, "--quiet", "--out", str(tmp_path / "straight")]) == 0
+    real, calls = hessntk.report.lanczos, []
+
+    def interrupted(*a, **k):  # the third of three probe groups is interrupted
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(hessntk.report, "lanczos", interrupted)
+    out = tmp_path / "resumed"
+    assert main([*SPECTRUM, "--quiet", "--out", str(out)]) == 130
+    assert sorted(p.name for p in (out / "partial").iterdir()) == [
+        ".hessntk-partial", "hessian-group000.npz", "hessian-group001.npz"]
+    monkeypatch.setattr(hessntk.report, "lanczos", real)
+    assert main([*SPECTRUM, "--quiet", "--out", str(out), "--resume"]) == 0
+    straight = _strict_json((tmp_path / "straight" / "report.json").read_text())
+    resumed = _strict_json((out / "report.json").read_text())
+    assert resumed["hessian"]["density"] == straight["hessian"]["density"]
+    assert resumed["hessian"]["lower_tail"] == straight["hessian"]["lower_tail"]
+    assert any("2 partial result(s) reused" in n for n in resumed["notes"])
+    # Resuming with other settings is refused, not merged.
+    assert main([*SPECTRUM, "--steps", "11", "--quiet", "--out", str(out), "--resume"]) == 2
+
+
+# -- progress bars ------------------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_on_a_terminal_and_silent_with_quiet(tmp_path, monkeypatch, capsys):
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert main([*SPECTRUM, "--out", str(tmp_path / "a"), "--json"]) == 0
+    assert "Lanczos steps" in term.getvalue() and "SLQ probe groups" in term.getvalue()
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert main([*SPECTRUM, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert term.getvalue() == ""
+    capsys.readouterr()
+
+
+# -- errors: one line, exit code 2 --------------------------------------------------------------
+
+
+def test_malicious_pickle_checkpoint_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+
+    class Evil:  # unpickling it would run a shell command
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"0.weight": Evil()}, evil)
+    done = _run("spectrum", ENTRY, "--checkpoint", str(evil), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2
+    line = _one_line_error(done.stderr)
+    assert "weights_only" in line
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "corrupt_st", "wrong", "bad_entry",
+                                  "no_module", "no_function", "not_a_triple", "resume_garbage"])
+def test_bad_inputs_give_one_line_errors(case, tmp_path, checkpoints, capsys):
+    if case == "corrupt_st":
+        pytest.importorskip("safetensors")
+    out = str(tmp_path / "o")
+    argv = {
+        "missing": ["spectrum", ENTRY, "--checkpoint", str(tmp_path / "nope.pt")],
+        "corrupt": ["spectrum", ENTRY, "--checkpoint", str(checkpoints["corrupt"])],
+        "corrupt_st": ["iic", ENTRY, "--checkpoint", str(checkpoints["corrupt_st"])],
+        "wrong": ["compare", ENTRY, str(checkpoints["late"]), str(checkpoints["wrong"])],
+        "bad_entry": ["spectrum", "no_colon_here"],
+        "no_module": ["spectrum", "surely_not_a_module_xyz:build"],
+        "no_function": ["spectrum", f"{MODELS}:nope"],
+        "not_a_triple": ["spectrum", f"{MODELS}:not_a_triple"],
+        "resume_garbage": ["compare", ENTRY, str(checkpoints["late"]), "--resume"],
+    }[case]
+    if case == "resume_garbage":
+        partial = tmp_path / "o" / "partial"
+        partial.mkdir(parents=True)
+        (partial / ".hessntk-partial").touch()
+        from hessntk.report import file_digest
+
+        digest = file_digest(checkpoints["late"])[:16]
+        (partial / f"compare-{digest}.json").write_text("{truncated")
+    assert main([*argv, "--out", out, *FAST]) == 2
+    captured = capsys.readouterr()
+    line = _one_line_error(captured.err)
+    expected = {"missing": "does not exist", "corrupt": "weights_only",
+                "corrupt_st": "corrupt.safetensors", "wrong": "does not match",
+                "bad_entry": "MODULE:FUNCTION", "no_module": "cannot import",
+                "no_function": "no attribute", "not_a_triple": "expected (model, loss_fn, data)",
+                "resume_garbage": "unreadable"}[case]
+    assert expected in line
+
+
+def test_argument_errors_exit_2(capsys):
+    done = _run("demo", "--probes", "0")  # through the module entry point
+    assert done.returncode == 2 and "expected a positive integer" in done.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        main(["spectrum"])
+    assert exit_info.value.code == 2 and "MODEL" in capsys.readouterr().err

@@ -13,6 +13,8 @@ EXAMPLES = [
     ("hessian_cnn.py", [], "eigen"),
     ("ntk_spectrum.py", [], ""),
     ("model_selection.py", ["--n-train", "100", "--widths", "8", "32", "128"], "Kendall tau"),
+    ("compare_checkpoints.py", ["--n-train", "60", "--steps", "90", "--every", "30"],
+     "Kendall tau"),
 ]
 
 

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hessntk._io import atomic_write
+from hessntk._progress import progress
 from hessntk.criteria.criterion import IICResult, iic
 
 Checkpoint = Mapping[str, torch.Tensor] | nn.Module | str | os.PathLike
@@ -38,10 +40,13 @@ class Comparison:
 
     def table(self) -> str:
         """A plain-text table of the ranking."""
-        head = f"{'rank':>4}  {'name':<20}" + "".join(f"{c:>14}" for c in _COLUMNS[1:7])
+        cols = _COLUMNS[1:7]
+        width = [max(12, len(c)) + 2 for c in cols]
+        head = f"{'rank':>4}  {'name':<20}" + "".join(
+            f"{c:>{w}}" for c, w in zip(cols, width, strict=True))
         lines = [head + f"{'valid':>7}"]
         for r in self.rows:
-            cells = "".join(f"{r[c]:>14.5g}" for c in _COLUMNS[1:7])
+            cells = "".join(f"{r[c]:>{w}.5g}" for c, w in zip(cols, width, strict=True))
             lines.append(f"{r['rank']:>4}  {str(r['name'])[:20]:<20}{cells}{str(r['valid']):>7}")
         return "\n".join(lines)
 
@@ -51,10 +56,7 @@ class Comparison:
                            "results": {k: v.to_dict() for k, v in self.results.items()}},
                           indent=2, default=float)
         if path is not None:
-            tmp = f"{path}.tmp"
-            with open(tmp, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
+            atomic_write(path, text)
         return text
 
     def __str__(self) -> str:
@@ -153,7 +155,7 @@ def compare(
     if not items:
         raise ValueError("Expected at least one checkpoint; got none.")
     results: dict[str, IICResult] = {}
-    for name, source in items:
+    for name, source in progress(items, "checkpoints"):
         model = build_model()
         state = load_checkpoint(source)
         try:

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hessntk._io import atomic_write
 from hessntk._model import (
     call_model,
     check_batch,
@@ -1304,10 +1305,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 def _write(text: str, path: str | os.PathLike | None) -> str:
     if path is not None:
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        atomic_write(path, text)
     return text
 
 

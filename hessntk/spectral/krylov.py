@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
+from hessntk._progress import progress
 from hessntk.spectral._backend import Array
 from hessntk.spectral.operators import LinearOperator, matmat_float64
 from hessntk.spectral.probes import Seed, rademacher
@@ -136,7 +137,7 @@ def lanczos(
     norm_est = np.zeros(k)  # running lower bound on ||A|| seen by each probe
     tol = BREAKDOWN_FACTOR * xp.eps(op.dtype)
     total = 0
-    for j in range(m):
+    for j in progress(range(m), "Lanczos steps"):
         # Index the stored basis by a slice while every probe is active (a view, no copy).
         rows = slice(None) if len(active) == k else xp.from_numpy(active)
         basis = xp.set_index(basis, (rows, j), q)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from hessntk._progress import progress
 from hessntk.spectral.krylov import Tridiagonal, _check_num_matvecs, _start_vectors, lanczos
 from hessntk.spectral.operators import LinearOperator
 from hessntk.spectral.probes import Seed
@@ -86,6 +87,46 @@ class SpectralDensity:
             nodes[i, mi:] = theta[-1]
             weights[i, :mi] = S[0] ** 2
         return cls(nodes, weights, n, T.num_matvecs, T.breakdown.copy())
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[SpectralDensity]) -> SpectralDensity:
+        """Pool the probes of several SLQ runs on one operator into one density.
+
+        Probes are independent, so runs over disjoint groups of probe vectors pool into the
+        run over all of them (e.g. a long run saved and resumed group by group). Rules with
+        fewer nodes are padded as after a breakdown (last node repeated, weight 0).
+
+        Raises
+        ------
+        ValueError
+            If ``parts`` is empty or the runs are of operators of different sizes.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from hessntk.spectral import aslinearoperator, rademacher
+        >>> A = aslinearoperator(np.diag(np.arange(1.0, 9.0)))
+        >>> V = rademacher(8, 4, seed=0)
+        >>> halves = [slq(A, v0=V[:, :2], num_matvecs=5), slq(A, v0=V[:, 2:], num_matvecs=5)]
+        >>> pooled = SpectralDensity.concatenate(halves)
+        >>> whole = slq(A, v0=V, num_matvecs=5)
+        >>> pooled.num_probes, bool(np.allclose(pooled.nodes, whole.nodes))
+        (4, True)
+        """
+        parts = list(parts)
+        if not parts:
+            raise ValueError("Expected at least one SpectralDensity; got none.")
+        sizes = sorted({p.n for p in parts})
+        if len(sizes) > 1:
+            raise ValueError(f"Expected densities of one operator size; got sizes {sizes}.")
+        m = max(p.nodes.shape[1] for p in parts)
+        nodes, weights = [], []
+        for p in parts:
+            pad = m - p.nodes.shape[1]
+            nodes.append(np.concatenate([p.nodes, np.repeat(p.nodes[:, -1:], pad, axis=1)], 1))
+            weights.append(np.pad(p.weights, ((0, 0), (0, pad))))
+        return cls(np.concatenate(nodes), np.concatenate(weights), sizes[0],
+                   sum(p.num_matvecs for p in parts), np.concatenate([p.exact for p in parts]))
 
     # -- traces ---------------------------------------------------------------------------
     def trace(self, f: Callable[[np.ndarray], np.ndarray] | None = None) -> Estimate:
@@ -254,7 +295,8 @@ def slq(
     k = V0.shape[1]
     group = max(1, min(k, int(max_basis_bytes) // (8 * n * m)))
     group = -(-k // -(-k // group))  # balance the groups: 10 probes in 5 + 5, not 8 + 2
-    parts = [lanczos(op, m, v0=V0[:, i : i + group]) for i in range(0, k, group)]
+    parts = [lanczos(op, m, v0=V0[:, i : i + group])
+             for i in progress(range(0, k, group), "SLQ probe groups")]
     T = parts[0] if len(parts) == 1 else Tridiagonal(
         alpha=np.concatenate([p.alpha for p in parts]),
         beta=np.concatenate([p.beta for p in parts]),

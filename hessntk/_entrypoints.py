@@ -1,0 +1,262 @@
+"""Load the user's model for the command line: entry points, checkpoints, device and dtype.
+
+A model entry point is ``package.module:function`` (imported from the current directory or
+the installed packages) or ``path/to/file.py:function``. The function takes no arguments and
+returns ``(model, loss_fn, data)``, or a dict with those keys:
+
+- ``model``: a ``torch.nn.Module``;
+- ``loss_fn``: ``loss_fn(outputs, targets) -> scalar`` mean over a batch, e.g.
+  ``torch.nn.CrossEntropyLoss()``;
+- ``data``: one ``(inputs, targets)`` batch or a re-iterable of batches (a list, a
+  ``DataLoader``): the training data the curvature is measured on.
+
+Examples
+--------
+>>> import sys, tempfile, textwrap
+>>> from pathlib import Path
+>>> f = Path(tempfile.mkdtemp()) / "mymodel.py"
+>>> _ = f.write_text(textwrap.dedent('''
+...     import torch
+...     def build():
+...         x, y = torch.randn(8, 3), torch.randn(8, 1)
+...         return torch.nn.Linear(3, 1), torch.nn.MSELoss(), (x, y)
+... '''))
+>>> problem = load_problem(f"{f}:build")
+>>> type(problem.model).__name__, problem.classification
+('Linear', False)
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hessntk._model import iter_batches
+from hessntk.criteria import load_checkpoint
+
+__all__ = ["CLIError", "Problem", "cast", "load_entry_point", "load_problem", "load_weights"]
+
+
+class CLIError(Exception):
+    """An error the command line reports as one line (``hessntk: error: ...``), exit code 2."""
+
+
+@dataclass
+class Problem:
+    """What an entry point returned: the model, its loss and the data."""
+
+    model: nn.Module
+    loss_fn: Callable[[Any, Any], torch.Tensor]
+    data: Any
+    entry: str = ""
+
+    @property
+    def classification(self) -> bool:
+        """True for a cross-entropy / NLL loss or integer targets (observe logits)."""
+        if isinstance(self.loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
+            return True
+        _, y = next(iter_batches(self.data))
+        return torch.is_tensor(y) and not (y.is_floating_point() or y.is_complex())
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+def load_entry_point(spec: str) -> Callable[[], Any]:
+    """Return the function named by ``module:function`` or ``path/to/file.py:function``.
+
+    Raises
+    ------
+    CLIError
+        A malformed spec, a module that cannot be imported, or a missing function.
+    """
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr or not attr.replace(".", "_").isidentifier():
+        raise CLIError(f"expected the model as MODULE:FUNCTION or FILE.py:FUNCTION; got {spec!r}")
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        if not os.path.isfile(target):
+            raise CLIError(f"model file {target!r} does not exist")
+        name = "_hessntk_entry_" + os.path.splitext(os.path.basename(target))[0]
+        module_spec = importlib.util.spec_from_file_location(name, target)
+        if module_spec is None or module_spec.loader is None:
+            raise CLIError(f"cannot import {target!r} as a Python module")
+        module = importlib.util.module_from_spec(module_spec)
+        folder = os.path.dirname(os.path.abspath(target))
+        sys.path.insert(0, folder)  # so the file can import its siblings
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:
+            raise CLIError(f"importing {target!r} failed: {type(err).__name__}: {err}") from err
+        finally:
+            sys.path.remove(folder)
+    else:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())  # console scripts do not see the current directory
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as err:
+            raise CLIError(f"cannot import module {target!r} for the model: {err}") from err
+        except Exception as err:
+            raise CLIError(f"importing {target!r} failed: {type(err).__name__}: {err}") from err
+    fn: Any = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise CLIError(f"{target!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise CLIError(f"{spec!r} is not callable; expected a function returning "
+                       "(model, loss_fn, data)")
+    return fn
+
+
+def load_problem(spec: str) -> Problem:
+    """Call the entry point ``spec`` and check what it returned.
+
+    Raises
+    ------
+    CLIError
+        If the function fails or does not return ``(model, loss_fn, data)`` or a dict with
+        those keys.
+    """
+    fn = load_entry_point(spec)
+    try:
+        out = fn()
+    except Exception as err:
+        raise CLIError(f"the model function {spec!r} raised {type(err).__name__}: {err}") from err
+    if isinstance(out, Mapping):
+        missing = [k for k in ("model", "loss_fn", "data") if k not in out]
+        if missing:
+            raise CLIError(f"{spec!r} returned a dict without {missing}; expected the keys "
+                           "model, loss_fn, data")
+        model, loss_fn, data = out["model"], out["loss_fn"], out["data"]
+    elif isinstance(out, (tuple, list)) and len(out) == 3:
+        model, loss_fn, data = out
+    else:
+        raise CLIError(f"{spec!r} returned {type(out).__name__}; expected (model, loss_fn, data) "
+                       "or a dict with those keys")
+    if not isinstance(model, nn.Module):
+        raise CLIError(f"{spec!r} returned a model of type {type(model).__name__}; expected a "
+                       "torch.nn.Module")
+    if not callable(loss_fn):
+        raise CLIError(f"{spec!r} returned a loss_fn that is not callable")
+    return Problem(model, loss_fn, data, spec)
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load the checkpoint file ``path`` into ``model`` (strict), as one-line CLI errors.
+
+    ``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)`` (a pickle that needs
+    a custom class is refused), ``.safetensors`` with safetensors; see
+    :func:`hessntk.criteria.load_checkpoint`.
+    """
+    if not os.path.isfile(path):
+        raise CLIError(f"checkpoint {path!r} does not exist")
+    try:
+        state = load_checkpoint(path)
+    except ImportError as err:
+        raise CLIError(str(err)) from err
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+    except Exception as err:  # e.g. a corrupt .safetensors header
+        raise CLIError(f"could not read checkpoint {path!r}: {type(err).__name__}: {err}") from err
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CLIError(f"checkpoint {path!r} does not match the model: {err}") from err
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def device_of(name: str | None) -> torch.device | None:
+    """Validate ``--device`` (``cpu``, ``cuda`` or ``cuda:N``)."""
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise CLIError(f"unknown device {name!r}; expected cpu or cuda") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda was asked for, but torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise CLIError(f"unsupported device {name!r}; expected cpu or cuda")
+    return device
+
+
+def cast(tree: Any, device: torch.device | None, dtype: torch.dtype | None) -> Any:
+    """Move tensors of a tensor / tuple / list / dict tree; cast floating ones to ``dtype``.
+
+    Examples
+    --------
+    >>> cast((torch.zeros(2), torch.zeros(2, dtype=torch.long)), None, torch.float64)[0].dtype
+    torch.float64
+    """
+    if torch.is_tensor(tree):
+        return tree.to(device=device, dtype=dtype if tree.is_floating_point() else None)
+    if isinstance(tree, Mapping):
+        return {k: cast(v, device, dtype) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(cast(v, device, dtype) for v in tree)
+    return tree
+
+
+def place(problem: Problem, device: torch.device | None, dtype: torch.dtype | None) -> Problem:
+    """Put the model and data on ``device`` in ``dtype`` (None keeps them as they are).
+
+    Data given as an iterable of batches (e.g. a ``DataLoader``) is materialised as a list of
+    cast batches when a cast is needed.
+    """
+    if device is None and dtype is None:
+        return problem
+    model = problem.model.to(device=device, dtype=dtype)
+    batches = [cast(b, device, dtype) for b in iter_batches(problem.data)]
+    data = batches[0] if len(batches) == 1 else batches
+    return Problem(model, problem.loss_fn, data, problem.entry)
+
+
+def take_inputs(data: Any, n: int) -> Any:
+    """Return the inputs of the first ``n`` samples of ``data`` (tensor, tuple or dict inputs).
+
+    Examples
+    --------
+    >>> batches = [(torch.zeros(3, 2), torch.zeros(3)), (torch.ones(3, 2), torch.zeros(3))]
+    >>> take_inputs(batches, 4).shape
+    torch.Size([4, 2])
+    """
+    chunks, count = [], 0
+    for x, _ in iter_batches(data):
+        first = x if torch.is_tensor(x) else next(iter(x.values() if isinstance(x, Mapping)
+                                                        else x))
+        size = int(first.shape[0])
+        keep = min(size, n - count)
+        chunks.append(_slice(x, keep))
+        count += keep
+        if count >= n:
+            break
+    return chunks[0] if len(chunks) == 1 else _cat(chunks)
+
+
+def _slice(x: Any, k: int) -> Any:
+    if torch.is_tensor(x):
+        return x[:k]
+    if isinstance(x, Mapping):
+        return {key: _slice(v, k) for key, v in x.items()}
+    return type(x)(_slice(v, k) for v in x)
+
+
+def _cat(chunks: list[Any]) -> Any:
+    first = chunks[0]
+    if torch.is_tensor(first):
+        return torch.cat(chunks)
+    if isinstance(first, Mapping):
+        return {key: _cat([c[key] for c in chunks]) for key in first}
+    return type(first)(_cat([c[i] for c in chunks]) for i in range(len(first)))
