@@ -167,6 +167,15 @@ def compare(
         model.eval()
         results[str(name)] = iic(model, data, **iic_kwargs)
 
+    return rank_results(results)
+
+
+def rank_results(results: Mapping[str, IICResult]) -> Comparison:
+    """Rank IIC results, valid ones first, then by value (lower is better).
+
+    Shared by :func:`compare` and :func:`hessntk.jax.compare`.
+    """
+
     def key(item: tuple[str, IICResult]) -> tuple[int, float]:
         r = item[1]
         ok = r.valid and math.isfinite(r.value)
@@ -179,7 +188,7 @@ def compare(
                      "sharpness_stderr": r.sharpness_stderr, "curvature": r.curvature,
                      "correction": r.correction, "valid": r.valid, "reasons": list(r.reasons),
                      "residual": r.residual, "num_constraints": r.num_constraints})
-    return Comparison(tuple(rows), results)
+    return Comparison(tuple(rows), dict(results))
 
 
 def _name(source: Any, i: int) -> str:

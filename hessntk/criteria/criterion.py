@@ -308,26 +308,56 @@ def iic(
             reasons.append(f"convention A correction not defined: {err}")
             correction_a = float("nan")
             terms["curvature"] = float("nan")
+    return assemble_result(
+        terms, reasons, num_constraints=N, num_params=layout.n, method=method,
+        observations=observations, prior_name=str(prior_name), soft=soft, residual=residual,
+        train_error=train_error, structural_nullity=op.structural_nullity,
+        convention=convention, multiplier_correction=correction_a,
+    )  # fmt: skip
+
+
+def assemble_result(
+    terms: dict[str, Any],
+    reasons: list[str],
+    *,
+    num_constraints: int,
+    num_params: int,
+    method: str,
+    observations: str,
+    prior_name: str,
+    soft: float | None,
+    residual: float,
+    train_error: float | None,
+    structural_nullity: int,
+    convention: str = "B",
+    multiplier_correction: float | None = None,
+) -> IICResult:
+    """Sum the terms into an :class:`IICResult` (shared by the torch and JAX entry points).
+
+    ``terms`` holds ``reg_gap`` (``R* - R0``), ``sharpness``, ``curvature`` and optionally
+    ``stderr``, ``curvature_stderr``, ``kkt``, ``rank``, ``floor``, ``below``, ``tail``,
+    ``eigenvalues``; ``reasons`` gains a line when ``R* - R0`` is not positive.
+    """
     reg_gap = terms["reg_gap"]
     if not reg_gap > 0:
         reasons.append(f"R* - R0 = {reg_gap:.3g} is not positive")
         regularization = float("nan")
     else:
         regularization = math.log(reg_gap)
-    correction = -math.log(N)
+    correction = -math.log(num_constraints)
     value = regularization + terms["sharpness"] + terms["curvature"] + correction
     return IICResult(
         value=float(value), regularization=regularization, sharpness=terms["sharpness"],
         curvature=terms["curvature"], correction=correction,
-        sharpness_stderr=terms.get("stderr", 0.0), num_constraints=N, num_params=layout.n,
-        method=method, observations=observations, prior=str(prior_name), soft=soft,
-        residual=residual, train_error=train_error, kkt_residual=terms.get("kkt", float("nan")),
-        rank=terms.get("rank"), structural_nullity=op.structural_nullity,
-        floor=terms.get("floor", float("nan")), num_below_floor=terms.get("below"),
-        tail=terms.get("tail"), valid=not reasons, reasons=tuple(reasons),
-        eigenvalues=terms.get("eigenvalues"),
+        sharpness_stderr=terms.get("stderr", 0.0), num_constraints=num_constraints,
+        num_params=num_params, method=method, observations=observations, prior=prior_name,
+        soft=soft, residual=residual, train_error=train_error,
+        kkt_residual=terms.get("kkt", float("nan")), rank=terms.get("rank"),
+        structural_nullity=structural_nullity, floor=terms.get("floor", float("nan")),
+        num_below_floor=terms.get("below"), tail=terms.get("tail"), valid=not reasons,
+        reasons=tuple(reasons), eigenvalues=terms.get("eigenvalues"),
         curvature_stderr=float(terms.get("curvature_stderr", 0.0)), convention=convention,
-        multiplier_correction=correction_a,
+        multiplier_correction=multiplier_correction,
     )
 
 

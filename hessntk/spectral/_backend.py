@@ -9,6 +9,7 @@ the same probes on every backend.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -171,6 +172,12 @@ class JaxBackend(Backend):
     def set_index(self, x: Array, index: Any, value: Array) -> Array:
         return x.at[index].set(value)
 
+    def lanczos_step(
+        self, basis: Array, q: Array, w: Array, b_prev: Array, j: int
+    ) -> tuple[Array, Array, Array, Array]:
+        """One Lanczos step's bookkeeping for all probes, compiled (see ``_jax_step``)."""
+        return _jax_step()(basis, q, w, b_prev, self._jnp.asarray(j))
+
     def stack(self, xs: list[Array], axis: int = 0) -> Array:
         return self._jnp.stack(xs, axis=axis)
 
@@ -188,6 +195,41 @@ class JaxBackend(Backend):
 
     def all_finite(self, x: Array) -> bool:
         return bool(self._jnp.isfinite(x).all())
+
+
+@functools.cache
+def _jax_step() -> Any:
+    """A jitted Lanczos step for jax, compiled once per basis shape.
+
+    Eager jax would copy the whole ``(k, m, n)`` basis at every ``.at[].set`` and compile new
+    programs for every slice ``basis[:, :j + 1]``. Here the basis is donated (updated in place),
+    ``j`` is traced, and the reorthogonalisation runs against the whole basis (rows past ``j``
+    are zero and contribute nothing; slicing them off copies the basis in XLA). Classical
+    Gram-Schmidt, with the second pass only where the first cancelled much of ``w`` (the same
+    criterion as :func:`hessntk.spectral.krylov._reorthogonalise`).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def step(basis, q, w, b_prev, j):  # noqa: ANN001, ANN202
+        basis = basis.at[:, j].set(q)
+        a = jnp.sum(q * w, axis=1)
+        w = w - a[:, None] * q
+        prev = jax.lax.dynamic_index_in_dim(basis, jnp.maximum(j - 1, 0), axis=1,
+                                            keepdims=False)
+        w = w - b_prev[:, None] * prev
+
+        def sweep(w):  # noqa: ANN001, ANN202
+            coeffs = jnp.einsum("kn,kmn->km", w, basis)
+            return w - jnp.einsum("km,kmn->kn", coeffs, basis)
+
+        before = jnp.sqrt(jnp.sum(w * w, axis=1))
+        w = sweep(w)
+        again = jnp.any(jnp.sqrt(jnp.sum(w * w, axis=1)) < before / jnp.sqrt(2.0))
+        w = jax.lax.cond(again, sweep, lambda w: w, w)
+        return basis, a, w, jnp.sqrt(jnp.sum(w * w, axis=1))
+
+    return jax.jit(step, donate_argnums=0)
 
 
 def is_torch(x: Any) -> bool:

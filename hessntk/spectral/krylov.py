@@ -138,20 +138,24 @@ def lanczos(
     tol = BREAKDOWN_FACTOR * xp.eps(op.dtype)
     total = 0
     for j in progress(range(m), "Lanczos steps"):
-        # Index the stored basis by a slice while every probe is active (a view, no copy).
-        rows = slice(None) if len(active) == k else xp.from_numpy(active)
-        basis = xp.set_index(basis, (rows, j), q)
         w = _apply(op, q, j, active)
         total += len(active)
         norm_est[active] = np.maximum(norm_est[active], xp.to_numpy(xp.norm(w, axis=1)))
-        a = xp.sum(q * w, axis=1)
+        b_prev = xp.from_numpy(beta[active, j - 1] if j > 0 else np.zeros(len(active)),
+                               xp.float64)
+        if xp.name == "jax" and len(active) == k:
+            basis, a, w, b = xp.lanczos_step(basis, q, w, b_prev, j)
+        else:
+            # Index the stored basis by a slice while every probe is active (a view, no copy).
+            rows = slice(None) if len(active) == k else xp.from_numpy(active)
+            basis = xp.set_index(basis, (rows, j), q)
+            a = xp.sum(q * w, axis=1)
+            w = w - a[:, None] * q
+            if j > 0:
+                w = w - b_prev[:, None] * basis[rows, j - 1]
+            w = _reorthogonalise(xp, basis[rows, : j + 1], w)
+            b = xp.norm(w, axis=1)
         alpha[active, j] = xp.to_numpy(a)
-        w = w - a[:, None] * q
-        if j > 0:
-            b_prev = xp.from_numpy(beta[active, j - 1], xp.float64)
-            w = w - b_prev[:, None] * basis[rows, j - 1]
-        w = _reorthogonalise(xp, basis[rows, : j + 1], w)
-        b = xp.norm(w, axis=1)
         b_host = xp.to_numpy(b)
         beta[active, j] = b_host
         num_steps[active] = j + 1
