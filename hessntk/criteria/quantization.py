@@ -673,6 +673,14 @@ def quantization_sensitivity(
     FloatingPointError
         A non-finite loss, gradient or product, naming the batch.
 
+    Notes
+    -----
+    Both predictors are local (second order). At 3 and 4 bits the direct form ranked layers
+    like the measured increase (Spearman rho 0.90-1.00 on five trained digit models); at
+    2 bits a 3-level grid moves most weights to zero, far outside the quadratic regime, and
+    the ranking fails (rho -0.43 to 1.00). There, use :func:`measure_quantization` (one
+    forward pass per layer and bit width) instead.
+
     Examples
     --------
     >>> import torch
