@@ -648,6 +648,20 @@ def iter_batches(data: Any, *, reiterable: bool = False) -> Iterator[tuple[Any, 
         )
 
 
+def concat_inputs(inputs: Sequence[Any]) -> Any:
+    """Concatenate input batches (tensors, tuples or dicts of tensors) along dim 0."""
+    first = inputs[0]
+    if len(inputs) == 1:
+        return first
+    if torch.is_tensor(first):
+        return torch.cat(list(inputs))
+    if isinstance(first, Mapping):
+        return {k: concat_inputs([b[k] for b in inputs]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(concat_inputs([b[i] for b in inputs]) for i in range(len(first)))
+    raise TypeError(f"Expected tensor, tuple or dict inputs; got {type(first).__name__}.")
+
+
 def to_device(tree: Any, device: torch.device) -> Any:
     """Move every tensor leaf of a tensor / tuple / list / dict tree to ``device``."""
     if isinstance(tree, torch.Tensor):

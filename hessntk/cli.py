@@ -564,13 +564,10 @@ def cmd_quantization(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str,
 
 def _rank_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rank as :func:`hessntk.criteria.compare` does: valid finite values first, ascending."""
+    from hessntk.criteria.comparison import rank_key
 
-    def key(r: dict[str, Any]) -> tuple[int, float]:
-        v = r.get("value")
-        finite = v is not None and math.isfinite(v)
-        return (0 if (r.get("valid") and finite) else 1, v if finite else math.inf)
 
-    ranked = sorted(rows, key=key)
+    ranked = sorted(rows, key=lambda r: rank_key(bool(r.get("valid")), r.get("value")))
     return [{**r, "rank": i} for i, r in enumerate(ranked, start=1)]
 
 

@@ -170,19 +170,21 @@ def compare(
     return rank_results(results)
 
 
+def rank_key(valid: bool, value: float | None) -> tuple[int, float]:
+    """Sort key of the ranking: valid finite values first, then ascending (lower is better)."""
+    finite = value is not None and math.isfinite(value)
+    return (0 if (valid and finite) else 1, value if finite else math.inf)
+
+
 def rank_results(results: Mapping[str, IICResult]) -> Comparison:
     """Rank IIC results, valid ones first, then by value (lower is better).
 
     Shared by :func:`compare` and :func:`hessntk.jax.compare`.
     """
 
-    def key(item: tuple[str, IICResult]) -> tuple[int, float]:
-        r = item[1]
-        ok = r.valid and math.isfinite(r.value)
-        return (0 if ok else 1, r.value if math.isfinite(r.value) else math.inf)
-
+    ordered = sorted(results.items(), key=lambda item: rank_key(item[1].valid, item[1].value))
     rows = []
-    for rank, (name, r) in enumerate(sorted(results.items(), key=key), start=1):
+    for rank, (name, r) in enumerate(ordered, start=1):
         rows.append({"rank": rank, "name": name, "value": r.value,
                      "regularization": r.regularization, "sharpness": r.sharpness,
                      "sharpness_stderr": r.sharpness_stderr, "curvature": r.curvature,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hessntk._model import ParamLayout, call_model, iter_batches
+from hessntk._model import ParamLayout, call_model, concat_inputs, iter_batches
 from hessntk.criteria.curvature import (
     Regulariser,
     general_slq_terms,
@@ -243,20 +243,9 @@ def iic(
     layout: ParamLayout = op.layout
     theta = layout.flatten(op.problem.detached()).to(torch.float64)
     ref = _reference_vector(reference, model, layout, params)
-    reasons: list[str] = []
     residual, train_error = _interpolation(model, batches, observations, output_key, outputs_fn)
-    if train_error is not None:
-        if train_error > 0:
-            reasons.append(f"not interpolating: training error {train_error:.3g}")
-    elif not residual <= interpolation_tol:
-        reasons.append(f"not interpolating: relative residual {residual:.3g} > "
-                       f"{interpolation_tol:g}")
-    if reasons and soft is None:
-        warnings.warn(f"{reasons[0]}; the IIC assumes interpolation. Consider soft=kappa "
-                      "(finite noise precision).", RuntimeWarning, stacklevel=2)
-    if method == "auto":
-        fits = layout.n <= DENSE_PRIOR_MAX_P if general else N <= EXACT_MAX_N
-        method = "exact" if fits else "slq"
+    reasons: list[str] = interpolation_reasons(residual, train_error, interpolation_tol, soft)
+    method = resolve_method(method, general, layout.n, N)
     if convention == "A" and N > EXACT_MAX_N:
         raise ValueError(f"Expected at most {EXACT_MAX_N} constraints for convention='A' (it "
                          f"needs J J^T exactly); got N = {N}. Use convention='B'.")
@@ -316,6 +305,33 @@ def iic(
     )  # fmt: skip
 
 
+def interpolation_reasons(
+    residual: float, train_error: float | None, tol: float, soft: float | None
+) -> list[str]:
+    """Start the list of invalidity reasons with the interpolation check (shared with JAX).
+
+    Warns (``RuntimeWarning``) when the model does not interpolate and ``soft`` is not set.
+    """
+    reasons = []
+    if train_error is not None:
+        if train_error > 0:
+            reasons.append(f"not interpolating: training error {train_error:.3g}")
+    elif not residual <= tol:
+        reasons.append(f"not interpolating: relative residual {residual:.3g} > {tol:g}")
+    if reasons and soft is None:
+        warnings.warn(f"{reasons[0]}; the IIC assumes interpolation. Consider soft=kappa "
+                      "(finite noise precision).", RuntimeWarning, stacklevel=3)
+    return reasons
+
+
+def resolve_method(method: str, general: bool, num_params: int, num_constraints: int) -> str:
+    """``method="auto"``: exact when the dense matrices fit (``P`` for a callable prior)."""
+    if method != "auto":
+        return method
+    fits = num_params <= DENSE_PRIOR_MAX_P if general else num_constraints <= EXACT_MAX_N
+    return "exact" if fits else "slq"
+
+
 def assemble_result(
     terms: dict[str, Any],
     reasons: list[str],
@@ -366,7 +382,7 @@ def assemble_result(
 
 def _gaussian_exact(op, batches, model, params, prior, spec, output_key, outputs_fn, delta,
                     reg_gap, soft, reasons) -> dict[str, Any]:
-    inputs = _concat([x for x, _ in batches])
+    inputs = concat_inputs([x for x, _ in batches])
     K = gram(model, inputs, params=params if params is not None else list(op.layout.names),
              prior=op.problem.variances, outputs=spec, output_key=output_key,
              outputs_fn=outputs_fn, dtype=torch.float64)
@@ -464,7 +480,7 @@ def _general_prior(op, R_flat, theta, ref, batches, model, params, spec, output_
     r_star, r0 = float(R_flat(theta)), float(R_flat(ref))
     H_star = torch.func.hessian(R_flat)(theta).to(torch.float64)
     H0 = torch.func.hessian(R_flat)(ref).to(torch.float64)
-    inputs = _concat([x for x, _ in batches])
+    inputs = concat_inputs([x for x, _ in batches])
     J = jacobian(model, inputs, params=params if params is not None else list(layout.names),
                  outputs=spec, output_key=output_key, outputs_fn=outputs_fn)
     J = J.to(torch.float64)
@@ -564,20 +580,6 @@ def _interpolation(model, batches, observations, output_key, outputs_fn):
             den += float((target**2).sum())
     residual = math.sqrt(num / den) if den > 0 else float("nan")
     return residual, (wrong / count if count else None)
-
-
-def _concat(inputs: list[Any]) -> Any:
-    """Concatenate a list of input batches (tensors, tuples or dicts of tensors) along dim 0."""
-    first = inputs[0]
-    if len(inputs) == 1:
-        return first
-    if torch.is_tensor(first):
-        return torch.cat(inputs)
-    if isinstance(first, Mapping):
-        return {k: _concat([b[k] for b in inputs]) for k in first}
-    if isinstance(first, (tuple, list)):
-        return type(first)(_concat([b[i] for b in inputs]) for i in range(len(first)))
-    raise TypeError(f"Expected tensor, tuple or dict inputs; got {type(first).__name__}.")
 
 
 __all__ = ["IICResult", "iic"]

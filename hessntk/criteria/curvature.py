@@ -24,10 +24,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from hessntk._model import concat_inputs
 from hessntk.hessian import HessianOperator
 from hessntk.ntk import GramOperator, gram
 from hessntk.ntk._common import transform_outputs
-from hessntk.spectral import Estimate, LinearOperator, aslinearoperator, cg, logdet_difference
+from hessntk.spectral import (
+    Estimate,
+    LinearOperator,
+    aslinearoperator,
+    cg,
+    logdet_difference,
+    slq,
+)
 from hessntk.spectral.probes import Seed
 
 DENSE_MAX_P = 4096  # dense P x P matrices (float64, 134 MB at the limit)
@@ -158,18 +166,26 @@ def multiplier_correction(
         ``J`` without full row rank (the manifold and its tangent space are not defined).
     """
     N, P = jac.shape[0], jac.layout.n
-    inputs = [x for x, _ in batches]
     p = jac.problem
-    G = torch.cat([
-        torch.cat([
-            gram(model, xi, xj, params=params, prior=1.0, outputs=p.outputs_spec,
-                 output_key=output_key, outputs_fn=outputs_fn, dtype=torch.float64)
-            for xj in inputs
-        ], dim=1) for xi in inputs
-    ]) if len(inputs) > 1 else gram(model, inputs[0], params=params, prior=1.0,
-                                    outputs=p.outputs_spec, output_key=output_key,
-                                    outputs_fn=outputs_fn, dtype=torch.float64)
-    G = (G + G.T) / 2
+
+    def J(T: torch.Tensor) -> torch.Tensor:
+        return jac.jvp(T.to(jac.dtype)).to(torch.float64)
+
+    def Jt(V: torch.Tensor) -> torch.Tensor:
+        return jac.vjp(V.to(jac.dtype)).to(torch.float64)
+
+    if dense:
+        if P > DENSE_MAX_P:
+            raise ValueError(f"Expected at most {DENSE_MAX_P} parameters for the dense "
+                             f"convention-A correction; got {P}. Use method='slq'.")
+        eye = torch.eye(P, dtype=torch.float64, device=p.device)
+        Jd = J(eye)  # (N, P), also gives J J^T below
+        G = Jd @ Jd.T
+    else:
+        G = gram(model, concat_inputs([x for x, _ in batches]), params=params, prior=1.0,
+                 outputs=p.outputs_spec, output_key=output_key, outputs_fn=outputs_fn,
+                 dtype=torch.float64)
+        G = (G + G.T) / 2
     lam, U = torch.linalg.eigh(G)
     if float(lam[0]) <= N * torch.finfo(p.dtype).eps * float(lam[-1]):
         raise ValueError(f"Expected J to have full row rank for convention='A' (J J^T has "
@@ -178,12 +194,6 @@ def multiplier_correction(
 
     def solve_G(B: torch.Tensor) -> torch.Tensor:
         return U @ ((U.T @ B) / lam[:, None])
-
-    def J(T: torch.Tensor) -> torch.Tensor:
-        return jac.jvp(T.to(jac.dtype)).to(torch.float64)
-
-    def Jt(V: torch.Tensor) -> torch.Tensor:
-        return jac.vjp(V.to(jac.dtype)).to(torch.float64)
 
     g = reg.grad.to(torch.float64)
     mu = -solve_G(J(g[:, None]))[:, 0]
@@ -195,11 +205,6 @@ def multiplier_correction(
         return M.matmat(V.to(M.dtype)).to(torch.float64)
 
     if dense:
-        if P > DENSE_MAX_P:
-            raise ValueError(f"Expected at most {DENSE_MAX_P} parameters for the dense "
-                             f"convention-A correction; got {P}. Use method='slq'.")
-        eye = torch.eye(P, dtype=torch.float64, device=g.device)
-        Jd = J(eye)  # (N, P)
         _, _, Vh = torch.linalg.svd(Jd, full_matrices=True)
         Q = Vh[N:].T
         H = reg.dense().to(torch.float64)
@@ -258,8 +263,6 @@ def general_slq_terms(
     """
     N, P = jac.shape
     K = kernel_operator(jac, reg_star.hessian)
-    from hessntk.spectral import slq
-
     dens = slq(K, num_probes=num_probes, num_matvecs=min(num_matvecs, N), seed=seed)
     ld = dens.logdet()
     curv = logdet_difference(reg_star.hessian, reg_zero.hessian, num_probes=num_probes,

@@ -14,7 +14,6 @@ residual and the dense Hessians of a callable prior.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,13 +24,14 @@ import numpy as np
 from hessntk.criteria.comparison import Comparison, rank_results
 from hessntk.criteria.criterion import (
     DENSE_PRIOR_MAX_P,
-    EXACT_MAX_N,
     METHODS,
     OBSERVATIONS,
     IICResult,
     _gaussian_slq,
     _spectrum_terms,
     assemble_result,
+    interpolation_reasons,
+    resolve_method,
 )
 from hessntk.jax._common import ParamLayout, as_batch_list
 from hessntk.jax.bridge import TorchView
@@ -144,20 +144,9 @@ def iic(
     layout: ParamLayout = op.layout
     theta = np.asarray(layout.flat, dtype=np.float64)
     ref = _reference_vector(reference, layout)
-    reasons: list[str] = []
     residual, train_error = _interpolation(f, layout.tree, pairs, observations)
-    if train_error is not None:
-        if train_error > 0:
-            reasons.append(f"not interpolating: training error {train_error:.3g}")
-    elif not residual <= interpolation_tol:
-        reasons.append(f"not interpolating: relative residual {residual:.3g} > "
-                       f"{interpolation_tol:g}")
-    if reasons and soft is None:
-        warnings.warn(f"{reasons[0]}; the IIC assumes interpolation. Consider soft=kappa "
-                      "(finite noise precision).", RuntimeWarning, stacklevel=2)
-    if method == "auto":
-        method = "exact" if (layout.n <= DENSE_PRIOR_MAX_P if general else N <= EXACT_MAX_N) \
-            else "slq"
+    reasons: list[str] = interpolation_reasons(residual, train_error, interpolation_tol, soft)
+    method = resolve_method(method, general, layout.n, N)
     if layout.n < N and soft is None:
         reasons.append(f"K has rank at most P = {layout.n} < N = {N} (fewer parameters than "
                        "constraints): its log-determinant is -inf; use soft=kappa")

@@ -297,11 +297,5 @@ def slq(
     group = -(-k // -(-k // group))  # balance the groups: 10 probes in 5 + 5, not 8 + 2
     parts = [lanczos(op, m, v0=V0[:, i : i + group])
              for i in progress(range(0, k, group), "SLQ probe groups")]
-    T = parts[0] if len(parts) == 1 else Tridiagonal(
-        alpha=np.concatenate([p.alpha for p in parts]),
-        beta=np.concatenate([p.beta for p in parts]),
-        num_steps=np.concatenate([p.num_steps for p in parts]),
-        breakdown=np.concatenate([p.breakdown for p in parts]),
-        num_matvecs=sum(p.num_matvecs for p in parts),
-    )
-    return SpectralDensity.from_tridiagonal(T, n)
+    densities = [SpectralDensity.from_tridiagonal(T, n) for T in parts]
+    return densities[0] if len(densities) == 1 else SpectralDensity.concatenate(densities)
