@@ -1,8 +1,9 @@
 """Torch-model plumbing shared by :mod:`hessntk.hessian` and :mod:`hessntk.ntk`.
 
 Everything here is about getting from a user's ``torch.nn.Module`` and data to pure functions
-of a parameter dict: choosing the parameters (:func:`select_params`), flattening them to one
-vector and back (:class:`ParamLayout`), calling the model functionally (:func:`call_model`),
+of a parameter dict: choosing the parameters (:func:`select_params`; they are flattened to one
+vector and back by the shared :class:`hessntk.spectral.layout.ParamLayout`), calling the
+model functionally (:func:`call_model`),
 walking the data (:func:`iter_batches`) and refusing inputs that would make products random or
 wrong (:func:`check_eval_mode`, :func:`check_finite`, :func:`check_batch`).
 """
@@ -13,12 +14,16 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from hessntk.spectral.layout import ParamLayout
+
 __all__ = [
     "ParamLayout",
+    "as_flat",
     "ParamSpec",
     "batch_size",
     "call_model",
@@ -27,6 +32,7 @@ __all__ = [
     "check_finite",
     "is_single_batch",
     "iter_batches",
+    "ravel_params",
     "select_output",
     "select_params",
     "tensor_leaves",
@@ -164,174 +170,6 @@ def _short_list(names: Iterable[str], limit: int = 20) -> str:
     names = list(names)
     head = ", ".join(names[:limit])
     return head + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
-# -- flat layout -------------------------------------------------------------------------------
-
-
-class ParamLayout:
-    """The map between a dict of parameter tensors and one flat vector.
-
-    Parameters
-    ----------
-    params : dict[str, torch.Tensor]
-        Typically the output of :func:`select_params`. The flat order is the dict order.
-
-    Attributes
-    ----------
-    names : list[str]
-    shapes : list[torch.Size]
-    numels : list[int]
-    offsets : list[int]
-        Start of each tensor in the flat vector.
-    n : int
-        Total number of entries.
-    dtype, device
-        Common dtype and device of the tensors.
-    slices : dict[str, slice]
-        ``name -> slice`` into the flat vector.
-
-    Examples
-    --------
-    >>> net = nn.Linear(3, 2)
-    >>> layout = ParamLayout(select_params(net))
-    >>> layout.n, layout.slices["bias"]
-    (8, slice(6, 8, None))
-    >>> v = layout.flatten(dict(net.named_parameters()))
-    >>> layout.unravel(v)["weight"].shape
-    torch.Size([2, 3])
-    """
-
-    def __init__(self, params: Mapping[str, torch.Tensor]) -> None:
-        if not params:
-            raise ValueError("Expected at least one parameter; got an empty dict.")
-        self.names = list(params)
-        tensors = list(params.values())
-        self.shapes = [t.shape for t in tensors]
-        self.numels = [t.numel() for t in tensors]
-        self.offsets = [0]
-        for k in self.numels[:-1]:
-            self.offsets.append(self.offsets[-1] + k)
-        self.n = sum(self.numels)
-        dtypes = {t.dtype for t in tensors}
-        devices = {t.device for t in tensors}
-        if len(dtypes) > 1:
-            raise ValueError(
-                f"Expected selected parameters of one dtype; got {sorted(map(str, dtypes))}. "
-                "Cast the model with model.to(dtype) or select parameters of one dtype."
-            )
-        if len(devices) > 1:
-            raise ValueError(
-                f"Expected selected parameters on one device; got {sorted(map(str, devices))}. "
-                "Move the model with model.to(device)."
-            )
-        self.dtype = tensors[0].dtype
-        self.device = tensors[0].device
-        self.slices = {
-            name: slice(o, o + k)
-            for name, o, k in zip(self.names, self.offsets, self.numels, strict=True)
-        }
-
-    def __repr__(self) -> str:
-        return f"ParamLayout(n={self.n}, tensors={len(self.names)}, dtype={self.dtype})"
-
-    def flatten(
-        self, tensors: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], batch_ndim: int = 0
-    ) -> torch.Tensor:
-        """Concatenate tensors (a dict keyed like the layout, or a list in layout order).
-
-        Parameters
-        ----------
-        tensors : dict or list of torch.Tensor
-            Each of shape ``(*batch, *shape)``.
-        batch_ndim : int
-            Number of leading batch dimensions shared by all tensors.
-
-        Returns
-        -------
-        torch.Tensor of shape (*batch, n)
-        """
-        if isinstance(tensors, Mapping):
-            missing = [name for name in self.names if name not in tensors]
-            if missing:
-                raise ValueError(f"Expected tensors for every layout name; missing {missing}.")
-            tensors = [tensors[name] for name in self.names]
-        if len(tensors) != len(self.names):
-            raise ValueError(f"Expected {len(self.names)} tensors; got {len(tensors)}.")
-        flat = []
-        for t, shape in zip(tensors, self.shapes, strict=True):
-            batch = t.shape[:batch_ndim]
-            if t.shape[batch_ndim:] != shape:
-                raise ValueError(
-                    f"Expected a tensor of shape (*batch, {tuple(shape)}); got {tuple(t.shape)}."
-                )
-            flat.append(t.reshape(*batch, -1))
-        return torch.cat(flat, dim=-1)
-
-    def unravel(self, vec: torch.Tensor, dim: int = -1) -> dict[str, torch.Tensor]:
-        """Split a flat vector into tensors shaped like the parameters (views, no copy).
-
-        Parameters
-        ----------
-        vec : torch.Tensor
-            Of shape ``(n,)``; or ``(..., n)`` with ``dim=-1`` (leading batch dims, returned
-            tensors ``(..., *shape)``); or ``(n, ...)`` with ``dim=0`` (trailing batch dims,
-            returned tensors ``(*shape, ...)``, e.g. the columns of an ``(n, k)`` block).
-        dim : {-1, 0}
-            The axis of length ``n``.
-
-        Returns
-        -------
-        dict[str, torch.Tensor]
-        """
-        if vec.ndim == 0 or vec.shape[dim] != self.n:
-            raise ValueError(
-                f"Expected a tensor with {self.n} entries along dim {dim}; got shape "
-                f"{tuple(vec.shape)}."
-            )
-        out = {}
-        parts = zip(self.names, self.offsets, self.numels, self.shapes, strict=True)
-        for name, o, k, shape in parts:
-            part = vec.narrow(dim, o, k)
-            if dim in (-1, vec.ndim - 1):
-                out[name] = part.reshape(*vec.shape[:-1], *shape)
-            elif dim == 0:
-                out[name] = part.reshape(*shape, *vec.shape[1:])
-            else:
-                raise ValueError(f"Expected dim=-1 or dim=0; got {dim}.")
-        return out
-
-    def layer_groups(self) -> dict[str, list[str]]:
-        """Group parameter names by their owning module.
-
-        The group key is the module's qualified name (the parameter name without its last
-        component): ``"0.weight", "0.bias" -> "0"``. Parameters of the root module are grouped
-        under ``""``, as in ``model.named_modules()``.
-
-        Returns
-        -------
-        dict[str, list[str]]
-            In order of first appearance.
-        """
-        groups: dict[str, list[str]] = {}
-        for name in self.names:
-            layer = name.rpartition(".")[0]
-            groups.setdefault(layer, []).append(name)
-        return groups
-
-    def index(self, names: Sequence[str]) -> slice | torch.Tensor:
-        """Positions of the given parameters in the flat vector.
-
-        Returns a ``slice`` when the tensors are contiguous in layout order, else a 1-D
-        ``torch.long`` index tensor.
-        """
-        pos = sorted(self.names.index(name) for name in names)
-        if pos == list(range(pos[0], pos[-1] + 1)):
-            start = self.offsets[pos[0]]
-            return slice(start, self.offsets[pos[-1]] + self.numels[pos[-1]])
-        return torch.cat(
-            [torch.arange(self.offsets[i], self.offsets[i] + self.numels[i]) for i in pos]
-        )
 
 
 # -- model state and calls ---------------------------------------------------------------------
@@ -671,6 +509,33 @@ def to_device(tree: Any, device: torch.device) -> Any:
     if isinstance(tree, (tuple, list)):
         return type(tree)(to_device(v, device) for v in tree)
     return tree
+
+
+def as_flat(
+    theta: Any, layout: ParamLayout, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """``theta`` (torch or numpy) as a flat tensor of the layout's size, dtype and device."""
+    if isinstance(theta, np.ndarray):
+        theta = torch.from_numpy(theta)
+    if not torch.is_tensor(theta) or tuple(theta.shape) != (layout.n,):
+        raise ValueError(f"Expected flat parameters of shape ({layout.n},); got "
+                         f"{tuple(getattr(theta, 'shape', ()))} ({type(theta).__name__}).")
+    return theta.detach().to(dtype=dtype, device=device)
+
+
+def ravel_params(layout: ParamLayout, params: Any, device: torch.device) -> torch.Tensor:
+    """Flatten a dict of tensors by name (extra entries ignored) or a module's parameters."""
+    if isinstance(params, nn.Module):
+        params = dict(params.named_parameters())
+    if not isinstance(params, Mapping):
+        raise TypeError(f"Expected parameters as a dict name -> tensor or a Module; got "
+                        f"{type(params).__name__}.")
+    missing = [n for n in layout.names if n not in params]
+    if missing:
+        raise ValueError(f"Expected values for the parameters {layout.names}; missing {missing}.")
+    values = {n: torch.as_tensor(params[n]).detach().to(device=device, dtype=layout.dtype)
+              for n in layout.names}
+    return layout.flatten(values)
 
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:

@@ -194,7 +194,7 @@ def _build_with(path):
         import cli_models
     finally:
         sys.path.remove(str(MODELS.parent))
-    from hessntk.criteria import load_checkpoint
+    from hessntk.checkpoints import load_checkpoint
 
     net, loss_fn, data = cli_models.build()
     net.load_state_dict(load_checkpoint(path))
@@ -263,12 +263,12 @@ def test_compare_ranks_checkpoints_and_writes_table_and_plot(tmp_path, checkpoin
 
 
 def test_compare_resumes_after_an_interruption(tmp_path, checkpoints, monkeypatch):
-    import hessntk.criteria
+    import hessntk.criteria.comparison
 
     paths = [str(checkpoints["early"]), str(checkpoints["late"])]
     args = ["compare", ENTRY, *paths, "--quiet", *FAST]
     assert main([*args, "--out", str(tmp_path / "straight")]) == 0
-    real, calls = hessntk.criteria.compare, []
+    real, calls = hessntk.criteria.comparison.iic, []
 
     def interrupted(*a, **k):
         calls.append(1)
@@ -276,10 +276,10 @@ def test_compare_resumes_after_an_interruption(tmp_path, checkpoints, monkeypatc
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(hessntk.criteria, "compare", interrupted)
+    monkeypatch.setattr(hessntk.criteria.comparison, "iic", interrupted)
     assert main([*args, "--out", str(tmp_path / "resumed")]) == 130
     assert not (tmp_path / "resumed" / "report.json").exists()
-    monkeypatch.setattr(hessntk.criteria, "compare", real)
+    monkeypatch.setattr(hessntk.criteria.comparison, "iic", real)
     assert main([*args, "--out", str(tmp_path / "resumed"), "--resume"]) == 0
     straight = _strict_json((tmp_path / "straight" / "report.json").read_text())
     resumed = _strict_json((tmp_path / "resumed" / "report.json").read_text())
@@ -288,10 +288,10 @@ def test_compare_resumes_after_an_interruption(tmp_path, checkpoints, monkeypatc
 
 
 def test_spectrum_slq_resumes_after_an_interruption(tmp_path, monkeypatch):
-    import hessntk.report
+    import hessntk.spectral.quadrature
 
     assert main([*SPECTRUM, "--quiet", "--out", str(tmp_path / "straight")]) == 0
-    real, calls = hessntk.report.lanczos, []
+    real, calls = hessntk.spectral.quadrature.lanczos, []
 
     def interrupted(*a, **k):  # the third of three probe groups is interrupted
         calls.append(1)
@@ -299,12 +299,12 @@ def test_spectrum_slq_resumes_after_an_interruption(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(hessntk.report, "lanczos", interrupted)
+    monkeypatch.setattr(hessntk.spectral.quadrature, "lanczos", interrupted)
     out = tmp_path / "resumed"
     assert main([*SPECTRUM, "--quiet", "--out", str(out)]) == 130
     assert sorted(p.name for p in (out / "partial").iterdir()) == [
         ".hessntk-partial", "hessian-group000.npz", "hessian-group001.npz"]
-    monkeypatch.setattr(hessntk.report, "lanczos", real)
+    monkeypatch.setattr(hessntk.spectral.quadrature, "lanczos", real)
     assert main([*SPECTRUM, "--quiet", "--out", str(out), "--resume"]) == 0
     straight = _strict_json((tmp_path / "straight" / "report.json").read_text())
     resumed = _strict_json((out / "report.json").read_text())

@@ -1,19 +1,20 @@
 """Model-quality criteria built on spectra: lower-tail exponents, IIC, quantization sensitivity.
 
-Consumes operators and spectral results from :mod:`hessntk.spectral`; never re-implements them.
+Each criterion is written once over the operator protocol of :mod:`hessntk.spectral.protocols`
+(Gram operators for the IIC, curvature operators for quantization), so it runs on the torch
+and the JAX builders alike; torch models are accepted as a convenience (the operator is then
+built for you). Imports neither torch nor jax at module level.
 """
 
-from hessntk.criteria.comparison import Comparison, compare, load_checkpoint
-from hessntk.criteria.criterion import IICResult, iic
+from hessntk.criteria.bits import BitAllocation, allocate_bits
+from hessntk.criteria.comparison import Comparison, compare
+from hessntk.criteria.iic import IICResult, iic
 from hessntk.criteria.quantization import (
-    BitAllocation,
-    QuantizationMeasurement,
-    QuantizationSensitivity,
-    allocate_bits,
     measure_quantization,
     quantization_sensitivity,
     quantized_loss,
 )
+from hessntk.criteria.quantization_results import QuantizationMeasurement, QuantizationSensitivity
 from hessntk.criteria.quantizers import quantize
 from hessntk.criteria.tails import TailFit, lower_tail_exponent, upper_tail_exponent
 
@@ -27,7 +28,6 @@ __all__ = [
     "allocate_bits",
     "compare",
     "iic",
-    "load_checkpoint",
     "lower_tail_exponent",
     "measure_quantization",
     "quantization_sensitivity",

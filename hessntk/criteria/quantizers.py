@@ -1,7 +1,8 @@
 """Uniform weight quantizers: the ``Q_b(W)`` of quantization-sensitivity analysis.
 
 Round-to-nearest onto a uniform grid of ``b``-bit integers, returned dequantized ("fake
-quantization": the grid values in the tensor's own dtype), with one scale per tensor or per
+quantization": the grid values in the array's own dtype and on its own backend: torch
+tensors, jax or numpy arrays give the same numbers), with one scale per tensor or per
 output channel (axis 0, the ``out_features`` / ``out_channels`` axis of ``nn.Linear`` and
 ``nn.ConvNd`` weights).
 
@@ -17,9 +18,10 @@ idempotent up to rounding, ``Q(Q(w)) = Q(w)``.
 
 from __future__ import annotations
 
+import math
 import numbers
 
-import torch
+from hessntk.spectral._backend import Array, backend_of_array
 
 __all__ = ["GRANULARITIES", "SCHEMES", "check_bits", "grid", "num_levels", "quantize"]
 
@@ -71,27 +73,31 @@ def num_levels(bits: int, scheme: str = "symmetric") -> int:
     return 2**b - 1 if scheme == "symmetric" else 2**b
 
 
-def _check_tensor(w: object) -> torch.Tensor:
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"Expected a torch.Tensor of weights; got {type(w).__name__}.")
-    if w.is_quantized:
+def _check_tensor(w: object) -> Array:
+    try:
+        xp = backend_of_array(w)
+    except TypeError:
+        raise TypeError(
+            f"Expected a torch.Tensor (or jax / numpy array) of weights; got {type(w).__name__}."
+        ) from None
+    if getattr(w, "is_quantized", False):
         raise TypeError(
             f"Expected a floating-point tensor; got an already quantized tensor ({w.dtype}). "
             "Pass the float weights (w.dequantize(), or the float model before conversion)."
         )
-    if not w.is_floating_point():
+    if not xp.is_floating(w):
         raise TypeError(
             f"Expected a floating-point tensor; got dtype {w.dtype} (integer weights are "
             "already quantized). Pass the float weights."
         )
-    if w.numel() == 0:
+    if math.prod(w.shape) == 0:
         raise ValueError("Expected a non-empty tensor; got 0 elements.")
-    if not bool(torch.isfinite(w).all()):
+    if not xp.all_finite(w):
         raise FloatingPointError("Expected finite weights to quantize; got NaN or infinity.")
-    return w.detach()
+    return xp.detach(w)
 
 
-def _reduce_dims(w: torch.Tensor, granularity: str, axis: int) -> tuple[int, ...]:
+def _reduce_dims(w: Array, granularity: str, axis: int) -> tuple[int, ...]:
     if granularity not in GRANULARITIES:
         raise ValueError(f"Expected granularity in {GRANULARITIES}; got {granularity!r}.")
     if granularity == "tensor" or w.ndim < 2:
@@ -103,13 +109,13 @@ def _reduce_dims(w: torch.Tensor, granularity: str, axis: int) -> tuple[int, ...
 
 
 def grid(
-    w: torch.Tensor,
+    w: Array,
     bits: int,
     scheme: str = "symmetric",
     granularity: str = "tensor",
     *,
     axis: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[Array, Array]:
     """Return the step ``s`` and integer zero point ``z`` of the grid that :func:`quantize` uses.
 
     Parameters
@@ -119,49 +125,51 @@ def grid(
 
     Returns
     -------
-    scale, zero_point : torch.Tensor
+    scale, zero_point : array
         Broadcastable to ``w`` (shape ``()`` per tensor, ``(c, 1, ..., 1)`` per channel), in
         ``w``'s dtype; ``zero_point`` is 0 for the symmetric scheme. A group of zeros gets
         ``scale = 1`` (quantized exactly).
 
     Examples
     --------
-    >>> scale, zero = grid(torch.tensor([-1.0, 0.5, 3.5]), 3)  # q = 3: step 3.5 / 3
+    >>> import numpy as np
+    >>> scale, zero = grid(np.array([-1.0, 0.5, 3.5]), 3)  # q = 3: step 3.5 / 3
     >>> round(float(scale), 6), float(zero)
     (1.166667, 0.0)
     """
     w = _check_tensor(w)
+    xp = backend_of_array(w)
     b = check_bits(bits, scheme)
     dims = _reduce_dims(w, granularity, axis)
     if scheme == "symmetric":
-        amax = w.abs().amax(dim=dims, keepdim=True) if dims else w.abs()
+        amax = xp.amax(abs(w), dims) if dims else abs(w)
         scale = amax / (2 ** (b - 1) - 1)
-        zero = torch.zeros_like(scale)
+        zero = scale * 0
     else:
-        lo = w.amin(dim=dims, keepdim=True) if dims else w
-        hi = w.amax(dim=dims, keepdim=True) if dims else w
-        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+        lo = xp.amin(w, dims) if dims else w
+        hi = xp.amax(w, dims) if dims else w
+        lo, hi = xp.clip(lo, None, 0), xp.clip(hi, 0, None)
         scale = (hi - lo) / (2**b - 1)
-        zero = torch.round(-lo / torch.where(scale > 0, scale, torch.ones_like(scale)))
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero = xp.round(-lo / xp.where(scale > 0, scale, 1.0))
+    scale = xp.where(scale > 0, scale, 1.0)
     if granularity == "tensor" or w.ndim < 2:
         scale, zero = scale.reshape(()), zero.reshape(())
     return scale, zero
 
 
 def quantize(
-    w: torch.Tensor,
+    w: Array,
     bits: int,
     scheme: str = "symmetric",
     granularity: str = "tensor",
     *,
     axis: int = 0,
-) -> torch.Tensor:
+) -> Array:
     """Round ``w`` to a uniform ``bits``-bit grid and return the grid values (dequantized).
 
     Parameters
     ----------
-    w : torch.Tensor
+    w : torch.Tensor, jax or numpy array
         Floating-point weights of any shape; not modified.
     bits : int
         Bit width, ``1..16`` (``2..16`` for the symmetric scheme).
@@ -175,9 +183,9 @@ def quantize(
 
     Returns
     -------
-    torch.Tensor
-        Same shape and dtype as ``w``, detached, with ``|Q(w) - w| <= scale / 2`` elementwise
-        (``scale`` from :func:`grid`).
+    array
+        Same shape, dtype and backend as ``w`` (a torch tensor is detached), with
+        ``|Q(w) - w| <= scale / 2`` elementwise (``scale`` from :func:`grid`).
 
     Raises
     ------
@@ -189,16 +197,18 @@ def quantize(
 
     Examples
     --------
-    >>> w = torch.tensor([-1.0, -0.6, 0.1, 0.7])
+    >>> import numpy as np
+    >>> w = np.array([-1.0, -0.6, 0.1, 0.7])
     >>> quantize(w, 2)  # 3 levels {-1, 0, 1}
-    tensor([-1., -1.,  0.,  1.])
-    >>> quantize(w, 2, "asymmetric")  # 4 levels, step (0.7 + 1) / 3, zero point 2
-    tensor([-1.1333, -0.5667,  0.0000,  0.5667])
+    array([-1., -1.,  0.,  1.])
+    >>> np.round(quantize(w, 2, "asymmetric"), 4)  # 4 levels, step (0.7 + 1) / 3, zero 2
+    array([-1.1333, -0.5667,  0.    ,  0.5667])
     """
     scale, zero = grid(w, bits, scheme, granularity, axis=axis)
-    w = w.detach()
+    xp = backend_of_array(w)
+    w = xp.detach(w)
     b = int(bits)
     if scheme == "symmetric":
         q = 2 ** (b - 1) - 1
-        return torch.clamp(torch.round(w / scale), -q, q) * scale
-    return (torch.clamp(torch.round(w / scale) + zero, 0, 2**b - 1) - zero) * scale
+        return xp.clip(xp.round(w / scale), -q, q) * scale
+    return (xp.clip(xp.round(w / scale) + zero, 0, 2**b - 1) - zero) * scale

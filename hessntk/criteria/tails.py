@@ -74,26 +74,13 @@ class TailFit:
         return self.alpha - 1.0 if self.tail == "lower" else -self.alpha
 
     def plot(self, ax: Any = None) -> Any:
-        """Plot the empirical tail CDF on log-log axes with the fitted power law."""
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError("Plotting needs matplotlib: pip install 'hessntk[plot]'.") from err
-        if ax is None:
-            _, ax = plt.subplots()
-        ax.loglog(self.x, self.cdf, ".", ms=3, label="empirical")
-        grid = np.geomspace(self.x.min(), self.x.max(), 100)
-        if self.tail == "lower":
-            fit = self.scale * grid**self.alpha
-            ax.set_ylabel("P(lambda <= x)")
-            ax.axvline(self.cutoff, color="gray", ls=":", label="cutoff")
-        else:
-            fit = self.scale * grid ** (1.0 - self.alpha)
-            ax.set_ylabel("P(lambda > x)")
-        ax.loglog(grid, fit, "-", label=f"alpha = {self.alpha:.3f} +- {self.stderr:.2g}")
-        ax.set_xlabel("x")
-        ax.legend()
-        return ax
+        """Plot the empirical tail CDF on log-log axes with the fitted power law.
+
+        See :func:`hessntk.report.plots.plot_tail`.
+        """
+        from hessntk.report.plots import plot_tail
+
+        return plot_tail(self, ax)
 
 
 def lower_tail_exponent(

@@ -1,7 +1,8 @@
 """One-call spectra of a model's loss curvature: thin wrappers over the operators.
 
-Each function builds a :class:`~hessntk.hessian.HessianOperator` (or, with
-``curvature="ggn"``, a :class:`~hessntk.hessian.GGNOperator`) and hands it to the spectral core
+Each function takes a curvature operator (any backend) or builds a
+:class:`~hessntk.hessian.HessianOperator` (or, with ``curvature="ggn"``, a
+:class:`~hessntk.hessian.GGNOperator`) from a model, and hands it to the spectral core
 (:func:`hessntk.spectral.eigen`, :func:`~hessntk.spectral.traces`,
 :func:`~hessntk.spectral.quadrature`). The ``block_*`` variants return one result per parameter
 block (per layer by default), as an ordered ``dict`` keyed by block name.
@@ -22,10 +23,10 @@ from hessntk.spectral import (
     Estimate,
     LinearOperator,
     SpectralDensity,
-    eigsh,
     slq,
 )
 from hessntk.spectral import trace as _spectral_trace
+from hessntk.spectral.eigen import extreme_eigenvalues
 
 __all__ = [
     "block_density",
@@ -40,67 +41,40 @@ _CURVATURES = {"hessian": HessianOperator, "ggn": GGNOperator}
 
 
 def _operator(
-    model: nn.Module,
-    loss_fn: LossFn,
+    subject: nn.Module | LinearOperator,
+    loss_fn: LossFn | None,
     data: Any,
     curvature: str,
     params: ParamSpec,
-    blocks: BlockSpec,
+    blocks: BlockSpec | None,
     output_key: str | int | None,
     outputs_fn: Callable[[Any], torch.Tensor] | None,
     allow_train_mode: bool,
-) -> HessianOperator | GGNOperator:
+    default_blocks: str = "tensor",
+) -> LinearOperator:
+    """``subject`` if it is an operator already, else the curvature operator of the model."""
+    if isinstance(subject, LinearOperator):
+        given = [name for name, value in (
+            ("loss_fn", loss_fn), ("data", data), ("params", params), ("blocks", blocks),
+            ("output_key", output_key), ("outputs_fn", outputs_fn),
+        ) if value is not None]
+        given += ["curvature"] * (curvature != "hessian") + ["allow_train_mode"] * bool(
+            allow_train_mode)
+        if given:
+            raise ValueError(f"Expected no {given} with an operator (they are set when it is "
+                             "built); got an operator and these options.")
+        return subject
     if curvature not in _CURVATURES:
         raise ValueError(f"Expected curvature in {sorted(_CURVATURES)}; got {curvature!r}.")
     return _CURVATURES[curvature](
-        model,
+        subject,
         loss_fn,
         data,
         params=params,
-        blocks=blocks,
+        blocks=blocks or default_blocks,
         output_key=output_key,
         outputs_fn=outputs_fn,
         allow_train_mode=allow_train_mode,
-    )
-
-
-def _eigs(
-    op: LinearOperator,
-    k: int,
-    which: str,
-    tol: float,
-    seed: int,
-    max_matvecs: int | None,
-    return_eigenvectors: bool,
-) -> EigshResult:
-    """``eigsh``, or a dense ``eigh`` when ``k`` covers the whole (small) operator."""
-    n = op.shape[0]
-    if k < n:
-        return eigsh(
-            op,
-            k,
-            which=which,
-            tol=tol,
-            seed=seed,
-            max_matvecs=max_matvecs,
-            return_eigenvectors=return_eigenvectors,
-        )
-    # All n eigenvalues were asked for (e.g. a 10-entry bias block): n products, dense eigh.
-    eye = torch.eye(n, dtype=op.dtype, device=op.device)
-    A = op.matmat(eye).double()
-    A = 0.5 * (A + A.T)
-    vals, vecs = torch.linalg.eigh(A)
-    order = {"LA": torch.argsort(vals, descending=True), "SA": torch.argsort(vals)}.get(
-        which, torch.argsort(vals.abs(), descending=True)
-    )
-    vals, vecs = vals[order], vecs[:, order]
-    resid = torch.linalg.vector_norm(A @ vecs - vecs * vals, dim=0)
-    return EigshResult(
-        eigenvalues=vals.cpu().numpy(),
-        eigenvectors=vecs if return_eigenvectors else None,
-        residual_norms=resid.cpu().numpy(),
-        num_matvecs=n,
-        converged=True,
     )
 
 
@@ -111,9 +85,9 @@ def _trace(op: LinearOperator, num_matvecs: int, method: str, seed: int, blocks:
 
 
 def top_eigenvalues(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: Any,
+    model: nn.Module | LinearOperator,
+    loss_fn: LossFn | None = None,
+    data: Any = None,
     k: int = 1,
     *,
     which: str = "LA",
@@ -132,7 +106,9 @@ def top_eigenvalues(
     Parameters
     ----------
     model, loss_fn, data
-        As for :class:`~hessntk.hessian.HessianOperator`.
+        A curvature operator (any backend; the other operator options must then be left
+        out), or a model with its loss and data as for
+        :class:`~hessntk.hessian.HessianOperator`.
     k : int
         Number of eigenvalues. ``k >= n`` gives all of them (dense, ``n`` products).
     which : {"LA", "SA", "LM"}
@@ -160,16 +136,17 @@ def top_eigenvalues(
     (3,)
     """
     op = _operator(
-        model, loss_fn, data, curvature, params, "tensor", output_key, outputs_fn,
+        model, loss_fn, data, curvature, params, None, output_key, outputs_fn,
         allow_train_mode,
     )  # fmt: skip
-    return _eigs(op, k, which, tol, seed, max_matvecs, return_eigenvectors)
+    return extreme_eigenvalues(op, k, which=which, tol=tol, seed=seed, max_matvecs=max_matvecs,
+                              return_eigenvectors=return_eigenvectors)
 
 
 def trace(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: Any,
+    model: nn.Module | LinearOperator,
+    loss_fn: LossFn | None = None,
+    data: Any = None,
     *,
     num_matvecs: int = 100,
     method: str = "xtrace",
@@ -185,7 +162,9 @@ def trace(
     Parameters
     ----------
     model, loss_fn, data
-        As for :class:`~hessntk.hessian.HessianOperator`.
+        A curvature operator (any backend; the other operator options must then be left
+        out), or a model with its loss and data as for
+        :class:`~hessntk.hessian.HessianOperator`.
     num_matvecs : int
         Product budget; ``>= n`` computes the exact trace with ``n`` products.
     method : {"xtrace", "xnystrace", "hutchpp", "hutchinson"}
@@ -211,16 +190,16 @@ def trace(
     True
     """
     op = _operator(
-        model, loss_fn, data, curvature, params, "tensor", output_key, outputs_fn,
+        model, loss_fn, data, curvature, params, None, output_key, outputs_fn,
         allow_train_mode,
     )  # fmt: skip
     return _trace(op, num_matvecs, method, seed)
 
 
 def density(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: Any,
+    model: nn.Module | LinearOperator,
+    loss_fn: LossFn | None = None,
+    data: Any = None,
     *,
     num_probes: int = 10,
     num_matvecs: int = 100,
@@ -239,7 +218,9 @@ def density(
     Parameters
     ----------
     model, loss_fn, data
-        As for :class:`~hessntk.hessian.HessianOperator`.
+        A curvature operator (any backend; the other operator options must then be left
+        out), or a model with its loss and data as for
+        :class:`~hessntk.hessian.HessianOperator`.
     num_probes : int
         Rademacher probes (independent quadrature rules).
     num_matvecs : int
@@ -264,19 +245,19 @@ def density(
     (2, 20)
     """
     op = _operator(
-        model, loss_fn, data, curvature, params, "tensor", output_key, outputs_fn,
+        model, loss_fn, data, curvature, params, None, output_key, outputs_fn,
         allow_train_mode,
     )  # fmt: skip
     return slq(op, num_probes=num_probes, num_matvecs=min(num_matvecs, op.shape[0]), seed=seed)
 
 
 def block_top_eigenvalues(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: Any,
+    model: nn.Module | LinearOperator,
+    loss_fn: LossFn | None = None,
+    data: Any = None,
     k: int = 1,
     *,
-    blocks: BlockSpec = "layer",
+    blocks: BlockSpec | None = None,
     which: str = "LA",
     curvature: str = "hessian",
     tol: float = 1e-6,
@@ -316,20 +297,22 @@ def block_top_eigenvalues(
     """
     op = _operator(
         model, loss_fn, data, curvature, params, blocks, output_key, outputs_fn,
-        allow_train_mode,
+        allow_train_mode, default_blocks="layer",
     )  # fmt: skip
     return {
-        name: _eigs(op.block(name), k, which, tol, seed, max_matvecs, return_eigenvectors)
+        name: extreme_eigenvalues(op.block(name), k, which=which, tol=tol, seed=seed,
+                                  max_matvecs=max_matvecs,
+                                  return_eigenvectors=return_eigenvectors)
         for name in op.blocks
     }
 
 
 def block_traces(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: Any,
+    model: nn.Module | LinearOperator,
+    loss_fn: LossFn | None = None,
+    data: Any = None,
     *,
-    blocks: BlockSpec = "layer",
+    blocks: BlockSpec | None = None,
     num_matvecs: int = 100,
     method: str = "xtrace",
     curvature: str = "hessian",
@@ -368,18 +351,18 @@ def block_traces(
     """
     op = _operator(
         model, loss_fn, data, curvature, params, blocks, output_key, outputs_fn,
-        allow_train_mode,
+        allow_train_mode, default_blocks="layer",
     )  # fmt: skip
     res = _trace(op, num_matvecs, method, seed, blocks=op.block_slices)
     return {name: res[i] for i, name in enumerate(op.blocks)}
 
 
 def block_density(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: Any,
+    model: nn.Module | LinearOperator,
+    loss_fn: LossFn | None = None,
+    data: Any = None,
     *,
-    blocks: BlockSpec = "layer",
+    blocks: BlockSpec | None = None,
     num_probes: int = 10,
     num_matvecs: int = 100,
     curvature: str = "hessian",
@@ -410,7 +393,7 @@ def block_density(
     """
     op = _operator(
         model, loss_fn, data, curvature, params, blocks, output_key, outputs_fn,
-        allow_train_mode,
+        allow_train_mode, default_blocks="layer",
     )  # fmt: skip
     out = {}
     for name in op.blocks:

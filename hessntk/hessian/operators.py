@@ -7,7 +7,7 @@ parameters, known through exact products:
   batch's gradient graph (``create_graph=True``, kept between products for a single batch)
   again, as PyHessian does. Several vectors: ``torch.func.vmap`` of forward-over-reverse
   (``jvp`` over ``jacrev``), with fused norms routed through exact composites (see
-  :class:`_CompositeNorms`). ``benchmarks/bench_hessian.py`` measured each the faster of the
+  :mod:`hessntk.hessian._norms`). ``benchmarks/bench_hessian.py`` measured each the faster of the
   two in its case.
 - :class:`GGNOperator`: ``G v = J^T (d^2 loss / d out^2) J v``, positive semi-definite for
   convex losses (MSE, cross-entropy): a ``jvp`` of the model, a forward-over-reverse product
@@ -28,20 +28,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from hessntk._model import (
     ParamLayout,
     ParamSpec,
+    as_flat,
+    batch_size,
     call_model,
     check_batch,
     check_eval_mode,
     check_finite,
     is_single_batch,
     iter_batches,
+    ravel_params,
     select_params,
     to_device,
 )
+from hessntk.hessian._norms import CompositeNorms
 from hessntk.spectral.operators import LinearOperator
 
 __all__ = ["GGNOperator", "HessianOperator"]
@@ -156,6 +159,47 @@ class _CurvatureOperator(LinearOperator):
                 weighted += n_b * float(loss)
         return total, weighted / total
 
+    # -- the protocol of hessntk.spectral.protocols.CurvatureLike ------------------------------
+    def theta(self) -> torch.Tensor:
+        """The selected parameters as one flat vector ``(P,)`` (a copy)."""
+        return self.layout.flatten(self._primals)
+
+    def ravel(self, params: Mapping[str, torch.Tensor] | nn.Module) -> torch.Tensor:
+        """Flatten parameter values (a dict by name, or a module of this architecture)."""
+        return ravel_params(self.layout, params, self.device)
+
+    def loss_at(self, theta: torch.Tensor) -> float:
+        """The full-data mean loss at flat parameters ``theta`` (the model is not changed).
+
+        Raises
+        ------
+        FloatingPointError
+            A non-finite loss, naming the batch.
+        """
+        params = self.layout.unravel(as_flat(theta, self.layout, self.dtype, self.device))
+        total = 0.0
+        with torch.no_grad():
+            for i, _, x, y in self._batches():
+                loss = self.loss_fn(self._outputs(params, x), y)
+                _check_loss(loss, i)
+                total += batch_size(x) * float(loss)
+        return total / self.num_samples
+
+    def gradient(self) -> torch.Tensor:
+        """The gradient of the full-data mean loss, flat ``(P,)``: one pass over the data."""
+        total = None
+        for i, w, x, y in self._batches():
+            leaves = {n: p.detach().requires_grad_(True) for n, p in self._primals.items()}
+            with torch.enable_grad():
+                loss = self.loss_fn(self._outputs(leaves, x), y)
+                _check_loss(loss, i)
+                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            g = self.layout.flatten([torch.zeros_like(p) if d is None else d
+                                     for d, p in zip(grads, leaves.values(), strict=True)])
+            check_finite(g, f"gradient of batch {i}")
+            total = w * g if total is None else total.add_(g, alpha=w)
+        return total
+
     # -- blocks ----------------------------------------------------------------------------------
     def _set_blocks(self, blocks: BlockSpec) -> None:
         if blocks == "tensor":
@@ -196,11 +240,7 @@ class _CurvatureOperator(LinearOperator):
         A ``slice`` for a contiguous block, else a 1-D numpy integer index array. Together
         they partition ``range(n)``, as ``hessntk.spectral.traces(..., blocks=)`` expects.
         """
-        out: list[slice | np.ndarray] = []
-        for names in self._groups.values():
-            idx = self.layout.index(names)
-            out.append(idx if isinstance(idx, slice) else idx.numpy())
-        return out
+        return [self.layout.index(names) for names in self._groups.values()]
 
     def block(self, name: str) -> _CurvatureOperator:
         """The operator restricted to one block (the other parameters held fixed).
@@ -229,7 +269,7 @@ class _CurvatureOperator(LinearOperator):
     def unravel(self, vec: torch.Tensor, dim: int = -1) -> dict[str, torch.Tensor]:
         """Split a flat vector (e.g. an eigenvector) into tensors shaped like the parameters.
 
-        See :meth:`hessntk._model.ParamLayout.unravel`; numpy arrays are accepted.
+        See :meth:`hessntk.spectral.layout.ParamLayout.unravel`; numpy arrays are accepted.
         """
         if isinstance(vec, np.ndarray):
             vec = torch.from_numpy(vec)
@@ -377,6 +417,7 @@ class HessianOperator(_CurvatureOperator):
 
     _methods = ("auto", "graph", "func")
     _product_name = "Hessian-vector product"
+    kind = "hessian"
 
     def __init__(
         self,
@@ -501,83 +542,8 @@ class HessianOperator(_CurvatureOperator):
         def hvp(v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             return torch.func.jvp(grad_fn, (self._primals,), (v,))[1]
 
-        with _CompositeNorms():
+        with CompositeNorms():
             return _vmap(hvp, tangents, self.chunk_size)
-
-
-class _CompositeNorms(TorchFunctionMode):
-    """Route layer, instance and train-mode batch norm through differentiable composites.
-
-    ``torch.func`` gets second derivatives of the fused norm kernels wrong in torch 2.13: the
-    derivative of the weight gradient with respect to the input is missing the dependence of
-    the saved mean and inverse standard deviation on the input (``F.layer_norm`` and
-    ``F.instance_norm`` with affine weights, ``F.batch_norm`` with batch statistics; relative
-    errors 0.1-0.4 against finite differences and ``torch.autograd`` double backward; compare
-    functorch issue 534, pytorch issues 196700 and 196699). Spelling the normalisation with
-    ``mean`` and ``rsqrt`` makes forward-over-reverse exact. Running statistics are not
-    updated (train-mode norms need ``allow_train_mode=True`` anyway).
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.layer_norm:
-            return _layer_norm(*args, **kwargs)
-        if func is F.batch_norm:
-            return _batch_norm(*args, **kwargs)
-        if func is F.instance_norm:
-            return _instance_norm(*args, **kwargs)
-        return func(*args, **kwargs)
-
-
-def _normalise(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
-    xc = x - x.mean(dim=dims, keepdim=True)
-    return xc * torch.rsqrt(xc.square().mean(dim=dims, keepdim=True) + eps)
-
-
-def _affine(y: torch.Tensor, weight: Any, bias: Any, channel_dim: int | None) -> torch.Tensor:
-    shape = None if channel_dim is None else [1, -1] + [1] * (y.ndim - 2)
-    if weight is not None:
-        y = y * (weight if shape is None else weight.reshape(shape))
-    if bias is not None:
-        y = y + (bias if shape is None else bias.reshape(shape))
-    return y
-
-
-def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
-    dims = tuple(range(input.ndim - len(normalized_shape), input.ndim))
-    return _affine(_normalise(input, dims, eps), weight, bias, None)
-
-
-def _batch_norm(  # noqa: ANN202
-    input,
-    running_mean,
-    running_var,
-    weight=None,
-    bias=None,
-    training=False,
-    momentum=0.1,
-    eps=1e-5,
-):
-    if not training and running_mean is not None:  # eval mode: an affine map, exact as is
-        return F.batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
-    dims = (0, *range(2, input.ndim))
-    return _affine(_normalise(input, dims, eps), weight, bias, 1)
-
-
-def _instance_norm(  # noqa: ANN202
-    input,
-    running_mean=None,
-    running_var=None,
-    weight=None,
-    bias=None,
-    use_input_stats=True,
-    momentum=0.1,
-    eps=1e-5,
-):
-    if not use_input_stats:
-        return F.instance_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
-    dims = tuple(range(2, input.ndim))
-    return _affine(_normalise(input, dims, eps), weight, bias, 1)
 
 
 def _vmap(
@@ -678,6 +644,7 @@ class GGNOperator(_CurvatureOperator):
 
     _methods = ("func",)
     _product_name = "GGN-vector product"
+    kind = "ggn"
 
     def _batch_product(
         self, index: int, x: Any, y: Any, tangents: dict[str, torch.Tensor]

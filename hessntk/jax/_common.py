@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hessntk.spectral.layout import ParamLayout
+
 X64_HINT = (
     "Call jax.config.update('jax_enable_x64', True) at the start of the program (before "
     "creating arrays), or set the environment variable JAX_ENABLE_X64=1."
@@ -48,70 +50,37 @@ def _is_array(x: Any) -> bool:
 # -- parameters -----------------------------------------------------------------------------------
 
 
-@dataclass
-class ParamLayout:
-    """A params pytree as one flat vector and the map back.
+class TreeLayout(ParamLayout):
+    """The :class:`~hessntk.spectral.layout.ParamLayout` of a params pytree, with its structure.
+
+    Names are the leaves' key paths (``jax.tree_util.keystr``), in ``tree_leaves`` order; the
+    inherited :meth:`unravel` and :meth:`flatten` work on dicts by key path, :meth:`ravel` and
+    :meth:`unravel_tree` on pytrees with the parameters' structure.
 
     Attributes
     ----------
     tree : pytree
         The parameters as jax arrays (same structure as given).
     flat : jax.Array of shape (n,)
-        The leaves raveled and concatenated in ``jax.tree_util.tree_leaves`` order.
-    names : list[str]
-        Key path of every leaf (``jax.tree_util.keystr``), in that order.
-    shapes : list[tuple[int, ...]]
-    offsets : list[int]
-        Start of every leaf in the flat vector.
-    dtype : numpy.dtype
-        The (single) floating dtype of the leaves.
+        The leaves raveled and concatenated in ``tree_leaves`` order.
+    treedef
+        The structure of the pytree.
     """
 
-    tree: Any
-    flat: jax.Array
-    names: list[str]
-    shapes: list[tuple[int, ...]]
-    offsets: list[int]
-    dtype: np.dtype
-    treedef: Any
+    def __init__(self, tree: Any, treedef: Any, names: list[str]) -> None:
+        super().__init__(dict(zip(names, jax.tree_util.tree_leaves(tree), strict=True)))
+        self.tree = tree
+        self.treedef = treedef
+        self.flat = ravel_tree(tree)
 
-    @property
-    def n(self) -> int:
-        return int(self.flat.shape[0])
-
-    @property
-    def device(self) -> Any:
-        return next(iter(self.flat.devices()))
-
-    @property
-    def slices(self) -> list[slice]:
-        """Position of every leaf in the flat vector, in :attr:`names` order."""
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
-        return [slice(o, o + k) for o, k in zip(self.offsets, sizes, strict=True)]
-
-    def unravel(self, vec: Any, dim: int = -1) -> Any:
+    def unravel_tree(self, vec: Any, dim: int = -1) -> Any:
         """Split a flat vector (or a stack of them) into a pytree shaped like the parameters.
 
         ``vec`` of shape ``(..., n)`` (``dim=-1``) gives leaves ``(..., *shape)``; ``(n, ...)``
         (``dim=0``, e.g. eigenvectors ``(n, k)``) gives leaves ``(*shape, ...)``.
         """
-        vec = jnp.asarray(vec)
-        if dim not in (-1, 0, vec.ndim - 1):
-            raise ValueError(f"Expected dim=-1 or dim=0; got {dim}.")
-        axis = 0 if (dim == 0 and vec.ndim > 1) else vec.ndim - 1
-        if vec.shape[axis] != self.n:
-            raise ValueError(
-                f"Expected a vector with {self.n} entries along dim {dim}; got shape "
-                f"{tuple(vec.shape)}."
-            )
-        leaves = []
-        for sl, shape in zip(self.slices, self.shapes, strict=True):
-            part = jax.lax.slice_in_dim(vec, sl.start, sl.stop, axis=axis)
-            if axis == 0:
-                leaves.append(part.reshape(*shape, *vec.shape[1:]))
-            else:
-                leaves.append(part.reshape(*vec.shape[:-1], *shape))
-        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+        parts = self.unravel(jnp.asarray(vec), dim)
+        return jax.tree_util.tree_unflatten(self.treedef, [parts[n] for n in self.names])
 
     def ravel(self, tree: Any) -> jax.Array:
         """Flatten a pytree with the parameters' structure to a vector of shape ``(n,)``."""
@@ -121,10 +90,14 @@ class ParamLayout:
                 f"Expected a pytree with the parameters' structure {self.treedef}; got "
                 f"{treedef}."
             )
-        return jnp.concatenate([jnp.ravel(leaf) for leaf in leaves])
+        for leaf, shape, name in zip(leaves, self.shapes, self.names, strict=True):
+            if tuple(np.shape(leaf)) != shape:
+                raise ValueError(f"Expected the leaf at {name} to have shape {shape}; got "
+                                 f"{tuple(np.shape(leaf))}.")
+        return jnp.concatenate([jnp.ravel(jnp.asarray(leaf)) for leaf in leaves])
 
 
-def flatten_params(params: Any, what: str = "params") -> ParamLayout:
+def flatten_params(params: Any, what: str = "params") -> TreeLayout:
     """Validate a params pytree and flatten it once.
 
     Raises
@@ -171,21 +144,7 @@ def flatten_params(params: Any, what: str = "params") -> ParamLayout:
     first = next((leaf for _, leaf in flat_with_path if isinstance(leaf, jax.Array)), None)
     device = next(iter(first.devices())) if first is not None else jax.devices()[0]
     tree = jax.tree_util.tree_map(lambda a: commit(a, device), params)
-    flat = ravel_tree(tree)
-    leaves = jax.tree_util.tree_leaves(tree)
-    offsets, o = [], 0
-    for leaf in leaves:
-        offsets.append(o)
-        o += int(leaf.size)
-    return ParamLayout(
-        tree=tree,
-        flat=flat,
-        names=[path_name(p) for p, _ in flat_with_path],
-        shapes=[tuple(leaf.shape) for leaf in leaves],
-        offsets=offsets,
-        dtype=next(iter(dtypes)),
-        treedef=treedef,
-    )
+    return TreeLayout(tree, treedef, [path_name(p) for p, _ in flat_with_path])
 
 
 # -- data -----------------------------------------------------------------------------------------

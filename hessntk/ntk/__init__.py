@@ -10,6 +10,13 @@
 - :func:`gram_diagonal`, :func:`per_sample_grad_norms`: exact ``diag(K)``.
 """
 
+try:
+    import torch  # noqa: F401
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "hessntk.ntk needs PyTorch: pip install 'hessntk[torch]' (or pip install torch)."
+    ) from err
+
 from hessntk.ntk._common import simplex_basis, structural_nullity
 from hessntk.ntk.grams import gram, gram_diagonal, per_sample_grad_norms
 from hessntk.ntk.jacobians import jacobian

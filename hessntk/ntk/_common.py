@@ -7,8 +7,6 @@ every engine then evaluates the model through :meth:`Problem.outputs`.
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hessntk._memory import format_bytes, host_memory
+from hessntk._memory import memory_budget as _budget
 from hessntk._model import (
     ParamLayout,
     batch_size,
@@ -26,54 +26,49 @@ from hessntk._model import (
     select_params,
     tensor_leaves,
 )
+from hessntk._observations import (
+    OUTPUTS,
+    OutputsSpec,
+    check_batched_output,
+    check_logits_shape,
+    check_outputs_spec,
+    simplex_basis_np,
+    structural_nullity,
+)
 from hessntk.ntk.prior import resolve_prior
 
-OUTPUTS = ("raw", "logits", "probabilities", "simplex")
-OutputsSpec = str | Callable[[torch.Tensor], torch.Tensor]
-
-#: Fraction of the free memory that ``max_memory=None`` allows.
-DEFAULT_MEMORY_FRACTION = 0.25
+__all__ = [
+    "OUTPUTS",
+    "OutputsSpec",
+    "Problem",
+    "as_batches",
+    "available_memory",
+    "check_inputs",
+    "check_same_signature",
+    "format_bytes",
+    "memory_budget",
+    "setup",
+    "simplex_basis",
+    "slice_tree",
+    "structural_nullity",
+    "transform_outputs",
+]
 
 
 # -- memory ------------------------------------------------------------------------------------
 
 
 def available_memory(device: torch.device) -> int:
-    """Free memory in bytes on ``device``: ``MemAvailable`` on CPU, ``mem_get_info`` on CUDA."""
+    """Free memory in bytes on ``device``: ``mem_get_info`` on CUDA, else the host's."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:  # pragma: no cover - non-Linux fallback
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return 4 * 2**30
+    return host_memory()
 
 
 def memory_budget(max_memory: int | float | None, device: torch.device) -> int:
-    """Resolve ``max_memory=`` (bytes, or None for a fraction of free memory)."""
-    if max_memory is None:
-        return int(DEFAULT_MEMORY_FRACTION * available_memory(device))
-    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)):
-        raise TypeError(f"Expected max_memory in bytes (int) or None; got {max_memory!r}.")
-    if not max_memory > 0:
-        raise ValueError(f"Expected a positive max_memory in bytes; got {max_memory}.")
-    return int(max_memory)
-
-
-def format_bytes(num: float) -> str:
-    """Human-readable size: ``format_bytes(3.2e9) == '3.2 GB'``."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(num) < 1000 or unit == "TB":
-            return f"{num:.3g} {unit}"
-        num /= 1000
-    return f"{num:.3g} TB"  # pragma: no cover
+    """Resolve ``max_memory=`` (bytes, or None for a fraction of the device's free memory)."""
+    return _budget(max_memory, available_memory(device) if max_memory is None else None)
 
 
 # -- outputs -----------------------------------------------------------------------------------
@@ -106,55 +101,16 @@ def simplex_basis(
     >>> bool((Q.sum(0).abs() < 1e-12).all())
     True
     """
-    if c < 2:
-        raise ValueError(f"Expected at least 2 classes for a simplex basis; got c={c}.")
-    Q = torch.zeros(c, c - 1, dtype=dtype, device=device)
-    for k in range(c - 1):
-        Q[: k + 1, k] = 1.0
-        Q[k + 1, k] = -(k + 1.0)
-        Q[:, k] /= math.sqrt((k + 1.0) * (k + 2.0))
-    return Q
-
-
-def structural_nullity(n: int, outputs: OutputsSpec = "raw") -> int:
-    """Number of exact zero eigenvalues of the Gram that the output map forces.
-
-    ``outputs="probabilities"``: each sample's probabilities sum to one, so ``1^T J_i = 0``
-    and the ``(n c, n c)`` Gram has (at least) ``n`` zero eigenvalues. Every other output
-    map forces none (``"simplex"`` removes exactly that direction).
-
-    Examples
-    --------
-    >>> structural_nullity(100, "probabilities"), structural_nullity(100, "simplex")
-    (100, 0)
-    """
-    return int(n) if outputs == "probabilities" else 0
-
-
-def _check_outputs_spec(outputs: OutputsSpec) -> None:
-    if callable(outputs):
-        return
-    if outputs not in OUTPUTS:
-        raise ValueError(
-            f"Expected outputs= to be one of {OUTPUTS} or a callable; got {outputs!r}."
-        )
+    return torch.from_numpy(simplex_basis_np(c)).to(dtype=dtype, device=device)
 
 
 def transform_outputs(out: torch.Tensor, outputs: OutputsSpec) -> torch.Tensor:
     """Apply the observation map and flatten to ``(n, c)`` (row-major over trailing dims)."""
-    if out.ndim == 0:
-        raise ValueError(
-            "Expected model outputs with a leading batch dimension; got a 0-d tensor. "
-            "Return per-sample outputs of shape (n,) or (n, c), not a reduced loss."
-        )
+    check_batched_output(out.ndim, "model outputs")
     if callable(outputs):
         out = outputs(out)
     elif outputs in ("probabilities", "simplex"):
-        if out.ndim != 2 or out.shape[1] < 2:
-            raise ValueError(
-                f"Expected logits of shape (n, c) with c >= 2 for outputs={outputs!r}; got "
-                f"{tuple(out.shape)}."
-            )
+        check_logits_shape(tuple(out.shape), outputs)
         out = torch.softmax(out, dim=-1)
         if outputs == "simplex":
             out = out @ simplex_basis(out.shape[1], dtype=out.dtype, device=out.device)
@@ -195,12 +151,17 @@ def check_inputs(inputs: Any, what: str) -> int:
     return n
 
 
-def as_batches(inputs: Any, data: Any) -> list[Any]:
+def as_batches(inputs: Any, data: Any) -> list[tuple[Any, Any]]:
     """Normalise ``inputs=`` (one batch or a list of batches) or ``data=`` (pairs) to a list.
 
     One batch is a tensor, a dict, or a tuple (called as ``model(*inputs)``); a *list* of such
     batches (or any other iterable, e.g. a ``DataLoader``) gives several batches. ``data=``
-    takes ``(inputs, targets)`` pairs as elsewhere in hessntk; targets are ignored.
+    takes ``(inputs, targets)`` pairs as elsewhere in hessntk.
+
+    Returns
+    -------
+    list of (inputs, targets)
+        ``targets`` is None for batches given as ``inputs=``.
     """
     if (inputs is None) == (data is None):
         raise ValueError(
@@ -208,14 +169,14 @@ def as_batches(inputs: Any, data: Any) -> list[Any]:
             f"batches); got {'both' if inputs is not None else 'neither'}."
         )
     if data is not None:
-        return [x for x, _ in iter_batches(data)]
+        return [(x, y) for x, y in iter_batches(data)]
     if isinstance(inputs, (torch.Tensor, Mapping, tuple)):
-        return [inputs]
+        return [(inputs, None)]
     if isinstance(inputs, Iterable):
         batches = list(inputs)
         if not batches:
             raise ValueError("Expected at least one batch of inputs; got an empty iterable.")
-        return batches
+        return [(b, None) for b in batches]
     raise TypeError(
         "Expected inputs as a tensor, a tuple/dict of tensors, or a list of such batches; got "
         f"{type(inputs).__name__}."
@@ -341,7 +302,7 @@ def setup(
     """Validate the model-side arguments shared by every public entry point."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected a torch.nn.Module; got {type(model).__name__}.")
-    _check_outputs_spec(outputs)
+    check_outputs_spec(outputs)
     check_eval_mode(model, allow_train_mode=allow_train_mode)
     selected = select_params(model, params)
     layout = ParamLayout(selected)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from hessntk._model import check_finite
+from hessntk._model import call_model, check_finite, concat_inputs, ravel_params
 from hessntk.ntk._common import (
     OutputsSpec,
     as_batches,
@@ -17,6 +18,7 @@ from hessntk.ntk._common import (
     setup,
     slice_tree,
     structural_nullity,
+    transform_outputs,
 )
 from hessntk.spectral.operators import LinearOperator
 
@@ -31,6 +33,9 @@ class GramOperator(LinearOperator):
     ``matmat`` runs both with ``vmap`` over the ``k`` vectors. Memory: ``k`` parameter-sized
     vectors plus one batch's activations times ``k``.
 
+    It implements :class:`hessntk.spectral.protocols.GramLike`, so every criterion of
+    :mod:`hessntk.criteria` takes it (``hessntk.criteria.iic(K)``).
+
     Parameters
     ----------
     model : torch.nn.Module
@@ -39,7 +44,8 @@ class GramOperator(LinearOperator):
         One batch of inputs, or a list (any re-iterable, e.g. a ``DataLoader`` yielding
         inputs) of batches. The batches are materialised in a list once.
     data : iterable of (inputs, targets), optional
-        Instead of ``inputs``: batches as pairs, targets ignored.
+        Instead of ``inputs``: batches as pairs; the targets are kept (:meth:`targets`, the
+        interpolation check of the IIC).
     batch_size : int, optional
         Split every batch further into chunks of at most this many samples (bounds the
         activation memory of one vjp / jvp; the products are unchanged).
@@ -56,7 +62,11 @@ class GramOperator(LinearOperator):
     batch_sizes : list[int]
     structural_nullity : int
         Zero eigenvalues forced by the output map (``n`` for ``outputs="probabilities"``).
-    layout : hessntk._model.ParamLayout
+    observation : str
+        The output map (``"custom"`` for a callable).
+    prior_name : str
+        A label of the prior for reports.
+    layout : hessntk.spectral.layout.ParamLayout
         Of the selected parameters.
 
     Raises
@@ -95,15 +105,18 @@ class GramOperator(LinearOperator):
             model, params=params, prior=prior, outputs=outputs, output_key=output_key,
             outputs_fn=outputs_fn, allow_train_mode=allow_train_mode,
         )
-        self.batches = as_batches(inputs, data)
+        pairs = as_batches(inputs, data)
         if batch_size is not None:
             if not (isinstance(batch_size, int) and batch_size >= 1):
                 raise ValueError(f"Expected batch_size to be a positive int; got {batch_size!r}.")
-            self.batches = [
-                slice_tree(b, slice(s, s + batch_size))
-                for b in self.batches
-                for s in range(0, check_inputs(b, "inputs"), batch_size)
+            pairs = [
+                (slice_tree(x, sl), None if y is None else slice_tree(y, sl))
+                for x, y in pairs
+                for sl in (slice(s, s + batch_size)
+                           for s in range(0, check_inputs(x, "inputs"), batch_size))
             ]
+        self.batches = [x for x, _ in pairs]
+        self._targets = [y for _, y in pairs]
         check_same_signature(self.batches, "inputs")
         sizes, cs = [], set()
         for i, b in enumerate(self.batches):
@@ -120,6 +133,8 @@ class GramOperator(LinearOperator):
         self.num_outputs = cs.pop()
         self.layout = self.problem.layout
         self.structural_nullity = structural_nullity(self.num_samples, outputs)
+        self.observation = outputs if isinstance(outputs, str) else "custom"
+        self.prior_name = _prior_name(prior)
         self._offsets = [0]
         for n in sizes:
             self._offsets.append(self._offsets[-1] + n * self.num_outputs)
@@ -177,6 +192,7 @@ class GramOperator(LinearOperator):
         Not weighted by the prior: ``K V = J (S * (J^T V))``.
         """
         p = self.problem
+        V = _as_tensor(V)
         vector = V.ndim == 1
         V = (V[:, None] if vector else V).to(device=p.device, dtype=p.dtype)
         if V.ndim != 2 or V.shape[0] != self.shape[0]:
@@ -191,6 +207,7 @@ class GramOperator(LinearOperator):
         Rows are ordered like the operator's (sample-major over the batches).
         """
         p = self.problem
+        tangent = _as_tensor(tangent)
         vector = tangent.ndim == 1
         T = (tangent[:, None] if vector else tangent).to(device=p.device, dtype=p.dtype)
         if T.ndim != 2 or T.shape[0] != self.layout.n:
@@ -198,6 +215,43 @@ class GramOperator(LinearOperator):
                              f"({self.layout.n}, k); got {tuple(tangent.shape)}.")
         out = self._push(self.layout.unravel(T.T, dim=-1), T.shape[1])
         return out[:, 0] if vector else out
+
+    # -- parameters ---------------------------------------------------------------------------
+    def theta(self) -> torch.Tensor:
+        """The selected parameters as one flat vector ``(P,)``."""
+        return self.layout.flatten(self.problem.detached())
+
+    def variances(self) -> torch.Tensor:
+        """The diagonal of the prior covariance ``S``, flat ``(P,)``."""
+        p = self.problem
+        parts = {name: torch.as_tensor(p.variances[name], dtype=p.dtype, device=p.device)
+                 .expand(shape) for name, shape in zip(self.layout.names, self.layout.shapes,
+                                                      strict=True)}
+        return self.layout.flatten(parts)
+
+    def ravel(self, params: Mapping[str, torch.Tensor] | nn.Module) -> torch.Tensor:
+        """Flatten parameter values (a dict by name, or a module of this architecture)."""
+        return ravel_params(self.layout, params, self.device)
+
+    def unravel(self, vec: Any, dim: int = -1) -> dict[str, torch.Tensor]:
+        """Split a flat vector into tensors shaped like the selected parameters."""
+        return self.layout.unravel(_as_tensor(vec), dim)
+
+    # -- outputs and targets ------------------------------------------------------------------
+    def outputs(self) -> torch.Tensor:
+        """The model outputs ``(n, c_raw)`` before the observation map (no gradient)."""
+        p = self.problem
+        with torch.no_grad():
+            parts = [call_model(p.model, p.detached(), x, buffers=p.buffers,
+                                output_key=p.output_key, outputs_fn=p.outputs_fn)
+                     for x in self.batches]
+        return torch.cat([o.reshape(o.shape[0], -1) for o in parts])
+
+    def targets(self) -> torch.Tensor | None:
+        """The targets of ``data=`` stacked over the batches (None without tensor targets)."""
+        if any(y is None or not torch.is_tensor(y) for y in self._targets):
+            return None
+        return torch.cat([y.to(self.device) for y in self._targets])
 
     # -- exact side quantities ----------------------------------------------------------------
     def diagonal(self) -> torch.Tensor:
@@ -217,3 +271,80 @@ class GramOperator(LinearOperator):
             for x in self.batches
         ]
         return torch.cat(parts)
+
+    def dense(
+        self, *, dtype: torch.dtype | None = None, max_memory: int | None = None,
+        weighted: bool = True,
+    ) -> torch.Tensor:
+        """The explicit Gram ``(N, N)``: :func:`hessntk.ntk.gram` on all the batches.
+
+        Layer-structured for Linear / Conv2d / Embedding layers. ``weighted=False`` gives
+        ``J J^T`` (identity prior).
+        """
+        from hessntk.ntk.grams import gram
+
+        p = self.problem
+        return gram(p.model, concat_inputs(self.batches), params=list(p.params),
+                    prior=p.variances if weighted else None, outputs=p.outputs_spec,
+                    output_key=p.output_key, outputs_fn=p.outputs_fn, dtype=dtype,
+                    max_memory=max_memory, allow_train_mode=True)
+
+    def jacobian(
+        self, *, dtype: torch.dtype | None = None, max_memory: int | None = None
+    ) -> torch.Tensor:
+        """The explicit Jacobian ``(N, P)`` (not weighted by the prior)."""
+        from hessntk.ntk.jacobians import jacobian
+
+        p = self.problem
+        return jacobian(p.model, concat_inputs(self.batches), params=list(p.params),
+                        outputs=p.outputs_spec, output_key=p.output_key,
+                        outputs_fn=p.outputs_fn, dtype=dtype, max_memory=max_memory,
+                        allow_train_mode=True)
+
+    def output_hessian(self, weights: Any) -> LinearOperator:
+        """``M = sum_i w_i hess f_i(theta)``, the Hessian of ``w^T f(X; theta)``, ``(P, P)``.
+
+        A :class:`~hessntk.hessian.HessianOperator`, so normalisation layers get exact
+        second derivatives. It weights batch ``b`` by ``n_b / n``: batch ``b``'s "targets"
+        are ``w_b n / n_b`` and its "loss" is ``<f_b, targets_b>``, whose total is ``w^T f``.
+        """
+        from hessntk.hessian.operators import HessianOperator
+
+        p, c, n = self.problem, self.num_outputs, self.num_samples
+        w = _as_tensor(weights).to(device=p.device, dtype=p.dtype).reshape(-1)
+        if w.shape != (self.shape[0],):
+            raise ValueError(f"Expected weights of shape ({self.shape[0]},); got "
+                             f"{tuple(w.shape)}.")
+        data = []
+        for b, (x, n_b) in enumerate(zip(self.batches, self.batch_sizes, strict=True)):
+            rows = slice(self._offsets[b], self._offsets[b + 1])
+            data.append((x, w[rows].reshape(n_b, c) * (n / n_b)))
+        spec = p.outputs_spec
+
+        def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return (transform_outputs(out, spec) * target).sum()
+
+        return HessianOperator(p.model, loss, data, params=list(p.params),
+                               output_key=p.output_key, outputs_fn=p.outputs_fn,
+                               allow_train_mode=True, method="func")
+
+    def __repr__(self) -> str:
+        return (
+            f"GramOperator(n={self.shape[0]}, dtype={self.dtype}, num_samples="
+            f"{self.num_samples}, num_outputs={self.num_outputs}, batches={len(self.batches)})"
+        )
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+
+
+def _prior_name(prior: Any) -> str:
+    if prior is None:
+        return "identity"
+    if isinstance(prior, str):
+        return prior
+    if isinstance(prior, (int, float)) and not isinstance(prior, bool):
+        return f"{prior:g}"
+    return "dict"
+

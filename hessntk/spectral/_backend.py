@@ -78,6 +78,33 @@ class Backend:
     def nbytes_per_float64(self) -> int:
         return 8
 
+    # -- elementwise and reductions (quantizers, criteria) -------------------------------
+    def amax(self, x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
+        return np.max(x, axis=axis, keepdims=keepdims)
+
+    def amin(self, x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
+        return np.min(x, axis=axis, keepdims=keepdims)
+
+    def clip(self, x: Array, lo: Any, hi: Any) -> Array:
+        return np.clip(x, lo, hi)
+
+    def round(self, x: Array) -> Array:
+        """Round half to even (as numpy, torch and jax all do)."""
+        return np.round(x)
+
+    def where(self, cond: Array, a: Any, b: Any) -> Array:
+        return np.where(cond, a, b)
+
+    def detach(self, x: Array) -> Array:
+        """``x`` cut from any autodiff graph (a no-op outside torch)."""
+        return x
+
+    def is_floating(self, x: Array) -> bool:
+        return bool(np.issubdtype(np.dtype(x.dtype), np.floating))
+
+    def eye(self, n: int, dtype: Any = None) -> Array:
+        return np.eye(n, dtype=dtype or self.float64)
+
 
 class TorchBackend(Backend):
     name = "torch"
@@ -128,6 +155,30 @@ class TorchBackend(Backend):
 
     def all_finite(self, x: Array) -> bool:
         return bool(self._torch.isfinite(x).all())
+
+    def amax(self, x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
+        return self._torch.amax(x, dim=axis, keepdim=keepdims)
+
+    def amin(self, x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
+        return self._torch.amin(x, dim=axis, keepdim=keepdims)
+
+    def clip(self, x: Array, lo: Any, hi: Any) -> Array:
+        return self._torch.clamp(x, lo, hi)
+
+    def round(self, x: Array) -> Array:
+        return self._torch.round(x)
+
+    def where(self, cond: Array, a: Any, b: Any) -> Array:
+        return self._torch.where(cond, a, b)
+
+    def detach(self, x: Array) -> Array:
+        return x.detach()
+
+    def is_floating(self, x: Array) -> bool:
+        return bool(x.is_floating_point())
+
+    def eye(self, n: int, dtype: Any = None) -> Array:
+        return self._torch.eye(n, dtype=dtype or self.float64, device=self.device)
 
 
 class JaxBackend(Backend):
@@ -195,6 +246,27 @@ class JaxBackend(Backend):
 
     def all_finite(self, x: Array) -> bool:
         return bool(self._jnp.isfinite(x).all())
+
+    def amax(self, x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
+        return self._jnp.max(x, axis=axis, keepdims=keepdims)
+
+    def amin(self, x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
+        return self._jnp.min(x, axis=axis, keepdims=keepdims)
+
+    def clip(self, x: Array, lo: Any, hi: Any) -> Array:
+        return self._jnp.clip(x, lo, hi)
+
+    def round(self, x: Array) -> Array:
+        return self._jnp.round(x)
+
+    def where(self, cond: Array, a: Any, b: Any) -> Array:
+        return self._jnp.where(cond, a, b)
+
+    def is_floating(self, x: Array) -> bool:
+        return bool(self._jnp.issubdtype(x.dtype, self._jnp.floating))
+
+    def eye(self, n: int, dtype: Any = None) -> Array:
+        return self.from_numpy(np.eye(n), dtype or self.float64)
 
 
 @functools.cache

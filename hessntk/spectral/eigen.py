@@ -224,3 +224,47 @@ def _ritz(Hj: np.ndarray, k: int, which: str) -> tuple[np.ndarray, np.ndarray, n
 def _mm(xp: Any, Vrows: Array, S: np.ndarray) -> Array:
     """Return ``Vrows^T @ S`` with basis rows Vrows (j, n) and host coefficients S (j, r)."""
     return xp.transpose(Vrows) @ xp.from_numpy(np.ascontiguousarray(S), xp.float64)
+
+
+def extreme_eigenvalues(
+    op: LinearOperator,
+    k: int,
+    *,
+    which: str = "LA",
+    tol: float = 1e-6,
+    seed: Seed = 0,
+    max_matvecs: int | None = None,
+    return_eigenvectors: bool = False,
+) -> EigshResult:
+    """The ``k`` extreme eigenpairs: :func:`eigsh` for ``k < n``, the dense matrix otherwise.
+
+    With ``k >= n`` (e.g. a 10-entry bias block) all ``n`` eigenpairs come from the dense
+    matrix, built with ``n`` products and diagonalised in float64 on the host.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessntk.spectral import aslinearoperator
+    >>> extreme_eigenvalues(aslinearoperator(np.diag([3.0, 1.0])), 5).eigenvalues
+    array([3., 1.])
+    """
+    n = op.shape[0]
+    if which not in _WHICH:
+        raise ValueError(f"Expected which in {_WHICH}; got {which!r}.")
+    if k < n:
+        return eigsh(op, k, which=which, tol=tol, seed=seed, max_matvecs=max_matvecs,
+                     return_eigenvectors=return_eigenvectors)
+    xp = op._xp
+    A = xp.to_numpy(xp.cast(op.matmat(xp.eye(n, op.dtype)), xp.float64))
+    vals, vecs = np.linalg.eigh(0.5 * (A + A.T))
+    order = _order(vals, which)
+    vals, vecs = vals[order], vecs[:, order]
+    resid = np.linalg.norm(A @ vecs - vecs * vals, axis=0)
+    return EigshResult(
+        eigenvalues=vals,
+        eigenvectors=xp.from_numpy(np.ascontiguousarray(vecs), xp.float64)
+        if return_eigenvectors else None,
+        residual_norms=resid,
+        num_matvecs=n,
+        converged=True,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -219,21 +219,13 @@ class SpectralDensity:
         return (g * self.weights).sum(axis=(-1, -2)) / self.num_probes
 
     def plot(self, ax: Any = None, *, num_points: int = 1000, sigma: float | None = None) -> Any:
-        """Plot the smoothed density (and the nodes as a rug) with matplotlib."""
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError("Plotting needs matplotlib: pip install 'hessntk[plot]'.") from err
-        if ax is None:
-            _, ax = plt.subplots()
-        lo, hi = float(self.nodes.min()), float(self.nodes.max())
-        pad = 0.05 * (hi - lo if hi > lo else 1.0)
-        grid = np.linspace(lo - pad, hi + pad, num_points)
-        ax.plot(grid, self.density(grid, sigma))
-        ax.plot(self.nodes.ravel(), np.zeros(self.nodes.size), "|", color="k", alpha=0.3)
-        ax.set_xlabel("eigenvalue")
-        ax.set_ylabel("density")
-        return ax
+        """Plot the smoothed density (and the nodes as a rug) with matplotlib.
+
+        See :func:`hessntk.report.plots.plot_density`.
+        """
+        from hessntk.report.plots import plot_density
+
+        return plot_density(self, ax, num_points=num_points, sigma=sigma)
 
     def __repr__(self) -> str:
         return (
@@ -251,6 +243,8 @@ def slq(
     seed: Seed = 0,
     v0: Any = None,
     max_basis_bytes: int = 2**31,
+    probes_per_group: int | None = None,
+    store: GroupStore | None = None,
 ) -> SpectralDensity:
     """Run stochastic Lanczos quadrature with Rademacher probes advancing in lockstep.
 
@@ -270,6 +264,15 @@ def slq(
         Memory allowed for the float64 Lanczos bases of the probes advancing together
         (``8 * n * m`` bytes per probe). Probes beyond it run in successive groups; the
         numbers are the same either way, since every probe's run is independent.
+    probes_per_group : int, optional
+        Probes advancing together, instead of the groups ``max_basis_bytes`` implies: group
+        ``g`` always holds probes ``g * probes_per_group, ...`` (the unit of ``store``).
+    store : GroupStore, optional
+        Where finished groups are saved and from where they are loaded (``load(g,
+        settings)`` returns the group's :class:`Tridiagonal` or None; ``save(g, settings,
+        T)``), so that an interrupted run resumes with the same numbers as an uninterrupted
+        one. ``settings`` holds ``n``, ``num_matvecs``, ``num_probes``, ``probes_per_group``
+        and ``seed``.
 
     Returns
     -------
@@ -293,9 +296,33 @@ def slq(
     m = _check_num_matvecs(num_matvecs, n)
     V0 = _start_vectors(op, v0, num_probes, seed)
     k = V0.shape[1]
-    group = max(1, min(k, int(max_basis_bytes) // (8 * n * m)))
-    group = -(-k // -(-k // group))  # balance the groups: 10 probes in 5 + 5, not 8 + 2
-    parts = [lanczos(op, m, v0=V0[:, i : i + group])
-             for i in progress(range(0, k, group), "SLQ probe groups")]
-    densities = [SpectralDensity.from_tridiagonal(T, n) for T in parts]
+    if probes_per_group is not None:
+        if isinstance(probes_per_group, bool) or int(probes_per_group) != probes_per_group or (
+                probes_per_group < 1):
+            raise ValueError(f"Expected probes_per_group to be a positive int; got "
+                             f"{probes_per_group!r}.")
+        group = min(int(probes_per_group), k)
+    else:
+        group = max(1, min(k, int(max_basis_bytes) // (8 * n * m)))
+        group = -(-k // -(-k // group))  # balance the groups: 10 probes in 5 + 5, not 8 + 2
+    settings = {"n": n, "num_matvecs": m, "num_probes": k, "probes_per_group": group,
+                "seed": seed if isinstance(seed, int) and v0 is None else None}
+    densities = []
+    for g, start in enumerate(progress(range(0, k, group), "SLQ probe groups")):
+        T = store.load(g, settings) if store is not None else None
+        if T is None:
+            T = lanczos(op, m, v0=V0[:, start : start + group])
+            if store is not None:
+                store.save(g, settings, T)
+        densities.append(SpectralDensity.from_tridiagonal(T, n))
     return densities[0] if len(densities) == 1 else SpectralDensity.concatenate(densities)
+
+
+class GroupStore(Protocol):
+    """Where :func:`slq` keeps finished probe groups (e.g. a command line's resume folder)."""
+
+    def load(self, group: int, settings: dict[str, Any]) -> Tridiagonal | None:
+        """The saved Lanczos coefficients of ``group`` (None when there are none)."""
+
+    def save(self, group: int, settings: dict[str, Any], T: Tridiagonal) -> None:
+        """Keep the Lanczos coefficients of a finished ``group``."""

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from hessntk.criteria import compare, iic, load_checkpoint
+from hessntk.checkpoints import load_checkpoint
+from hessntk.criteria import compare, iic
 from tests.criteria.test_iic import _interpolating_mlp
 
 

@@ -132,7 +132,8 @@ def test_criteria_options():
         hj.iic(f, params(), (x, y), prior=lambda p: jnp.sum(p["w"] ** 2))
     with pytest.raises(ValueError, match="reference= as a pytree"):
         hj.iic(f, params(), (x, y), prior=1.0, reference={"w": jnp.zeros(4)})
-    with pytest.raises(ValueError, match="method='exact' .* for a callable prior"):
+    # The matrix-free callable prior exists on JAX too; like torch's, it has no soft variant.
+    with pytest.raises(ValueError, match="soft=None with a callable prior and method='slq'"):
         hj.iic(f, params(), (x, y), prior=lambda p: jnp.sum(p["w"] ** 2),
                reference={"w": jnp.zeros(3)}, method="slq", soft=1.0)
     with pytest.raises(ValueError, match="Checkpoint 'b' does not match"):
@@ -158,5 +159,5 @@ def test_quantization_options():
         hj.quantization_sensitivity(loss, params(), data())
     with pytest.raises(ValueError, match="metric in"):
         hj.quantization_sensitivity(loss, params(), data(), metric="hawq")
-    with pytest.raises(ValueError, match="convention='B'"):
-        hj.iic(f, params(), data(), convention="A")
+    with pytest.raises(ValueError, match="convention in"):  # A and B both exist on JAX
+        hj.iic(f, params(), data(), convention="C")

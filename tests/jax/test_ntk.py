@@ -12,7 +12,7 @@ jax = pytest.importorskip("jax", reason="jax not installed: pip install 'hessntk
 import jax.numpy as jnp  # noqa: E402
 
 from hessntk.jax import GramOperator, gram, init_variances, jacobian  # noqa: E402
-from hessntk.jax.ntk import _pullback, _pushforward_into  # noqa: E402
+from hessntk.jax.ntk.kernels import _pullback, _pushforward_into  # noqa: E402
 from hessntk.spectral import rademacher, slq  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402
 from tests.jax.models import NUM_SAMPLES, mlp  # noqa: E402

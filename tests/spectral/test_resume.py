@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import hessntk.report
-from hessntk.report import PartialStore, ResumeError, resumable_slq
+import hessntk.spectral.quadrature
+from hessntk.report import PartialStore, ResumeError
 from hessntk.spectral import SpectralDensity, aslinearoperator, rademacher, slq
+
+
+def resumable_slq(op, *, store=None, key=None, name="slq", **kwargs):
+    """SLQ in probe groups saved to (and resumed from) a command line's partial store."""
+    return slq(op, store=None if store is None else store.slq_groups(name, key), **kwargs)
 
 
 @pytest.fixture
@@ -49,7 +54,7 @@ def test_concatenate_pads_shorter_rules_and_validates(op):
 
 
 def test_one_group_is_bitwise_slq(op):
-    d = resumable_slq(op, num_probes=4, num_matvecs=15, seed=7)
+    d = resumable_slq(op, num_probes=4, num_matvecs=15, seed=7, probes_per_group=4)
     ref = slq(op, num_probes=4, num_matvecs=15, seed=7)
     assert np.array_equal(d.nodes, ref.nodes) and np.array_equal(d.weights, ref.weights)
     assert d.num_matvecs == ref.num_matvecs
@@ -64,7 +69,7 @@ def test_groups_match_slq_probe_by_probe(op):
 def test_resume_after_an_interruption_equals_a_straight_run(op, tmp_path, monkeypatch):
     kwargs = dict(num_probes=7, num_matvecs=15, seed=2, probes_per_group=2, key={"m": 1})
     straight = resumable_slq(op, store=PartialStore(tmp_path / "a", resume=False), **kwargs)
-    real, calls = hessntk.report.lanczos, []
+    real, calls = hessntk.spectral.quadrature.lanczos, []
 
     def crash(*a, **k):
         calls.append(1)
@@ -72,10 +77,10 @@ def test_resume_after_an_interruption_equals_a_straight_run(op, tmp_path, monkey
             raise RuntimeError("simulated crash")
         return real(*a, **k)
 
-    monkeypatch.setattr(hessntk.report, "lanczos", crash)
+    monkeypatch.setattr(hessntk.spectral.quadrature, "lanczos", crash)
     with pytest.raises(RuntimeError, match="simulated"):
         resumable_slq(op, store=PartialStore(tmp_path / "b", resume=False), **kwargs)
-    monkeypatch.setattr(hessntk.report, "lanczos", real)
+    monkeypatch.setattr(hessntk.spectral.quadrature, "lanczos", real)
     store = PartialStore(tmp_path / "b", resume=True)
     resumed = resumable_slq(op, store=store, **kwargs)
     assert store.reused == 2

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from hessntk._model import iter_batches
-from hessntk.criteria import load_checkpoint
+from hessntk.checkpoints import load_checkpoint
 
 __all__ = ["CLIError", "Problem", "cast", "load_entry_point", "load_problem", "load_weights"]
 
@@ -156,7 +156,7 @@ def load_weights(model: nn.Module, path: str) -> None:
 
     ``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)`` (a pickle that needs
     a custom class is refused), ``.safetensors`` with safetensors; see
-    :func:`hessntk.criteria.load_checkpoint`.
+    :func:`hessntk.checkpoints.load_checkpoint`.
     """
     if not os.path.isfile(path):
         raise CLIError(f"checkpoint {path!r} does not exist")

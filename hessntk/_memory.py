@@ -1,0 +1,59 @@
+"""Memory budgets of the explicit Gram and Jacobian builders (torch and JAX alike).
+
+Backend-free: the builders pass the free memory of their device (CUDA, a jax device) when
+they know it; otherwise the host's ``MemAvailable`` is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: Fraction of the free memory that ``max_memory=None`` allows.
+DEFAULT_MEMORY_FRACTION = 0.25
+
+
+def host_memory() -> int:
+    """Free host memory in bytes (``MemAvailable`` on Linux)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # pragma: no cover - non-Linux fallback
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 4 * 2**30
+
+
+def memory_budget(max_memory: int | float | None, free: int | None = None) -> int:
+    """Resolve ``max_memory=`` (bytes, or None for a fraction of ``free`` / host memory).
+
+    Raises
+    ------
+    TypeError, ValueError
+        A budget that is not a positive number of bytes.
+    """
+    if max_memory is None:
+        return int(DEFAULT_MEMORY_FRACTION * (host_memory() if free is None else free))
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)):
+        raise TypeError(f"Expected max_memory in bytes (int) or None; got {max_memory!r}.")
+    if not max_memory > 0:
+        raise ValueError(f"Expected a positive max_memory in bytes; got {max_memory}.")
+    return int(max_memory)
+
+
+def format_bytes(num: float) -> str:
+    """Human-readable size: ``format_bytes(3.2e9) == '3.2 GB'``.
+
+    Examples
+    --------
+    >>> format_bytes(3.2e9)
+    '3.2 GB'
+    """
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(num) < 1000 or unit == "TB":
+            return f"{num:.3g} {unit}"
+        num /= 1000
+    return f"{num:.3g} TB"  # pragma: no cover

@@ -1,0 +1,80 @@
+"""Torch checkpoints: state dicts from modules, dicts, ``.pt`` / ``.pth`` and ``.safetensors``.
+
+Files are read safely: ``torch.load(weights_only=True)`` refuses pickles that need arbitrary
+code, and ``.safetensors`` holds tensors only. Used by :func:`hessntk.criteria.compare` and the
+command line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["Checkpoint", "load_checkpoint", "load_into"]
+
+Checkpoint = Mapping[str, torch.Tensor] | nn.Module | str | os.PathLike
+
+
+def load_checkpoint(source: Checkpoint) -> dict[str, torch.Tensor]:
+    """Return a state dict from a dict, a module, or a ``.pt``/``.pth``/``.safetensors`` file.
+
+    Files are read with ``torch.load(weights_only=True)``: a pickle that needs arbitrary code
+    (a custom class) is refused. A file holding ``{"state_dict": ...}`` or ``{"model": ...}``
+    is unwrapped.
+
+    Raises
+    ------
+    ValueError
+        A file that cannot be read safely or holds no state dict.
+    """
+    if isinstance(source, nn.Module):
+        return source.state_dict()
+    if isinstance(source, Mapping):
+        state = dict(source)
+    else:
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise ValueError(f"Expected a checkpoint file; {path!r} does not exist.")
+        if path.endswith(".safetensors"):
+            try:
+                from safetensors.torch import load_file
+            except ImportError as err:  # pragma: no cover - depends on the environment
+                raise ImportError("Reading .safetensors needs: pip install safetensors") from err
+            state = load_file(path)
+        else:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 - any unpickling failure means refuse
+                raise ValueError(
+                    f"Could not load {path!r} with torch.load(weights_only=True): it is not a "
+                    f"plain tensor checkpoint (untrusted pickles are refused). {err}"
+                ) from err
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = dict(state[key])
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"Expected a state dict of tensors in checkpoint {source!r}.")
+    return dict(state)
+
+
+def load_into(build_model: Callable[[], nn.Module], source: Checkpoint, name: str) -> nn.Module:
+    """A fresh ``build_model()`` with checkpoint ``source`` loaded strictly, in eval mode.
+
+    Raises
+    ------
+    ValueError
+        A checkpoint that does not match the architecture (the keys are named), or an
+        unreadable checkpoint.
+    """
+    model = build_model()
+    state = load_checkpoint(source)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"Checkpoint {name!r} does not match the architecture from build_model: {err}"
+        ) from err
+    return model.eval()

@@ -1,0 +1,282 @@
+"""The analyses behind the commands: each builds one operator, computes, and fills a report.
+
+Every analysis returns the JSON section of ``report.json`` and adds its summary rows, tables
+and plots to the :class:`hessntk.report.Report`; the numbers come from the public API
+(:mod:`hessntk.hessian`, :mod:`hessntk.ntk`, :mod:`hessntk.criteria`, :mod:`hessntk.spectral`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+
+from hessntk.cli.text import fmt, one_line, pm, timed
+
+__all__ = ["data_key", "hessian_analysis", "iic_analysis", "iic_options", "ntk_analysis",
+           "quantization_analysis", "tail_dict"]
+
+
+def tail_dict(fit: Any) -> dict[str, Any]:
+    """The JSON of a :class:`hessntk.criteria.TailFit`."""
+    return {"alpha": fit.alpha, "stderr": fit.stderr, "cutoff": fit.cutoff,
+            "ks_distance": fit.ks_distance, "num_points": fit.num_points, "mass": fit.mass,
+            "mass_below_floor": fit.mass_below_floor, "floor": fit.floor, "method": fit.method,
+            "density_exponent": fit.density_exponent}
+
+
+def data_key(data: Any) -> dict[str, Any]:
+    """Order-independent summary of the data (for resume checks): counts and sums."""
+    import torch
+
+    from hessntk._model import iter_batches, tensor_leaves
+
+    n, sums = 0, [0.0, 0.0]
+    for x, y in iter_batches(data):
+        leaves = list(tensor_leaves(x))
+        n += int(leaves[0].shape[0]) if leaves else 0
+        for i, tree in enumerate((x, y)):
+            for t in tensor_leaves(tree):
+                sums[i] += float(t.detach().to(torch.float64).sum())
+    return {"num_samples": n, "inputs_sum": float(f"{sums[0]:.10g}"),
+            "targets_sum": float(f"{sums[1]:.10g}")}
+
+
+def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store: Any,
+                     timings: dict[str, float]) -> dict[str, Any]:
+    """Top eigenvalues, trace, per-layer traces, SLQ density and lower-tail exponent.
+
+    One operator (per-layer blocks) serves every estimate: one pass over the data to check
+    it, then only products.
+    """
+    from hessntk import hessian
+    from hessntk.criteria import lower_tail_exponent
+    from hessntk.report import fingerprint, plot_hessian_esd
+    from hessntk.spectral import slq
+
+    model, loss_fn, data = problem.model, problem.loss_fn, problem.data
+    curvature = getattr(args, "curvature", "hessian")
+    op_cls = hessian.HessianOperator if curvature == "hessian" else hessian.GGNOperator
+    op = op_cls(model, loss_fn, data, blocks="layer")
+    n = op.shape[0]
+    k = min(args.k, n)
+    top = timed(timings, "hessian_top", lambda: hessian.top_eigenvalues(
+        op, k=k, tol=args.tol, seed=args.seed))
+    tr = timed(timings, "hessian_trace", lambda: hessian.trace(
+        op, num_matvecs=args.trace_matvecs, seed=args.seed))
+    layers = timed(timings, "hessian_layer_traces", lambda: hessian.block_traces(
+        op, num_matvecs=args.trace_matvecs, seed=args.seed))
+    steps = min(args.steps, n)
+    key = {"curvature": curvature, "params": fingerprint(dict(model.state_dict())),
+           "loss": float(f"{op.loss:.12g}"), "data": data_key(data),
+           "dtype": str(op.dtype), "device": str(op.device)}
+    dens = timed(timings, "hessian_slq", lambda: slq(
+        op, num_probes=args.probes, num_matvecs=steps, seed=args.seed,
+        probes_per_group=args.probes_per_group, store=store.slq_groups(curvature, key)))
+    negative = dens.cdf(0.0)
+    slq_trace = dens.trace()
+    try:
+        fit = lower_tail_exponent(dens)
+        tail: dict[str, Any] = tail_dict(fit)
+        tail_text = (pm(fit.alpha, fit.stderr),
+                     f"cutoff {fit.cutoff:.3g}, {fit.mass:.0%} of the mass; {fit.method}")
+    except ValueError as err:
+        tail = {"error": one_line(err)}
+        tail_text = ("undetermined", one_line(err, 90))
+    sizes = {name: int(sum(model.get_parameter(p).numel() for p in op.block_params[name]))
+             for name in layers}
+    out = {
+        "curvature": curvature, "num_params": n, "num_samples": op.num_samples,
+        "loss": op.loss,
+        "top_eigenvalues": {"values": top.eigenvalues, "residual_norms": top.residual_norms,
+                            "num_matvecs": top.num_matvecs, "converged": top.converged,
+                            "tol": args.tol},
+        "trace": {"value": tr.value, "stderr": tr.stderr, "num_matvecs": tr.num_matvecs,
+                  "method": tr.method},
+        "layer_traces": {name: {"value": e.value, "stderr": e.stderr, "num_params": sizes[name],
+                                "num_matvecs": e.num_matvecs, "method": e.method}
+                         for name, e in layers.items()},
+        "density": {"num_probes": dens.num_probes, "num_matvecs_per_probe": steps,
+                    "num_matvecs": dens.num_matvecs, "probes_per_group": args.probes_per_group,
+                    "seed": args.seed, "min": float(dens.nodes.min()),
+                    "max": float(dens.nodes.max()),
+                    "negative_mass": {"value": float(negative.value[0]),
+                                      "lower": float(negative.lower[0]),
+                                      "upper": float(negative.upper[0]),
+                                      "stderr": float(negative.stderr[0])},
+                    "trace": {"value": slq_trace.value, "stderr": slq_trace.stderr},
+                    "nodes": dens.nodes, "weights": dens.weights, "exact": dens.exact},
+        "lower_tail": tail,
+    }
+    name = "Hessian" if curvature == "hessian" else "GGN"
+    vals = ", ".join(fmt(v) for v in top.eigenvalues)
+    rows = [
+        ("top eigenvalues", vals, f"eigsh, {top.num_matvecs} products"
+         + ("" if top.converged else ", NOT converged")),
+        ("trace", pm(tr.value, tr.stderr), f"{tr.method}, {tr.num_matvecs} products"),
+        ("SLQ density", f"[{dens.nodes.min():.3g}, {dens.nodes.max():.3g}]",
+         f"{dens.num_probes} probes x {steps} steps; SLQ trace "
+         + pm(slq_trace.value, slq_trace.stderr)),
+        ("negative mass", pm(float(negative.value[0]), float(negative.stderr[0])),
+         f"fraction of eigenvalues < 0, bracket [{negative.lower[0]:.3f}, "
+         f"{negative.upper[0]:.3f}]"),
+        ("lower-tail exponent", *tail_text),
+    ]
+    rows += [(f"trace of layer {layer or '<root>'}", pm(e.value, e.stderr),
+              f"{sizes[layer]} parameters") for layer, e in layers.items()]
+    report.add_section(f"{name} of the mean loss ({n} parameters, {op.num_samples} samples)",
+                       rows)
+    report.add_plot("hessian_esd.png", lambda: plot_hessian_esd(
+        dens, top.eigenvalues, title=f"{name} spectral density (SLQ, {dens.num_probes} probes x "
+        f"{steps} steps)"), f"{name} eigenvalue density (SLQ) on a symmetric-log axis, with "
+        "the top eigenvalues from eigsh")
+    return out
+
+
+def ntk_analysis(report: Any, model: Any, inputs: Any, outputs: str,
+                 timings: dict[str, float]) -> dict[str, Any]:
+    """NTK Gram ``J J^T`` on ``inputs``, its eigenvalues and lower-tail exponent."""
+    import torch
+
+    from hessntk._model import batch_size
+    from hessntk.criteria import lower_tail_exponent
+    from hessntk.ntk import gram
+    from hessntk.report import plot_ntk_cdf
+
+    def build() -> tuple[np.ndarray, torch.dtype]:
+        K = gram(model, inputs, outputs=outputs)
+        return torch.linalg.eigvalsh(K.double()).cpu().numpy(), K.dtype
+
+    lam, dtype = timed(timings, "ntk", build)
+    floor = 10 * torch.finfo(dtype).eps * float(np.abs(lam).max()) * math.sqrt(lam.size)
+    try:
+        fit = lower_tail_exponent(lam, floor=floor)
+        tail: dict[str, Any] = tail_dict(fit)
+        tail_text = (pm(fit.alpha, fit.stderr),
+                     f"cutoff {fit.cutoff:.3g}, {fit.num_points} eigenvalues; {fit.method}")
+    except ValueError as err:
+        fit, tail = None, {"error": one_line(err)}
+        tail_text = ("undetermined", one_line(err, 90))
+    n_samples = batch_size(inputs)
+    out = {"outputs": outputs, "prior": "identity", "num_samples": n_samples,
+           "size": int(lam.size), "trace": float(lam.sum()), "max": float(lam.max()),
+           "min": float(lam.min()), "floor": floor,
+           "num_below_floor": int((lam <= floor).sum()), "eigenvalues": lam, "lower_tail": tail}
+    report.add_section(f"NTK Gram J J^T ({outputs}, {n_samples} samples, {lam.size} x "
+                       f"{lam.size})", [
+        ("eigenvalue range", f"[{lam.min():.3g}, {lam.max():.3g}]",
+         f"{out['num_below_floor']} at or below the floor {floor:.2g}"),
+        ("trace", fmt(float(lam.sum())), "exact (dense eigenvalues)"),
+        ("lower-tail exponent", *tail_text),
+    ])
+    report.add_plot("ntk_cdf.png", lambda: plot_ntk_cdf(
+        lam, fit, title=f"NTK Gram eigenvalues ({outputs}, {lam.size} x {lam.size})"),
+        "NTK Gram eigenvalue CDF on log-log axes with the lower-tail power-law fit")
+    return out
+
+
+def iic_options(args: argparse.Namespace, problem: Any) -> dict[str, Any]:
+    """The :func:`hessntk.criteria.iic` options of the ``iic`` and ``compare`` commands."""
+    observations = args.observations
+    if observations == "auto":
+        observations = "logits" if problem.classification else "outputs"
+    return {"observations": observations, "prior": args.prior, "soft": args.soft,
+            "method": args.method, "seed": args.seed, "num_probes": args.probes,
+            "num_matvecs": args.steps}
+
+
+def iic_analysis(report: Any, problem: Any, options: dict[str, Any],
+                 timings: dict[str, float]) -> dict[str, Any]:
+    """The IIC with every term, its validity and the spectrum of ``K_H``."""
+    from hessntk.criteria import iic
+    from hessntk.report import plot_ntk_cdf
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("always", RuntimeWarning)  # hessntk's diagnostics
+        res = timed(timings, "iic", lambda: iic(problem.model, problem.data, **options))
+    for message in dict.fromkeys(one_line(w.message) for w in caught):
+        report.notes.append(f"IIC: {message}")
+    out = res.to_dict()
+    out["settings"] = options
+    if res.eigenvalues is not None:
+        out["eigenvalues"] = res.eigenvalues
+    rows = [
+        ("IIC", fmt(res.value), "valid" if res.valid else "NOT valid: " + "; ".join(res.reasons)),
+        ("log(R* - R0)", fmt(res.regularization), "regularization"),
+        ("(1/N) log det K_H", pm(res.sharpness, res.sharpness_stderr),
+         f"sharpness ({res.method}{', soft ' + fmt(res.soft) if res.soft else ''})"),
+        ("curvature", fmt(res.curvature), "(1/N)(log det H* - log det H0)"),
+        ("-log N", fmt(res.correction), f"N = {res.num_constraints} constraints, "
+         f"P = {res.num_params} parameters"),
+    ]
+    if res.train_error is not None:
+        rows.append(("training error", fmt(res.train_error), "interpolation check"))
+    else:
+        rows.append(("relative residual", fmt(res.residual), "interpolation check"))
+    if res.tail is not None:
+        rows.append(("tail exponent of K_H", pm(res.tail.alpha, res.tail.stderr),
+                     f"cutoff {res.tail.cutoff:.3g}"))
+    report.add_section(f"IIC ({res.observations}, prior {res.prior}, lower is better)", rows)
+    if res.eigenvalues is not None and res.tail is not None and res.tail.x is not None:
+        report.add_plot("iic_kernel_cdf.png", lambda: plot_ntk_cdf(
+            res.eigenvalues, res.tail, title=f"Spectrum of K_H = J S J^T ({res.observations}, "
+            f"prior {res.prior})"), "Eigenvalue CDF of the IIC kernel K_H with its tail fit")
+    return out
+
+
+def quantization_analysis(report: Any, problem: Any, args: argparse.Namespace,
+                          timings: dict[str, float]) -> dict[str, Any]:
+    """Per-layer quantization sensitivity (predicted), measured losses and their agreement.
+
+    One layer-blocked operator serves the predictions and the measurements.
+    """
+    from hessntk.criteria import measure_quantization, quantization_sensitivity
+    from hessntk.hessian import layer_operator
+    from hessntk.report.plots import _figure
+
+    curvature = getattr(args, "curvature", "hessian")
+    op = layer_operator(problem.model, problem.loss_fn, problem.data, curvature=curvature)
+    bits = tuple(args.bits)
+    sens = timed(timings, "quantization", lambda: quantization_sensitivity(
+        op, bits=bits, quantizer=args.quantizer, granularity=args.granularity,
+        metric=args.metric, num_matvecs=args.trace_matvecs, seed=args.seed))
+    out: dict[str, Any] = {"sensitivity": sens.to_dict()}
+    meas = None
+    if args.measure:
+        meas = timed(timings, "quantization_measured", lambda: measure_quantization(
+            op, bits=bits, quantizer=args.quantizer, granularity=args.granularity))
+        out["measured"] = meas.to_dict()
+        out["rank_correlation"] = {p: {str(b): r for b, r in v.items()}
+                                   for p, v in sens.rank_correlation(meas).items()}
+    low = sens.bits[0]
+    j = sens.bits.index(low)
+    pred = sens.predictions("direct")[:, j]
+    rows = []
+    for layer in sens.ranking("direct", low):
+        i = sens.layers.index(layer)
+        note = f"{int(sens.num_params[i])} weights; avg tr H {fmt(sens.average_trace[i])}"
+        if meas is not None:
+            note = f"measured {fmt(meas.increase[i, j])}; " + note
+        rows.append((f"layer {layer or '<root>'} at {low} bits", fmt(pred[i]), note))
+    if meas is not None and len(sens.layers) >= 3:  # with two layers rho is always +-1
+        for p, by_bits in out["rank_correlation"].items():
+            rows.append((f"Spearman rho ({p})", ", ".join(
+                f"{b} bits: {fmt(r, 3)}" for b, r in by_bits.items()),
+                "predicted vs measured ranking over layers"))
+    report.add_section(f"Quantization sensitivity (predicted loss increase, {args.quantizer}, "
+                       f"{args.granularity}; most sensitive first)", rows)
+    report.add_table("Quantization sensitivity per layer and bit width", sens.table())
+
+    def make() -> Any:
+        fig, ax = _figure(max(6.0, 1.2 * len(sens.layers) + 2.0), 4.0)
+        sens.plot(ax=ax, measured=meas)
+        return fig
+
+    report.add_plot("quantization_sensitivity.png", make,
+                    "Predicted loss increase of quantizing each layer alone (bars) and the "
+                    "measured increase (markers)")
+    return out

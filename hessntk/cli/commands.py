@@ -1,0 +1,153 @@
+"""The commands on a user's model: ``spectrum``, ``iic``, ``quantization`` and ``compare``."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from hessntk.cli.analyses import (
+    data_key,
+    hessian_analysis,
+    iic_analysis,
+    iic_options,
+    ntk_analysis,
+    quantization_analysis,
+)
+from hessntk.cli.text import fmt, timed
+from hessntk.report import to_jsonable
+
+__all__ = ["cmd_compare", "cmd_iic", "cmd_quantization", "cmd_spectrum"]
+
+
+def _load(args: argparse.Namespace, checkpoint: str | None = None) -> Any:
+    from hessntk.cli.entrypoints import DTYPES, device_of, load_problem, load_weights, place
+
+    device = device_of(args.device)
+    problem = load_problem(args.model)
+    if checkpoint is not None:
+        load_weights(problem.model, checkpoint)
+    problem.model.eval()
+    return place(problem, device, DTYPES[args.dtype] if args.dtype else None)
+
+
+def _model_section(report: Any, problem: Any, checkpoint: str | None) -> dict[str, Any]:
+    from hessntk._model import iter_batches
+
+    n_batches = sum(1 for _ in iter_batches(problem.data))
+    param = next(problem.model.parameters())
+    info = {"entry_point": problem.entry, "checkpoint": checkpoint,
+            "class": type(problem.model).__name__, "num_params": problem.num_params,
+            "num_batches": n_batches, "dtype": str(param.dtype), "device": str(param.device),
+            "loss_fn": type(problem.loss_fn).__name__}
+    report.add_section("Model", [
+        ("model", f"{info['class']} from {problem.entry}",
+         f"{problem.num_params} parameters, {info['dtype']}, {info['device']}"),
+        ("weights", checkpoint or "as built", f"loss {info['loss_fn']}, {n_batches} batch(es)"),
+    ])
+    return info
+
+
+def cmd_spectrum(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
+    from hessntk.cli.entrypoints import take_inputs
+
+    problem = _load(args, args.checkpoint)
+    report, timings = ctx["report"], ctx["timings"]
+    report.title = f"hessntk spectrum: {problem.entry}"
+    out: dict[str, Any] = {"model": _model_section(report, problem, args.checkpoint)}
+    out["hessian"] = hessian_analysis(report, problem, args, ctx["store"], timings)
+    if args.ntk_samples:
+        outputs = args.ntk_outputs
+        if outputs == "auto":
+            outputs = "logits" if problem.classification else "raw"
+        inputs = take_inputs(problem.data, args.ntk_samples)
+        out["ntk"] = ntk_analysis(report, problem.model, inputs, outputs, timings)
+    return out
+
+
+def cmd_iic(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
+    problem = _load(args, args.checkpoint)
+    report = ctx["report"]
+    report.title = f"hessntk iic: {problem.entry}"
+    out: dict[str, Any] = {"model": _model_section(report, problem, args.checkpoint)}
+    out["iic"] = iic_analysis(report, problem, iic_options(args, problem), ctx["timings"])
+    return out
+
+
+def cmd_quantization(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
+    problem = _load(args, args.checkpoint)
+    report = ctx["report"]
+    report.title = f"hessntk quantization: {problem.entry}"
+    out: dict[str, Any] = {"model": _model_section(report, problem, args.checkpoint)}
+    out["quantization"] = quantization_analysis(report, problem, args, ctx["timings"])
+    return out
+
+
+
+def _checkpoint_names(paths: Sequence[str]) -> list[str]:
+    names = [os.path.basename(p) for p in paths]
+    if len(set(names)) < len(names):  # fall back to the paths as given
+        names = [os.path.normpath(p) for p in paths]
+    if len(set(names)) < len(names):
+        raise ValueError("the same checkpoint was given twice: " + ", ".join(
+            sorted({n for n in names if names.count(n) > 1})))
+    return names
+
+
+def cmd_compare(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Rank checkpoints by the IIC with :func:`hessntk.criteria.compare`, resumably."""
+    from hessntk import criteria
+    from hessntk.report import file_digest, plot_ranking, ranking_csv, ranking_table
+
+    report, store, timings = ctx["report"], ctx["store"], ctx["timings"]
+    names = _checkpoint_names(args.checkpoints)
+    for path in args.checkpoints:
+        if not os.path.isfile(path):
+            raise ValueError(f"checkpoint {path!r} does not exist")
+    problem = _load(args)
+    report.title = f"hessntk compare: {len(names)} checkpoints of {problem.entry}"
+    options = iic_options(args, problem)
+    data = data_key(problem.data)
+    paths = dict(zip(names, args.checkpoints, strict=True))
+    keys = {name: {"checkpoint": file_digest(path), "iic": options, "data": data,
+                   "dtype": args.dtype, "device": args.device} for name, path in paths.items()}
+
+    def item(name: str) -> str:
+        return f"compare-{keys[name]['checkpoint'][:16]}"
+
+    known = {}
+    for name in names:
+        saved = store.load_json(item(name), keys[name])
+        if saved is not None:
+            known[name] = saved
+
+    def save(name: str, result: Any) -> None:
+        store.save_json(item(name), result.to_dict(), keys[name])
+
+    pending = {name: paths[name] for name in names if name not in known}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # reported as reasons
+        ranking = timed(timings, "compare", lambda: criteria.compare(
+            pending, lambda: copy.deepcopy(problem.model), problem.data, known=known,
+            on_result=save, **options))
+    results = {name: to_jsonable(r if isinstance(r, dict) else r.to_dict())
+               for name, r in ranking.results.items()}
+    rows = [{**r, "checkpoint": paths[r["name"]]} for r in to_jsonable(list(ranking.rows))]
+    table = ranking_table(rows)
+    best = rows[0]
+    report.add_section(f"Ranking by IIC ({options['observations']}, prior {options['prior']}; "
+                       "lower is better)", [
+        ("best", str(best["name"]), f"IIC {fmt(best['value'])}"
+         + ("" if best["valid"] else " (not valid)")),
+        ("checkpoints", str(len(rows)), f"{store.reused} reused from {store.path}"
+         if store.reused else "all evaluated in this run"),
+    ])
+    report.add_table("Ranking", table)
+    ranking_csv(rows, report.folder / "ranking.csv")
+    report.add_plot("ranking.png", lambda: plot_ranking(rows),
+                    "IIC per checkpoint, best on top (hollow markers: not theory-valid)")
+    return {"settings_iic": options, "rows": rows, "results": results, "table": table,
+            "ranking_csv": "ranking.csv"}

@@ -1,0 +1,206 @@
+"""The ``hessntk`` argument parser: commands, options, their checks and help."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["FULL", "PROG", "QUICK", "build_parser"]
+
+PROG = "hessntk"
+
+#: Settings of ``hessntk demo --quick`` and of the full demo.
+QUICK = {"n_train": 100, "width": 32, "k": 3, "probes": 4, "steps": 20, "trace_matvecs": 20,
+         "ntk_samples": 50, "probes_per_group": 2, "bits": [2, 4, 8]}
+FULL = {"n_train": 300, "width": 64, "k": 5, "probes": 12, "steps": 80, "trace_matvecs": 60,
+        "ntk_samples": 200, "probes_per_group": 4, "bits": [2, 3, 4, 8]}
+
+
+def _number(cast: Callable[[str], Any], ok: Callable[[Any], bool], what: str
+            ) -> Callable[[str], Any]:
+    """An argparse ``type=`` that casts with ``cast`` and accepts only values with ``ok``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+
+
+def _prior(text: str) -> str | float:
+    if text == "init":
+        return text
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'init' or a positive prior variance; got {text!r}") from None
+
+
+
+def _common(sub: argparse.ArgumentParser, command: str) -> None:
+    g = sub.add_argument_group("output and runtime")
+    g.add_argument("--out", default=f"hessntk-{command}", metavar="DIR",
+                   help="report folder (default: %(default)s)")
+    g.add_argument("--json", action="store_true",
+                   help="print the report JSON on stdout instead of the summary")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars and no summary (errors only)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of training (demo), probes and bootstraps (default: 0)")
+    g.add_argument("--device", default=None, metavar="DEV",
+                   help="cpu, cuda or cuda:N (default: the model's own)")
+    g.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="cast the model and floating data (default: as built)")
+    g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads of torch and BLAS (default: 1 for the demo, else "
+                   "torch's choice)")
+    g.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def _hessian_options(sub: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    def default(name: str) -> str:
+        if defaults:
+            return f" (default: {defaults[name]})"
+        return f" (default: {FULL[name]}; --quick: {QUICK[name]})"
+
+    g = sub.add_argument_group("Hessian spectrum")
+    g.add_argument("--k", type=_positive_int, default=defaults.get("k"), metavar="N",
+                   help="top eigenvalues (eigsh)" + default("k"))
+    g.add_argument("--tol", type=_positive_float, default=1e-6,
+                   help="relative residual tolerance of eigsh (default: %(default)s)")
+    g.add_argument("--probes", type=_positive_int, default=defaults.get("probes"), metavar="N",
+                   help="SLQ probes" + default("probes"))
+    g.add_argument("--steps", type=_positive_int, default=defaults.get("steps"), metavar="N",
+                   help="Lanczos steps per SLQ probe" + default("steps"))
+    g.add_argument("--probes-per-group", type=_positive_int, metavar="N",
+                   default=defaults.get("probes_per_group"),
+                   help="probes advancing together; each finished group is saved for --resume"
+                   + default("probes_per_group"))
+    g.add_argument("--trace-matvecs", type=_positive_int, default=defaults.get("trace_matvecs"),
+                   metavar="N", help="products of the trace estimates" + default("trace_matvecs"))
+    g.add_argument("--resume", action="store_true",
+                   help="reuse the partial results saved in --out by an interrupted run")
+
+
+def _iic_group(sub: argparse.ArgumentParser) -> None:
+    g = sub.add_argument_group("IIC")
+    g.add_argument("--observations", choices=("auto", "outputs", "logits", "probabilities"),
+                   default="auto", help="constraints: auto = logits for a classification loss "
+                   "(cross-entropy, NLL, integer targets), else outputs")
+    g.add_argument("--prior", type=_prior, default="init",
+                   help="Gaussian prior: 'init' (fan-in variances) or a variance")
+    g.add_argument("--soft", type=_positive_float, default=None,
+                   help="finite-penalty IIC with noise precision SOFT")
+    g.add_argument("--method", choices=("auto", "exact", "slq"), default="auto")
+    g.add_argument("--probes", type=_positive_int, default=16, metavar="N",
+                   help="SLQ probes, method slq (default: %(default)s)")
+    g.add_argument("--steps", type=_positive_int, default=100, metavar="N",
+                   help="Lanczos steps, method slq (default: %(default)s)")
+
+
+def _quant_group(sub: argparse.ArgumentParser, demo: bool = False) -> None:
+    g = sub.add_argument_group("quantization sensitivity")
+    g.add_argument("--bits", type=_positive_int, nargs="+", default=None if demo else [2, 3, 4, 8],
+                   metavar="B", help="bit widths (default: 2 3 4 8" + ("; --quick: 2 4 8)"
+                                                                       if demo else ")"))
+    if demo:
+        return
+    g.add_argument("--quantizer", choices=("symmetric", "asymmetric"), default="symmetric")
+    g.add_argument("--granularity", choices=("tensor", "channel"), default="tensor")
+    g.add_argument("--metric", choices=("trace", "eigenvalue", "both"), default="both")
+    g.add_argument("--trace-matvecs", type=_positive_int, default=100, metavar="N",
+                   help="products of the block-trace estimate (default: %(default)s)")
+    g.add_argument("--curvature", choices=("hessian", "ggn"), default="hessian")
+    g.add_argument("--no-measure", dest="measure", action="store_false",
+                   help="skip measuring the loss of each quantized layer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hessntk`` argument parser."""
+    import hessntk
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Curvature of neural networks: Hessian and NTK spectra, IIC, "
+        "checkpoint ranking and quantization sensitivity, as report folders.",
+        epilog="MODEL is package.module:function or path/to/file.py:function, a function "
+        "returning (model, loss_fn, data) or a dict with those keys. Run 'hessntk demo' first.")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {getattr(hessntk, '__version__', '')}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="train an MLP on load_digits and report everything",
+                          description="Train an MLP on sklearn's load_digits (seeded, seconds) "
+                          "and report its Hessian spectrum, NTK Gram spectrum, IIC and "
+                          "per-layer quantization sensitivity.")
+    demo.add_argument("--quick", action="store_true", help="tiny settings (a few seconds)")
+    demo.add_argument("--n-train", type=_positive_int, default=None, metavar="N",
+                      help="training images (default: 300; --quick: 100)")
+    demo.add_argument("--width", type=_positive_int, default=None, metavar="N",
+                      help="hidden width (default: 64; --quick: 32)")
+    demo.add_argument("--ntk-samples", type=_positive_int, default=None, metavar="N",
+                      help="images in the NTK Gram (default: 200; --quick: 50)")
+    _hessian_options(demo, {})
+    _quant_group(demo, demo=True)
+    _common(demo, "demo")
+    # The demo's arrays are small: one thread is as fast, and extra BLAS threads spin-wait
+    # on a busy machine (4x slower on a loaded 2-core machine).
+    demo.set_defaults(curvature="hessian", threads=1)
+
+    spectrum = sub.add_parser("spectrum", help="Hessian (and NTK) spectrum of your model",
+                              description="Hessian (or GGN) top eigenvalues, trace, per-layer "
+                              "traces, SLQ density and lower-tail exponent; with --ntk-samples "
+                              "also the NTK Gram spectrum.")
+    spectrum.add_argument("model", metavar="MODEL", help="module:function or file.py:function")
+    spectrum.add_argument("--checkpoint", metavar="FILE", help=".pt/.pth/.safetensors weights")
+    spectrum.add_argument("--curvature", choices=("hessian", "ggn"), default="hessian")
+    spectrum.add_argument("--ntk-samples", type=_nonneg_int, default=0, metavar="N",
+                          help="samples of the NTK Gram (default 0: no NTK)")
+    spectrum.add_argument("--ntk-outputs", default="auto",
+                          choices=("auto", "raw", "logits", "probabilities", "simplex"),
+                          help="NTK outputs: auto = logits for classification, else raw")
+    _hessian_options(spectrum, {"k": 5, "probes": 8, "steps": 60, "probes_per_group": 4,
+                                "trace_matvecs": 60})
+    _common(spectrum, "spectrum")
+
+    iic_p = sub.add_parser("iic", help="Interpolating Information Criterion of your model",
+                           description="The IIC with every term and validity diagnostics.")
+    iic_p.add_argument("model", metavar="MODEL", help="module:function or file.py:function")
+    iic_p.add_argument("--checkpoint", metavar="FILE", help=".pt/.pth/.safetensors weights")
+    _iic_group(iic_p)
+    _common(iic_p, "iic")
+
+    cmp_p = sub.add_parser("compare", help="rank checkpoints by the IIC",
+                           description="Rank checkpoints of one architecture by the IIC, with "
+                           "common random numbers; writes ranking.csv and ranking.png.")
+    cmp_p.add_argument("model", metavar="MODEL", help="module:function or file.py:function")
+    cmp_p.add_argument("checkpoints", metavar="CHECKPOINT", nargs="+",
+                       help=".pt/.pth/.safetensors files")
+    cmp_p.add_argument("--resume", action="store_true",
+                       help="reuse checkpoints already evaluated in --out")
+    _iic_group(cmp_p)
+    _common(cmp_p, "compare")
+
+    q_p = sub.add_parser("quantization", help="per-layer quantization sensitivity",
+                         description="Predicted (Hessian) and measured loss increase of "
+                         "quantizing each layer alone, per bit width.")
+    q_p.add_argument("model", metavar="MODEL", help="module:function or file.py:function")
+    q_p.add_argument("--checkpoint", metavar="FILE", help=".pt/.pth/.safetensors weights")
+    _quant_group(q_p)
+    _common(q_p, "quantization")
+    return parser
+
+
+# -- main ------------------------------------------------------------------------------------
