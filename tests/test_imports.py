@@ -120,6 +120,12 @@ _WITHOUT_TORCH = textwrap.dedent('''
         assert "hessntk[torch]" in str(err), err
     else:
         raise AssertionError("hessntk.hessian imported without torch")
+    import contextlib, io, tempfile
+    from hessntk.cli import main
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["demo", "--quick", "--quiet", "--out", tempfile.mkdtemp()])
+    assert code == 2 and "pip install 'hessntk[torch]'" in err.getvalue(), err.getvalue()
     print("ok")
 ''')
 

@@ -41,12 +41,9 @@ from torch import nn
 
 from hessntk._model import iter_batches
 from hessntk.checkpoints import load_checkpoint
+from hessntk.cli.text import CLIError
 
 __all__ = ["CLIError", "Problem", "cast", "load_entry_point", "load_problem", "load_weights"]
-
-
-class CLIError(Exception):
-    """An error the command line reports as one line (``hessntk: error: ...``), exit code 2."""
 
 
 @dataclass

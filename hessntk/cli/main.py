@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hessntk._progress import reporting
 from hessntk.cli.parser import PROG, build_parser
-from hessntk.cli.text import one_line, settings, versions
+from hessntk.cli.text import CLIError, one_line, settings, versions
 
 __all__ = ["main", "run"]
 
@@ -25,6 +25,11 @@ def _command(name: str):  # noqa: ANN202 - the command's function
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Run a parsed command: compute, write the report folder, print the summary or JSON."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as err:
+        raise CLIError("the hessntk command analyses PyTorch models and needs PyTorch: pip "
+                       "install 'hessntk[torch]' (or pip install torch)") from err
     t0 = time.perf_counter()
     with _threads(args.threads):
         return _run(args, argv, t0)
@@ -106,8 +111,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
-        from hessntk.cli.entrypoints import CLIError
-
         prefix = "" if isinstance(err, (CLIError, ValueError, FileNotFoundError)) else (
             f"{type(err).__name__}: ")
         print(f"{PROG}: error: {prefix}{one_line(err)}", file=sys.stderr)

@@ -12,7 +12,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fmt", "one_line", "pm", "settings", "timed", "versions"]
+__all__ = ["CLIError", "fmt", "one_line", "pm", "settings", "timed", "versions"]
+
+
+class CLIError(Exception):
+    """An error the command line reports as one line (``hessntk: error: ...``), exit code 2."""
 
 
 def fmt(x: Any, digits: int = 4) -> str:

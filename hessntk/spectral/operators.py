@@ -88,7 +88,8 @@ class LinearOperator:
 
     # -- public -----------------------------------------------------------------------------
     def matmat(self, V: Array) -> Array:
-        """Return ``A @ V`` for ``V`` of shape ``(n, k)``."""
+        """Return ``A @ V`` for ``V`` of shape ``(n, k)`` (on the operator's backend, or numpy)."""
+        V = self._native(V)
         if V.ndim != 2 or V.shape[0] != self.shape[0]:
             raise ValueError(
                 f"Expected V of shape ({self.shape[0]}, k); got {tuple(V.shape)}."
@@ -100,10 +101,17 @@ class LinearOperator:
         return self._xp.concat(parts, axis=1)
 
     def matvec(self, v: Array) -> Array:
-        """Return ``A @ v`` for ``v`` of shape ``(n,)``."""
+        """Return ``A @ v`` for ``v`` of shape ``(n,)`` (on the operator's backend, or numpy)."""
+        v = self._native(v)
         if v.ndim != 1 or v.shape[0] != self.shape[0]:
             raise ValueError(f"Expected v of shape ({self.shape[0]},); got {tuple(v.shape)}.")
         return self._matvec(v)
+
+    def _native(self, x: Array) -> Array:
+        """A numpy input moved to the operator's backend (dtype kept: products cast it)."""
+        if isinstance(x, np.ndarray) and self.backend != "numpy":
+            return self._xp.from_numpy(x)
+        return x
 
     def __matmul__(self, x: Array) -> Array:
         return self.matvec(x) if x.ndim == 1 else self.matmat(x)

@@ -169,3 +169,129 @@ def test_quantization_sensitivity(jax_mlp, torch_mlp):
         assert_close(getattr(sj, term), getattr(st, term), rtol=RTOL)
     assert sj.num_matvecs == st.num_matvecs and sj.trace_method == st.trace_method == "exact"
     assert_close(sj.predictions("direct"), st.predictions("direct"), rtol=RTOL)
+
+
+# -- the criteria written once: convention A, the matrix-free prior, quantization --------------
+
+
+def _interpolating_regression(n=5, d=3, hidden=6, seed=0):
+    """A tanh MLP whose last layer is the minimum-norm interpolator, in both frameworks."""
+    rng = np.random.default_rng(seed)
+    X, Y = rng.standard_normal((n, d)), rng.standard_normal((n, 1))
+    W1, b1 = rng.standard_normal((hidden, d)) / np.sqrt(d), 0.1 * rng.standard_normal(hidden)
+    A = np.concatenate([np.tanh(X @ W1.T + b1), np.ones((n, 1))], axis=1)
+    W = np.linalg.pinv(A) @ Y
+    weights = [W1, b1, W[:-1].T, W[-1]]
+    net = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, 1)).double()
+    with torch.no_grad():
+        for p, w in zip(net.parameters(), weights, strict=True):
+            p.copy_(torch.from_numpy(w))
+    params = [(jnp.asarray(W1), jnp.asarray(b1)), (jnp.asarray(W[:-1].T), jnp.asarray(W[-1]))]
+    return (net.eval(), (torch.from_numpy(X), torch.from_numpy(Y)),
+            params, (jnp.asarray(X), jnp.asarray(Y)))
+
+
+TERMS = ("value", "regularization", "sharpness", "sharpness_stderr", "curvature",
+         "curvature_stderr", "correction")
+
+
+@pytest.mark.parametrize("method", ["exact", "slq"])
+def test_convention_a(method):
+    net, tdata, params, data = _interpolating_regression()
+    kw = dict(prior=0.7, convention="A", method=method, num_probes=6, num_matvecs=20, seed=3)
+    rj, rt = hj.iic(mlp, params, data, **kw), criteria.iic(net, tdata, **kw)
+    assert rt.valid and rj.valid and abs(rt.multiplier_correction) > 1e-3
+    for term in (*TERMS, "multiplier_correction"):
+        assert_close(getattr(rj, term), getattr(rt, term), rtol=RTOL)
+    assert (rj.method, rj.convention) == (rt.method, rt.convention) == (method, "A")
+
+
+def _quartic(v):
+    """Convex, coupled, non-Gaussian; minimiser 0."""
+    return 0.5 * (v * v).sum() + 0.1 * (v**4).sum() + 0.05 * v.sum() ** 2
+
+
+def _gaussian(v):
+    """The Gaussian prior N(0, 0.7) as a callable: theta* is its constrained minimum here."""
+    return 0.5 * (v * v).sum() / 0.7
+
+
+@pytest.mark.parametrize("method,convention", [("slq", "B"), ("exact", "A"), ("slq", "A")])
+def test_callable_prior(method, convention):
+    net, tdata, params, data = _interpolating_regression(n=6, seed=2)
+    R = _quartic if convention == "B" else _gaussian
+
+    def R_torch(p):
+        return R(torch.cat([t.reshape(-1) for t in p.values()]))
+
+    def R_jax(p):
+        return R(jnp.concatenate([a.ravel() for a in jax.tree_util.tree_leaves(p)]))
+
+    kw = dict(method=method, convention=convention, num_probes=6, num_matvecs=30, seed=1)
+    zeros_t = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
+    zeros_j = jax.tree_util.tree_map(jnp.zeros_like, params)
+    rt = criteria.iic(net, tdata, prior=R_torch, reference=zeros_t, **kw)
+    rj = hj.iic(mlp, params, data, prior=R_jax, reference=zeros_j, **kw)
+    assert rt.valid and rj.valid and abs(rt.curvature) > 1e-3
+    assert rj.method == rt.method == method
+    for term in TERMS:
+        assert_close(getattr(rj, term), getattr(rt, term), rtol=RTOL)
+    if convention == "A":
+        assert_close(rj.multiplier_correction, rt.multiplier_correction, rtol=RTOL)
+
+
+def test_one_criterion_on_a_torch_and_a_jax_operator(jax_mlp, torch_mlp):
+    """criteria.iic and criteria.quantization_sensitivity, handed operators of each backend."""
+    params, data = jax_mlp
+    net, tdata = torch_mlp
+    Kj = hj.GramOperator(mlp, params, data=data, prior="init", outputs="logits")
+    Kt = ntk.GramOperator(net, data=tdata, prior="init", outputs="logits")
+    rj, rt = criteria.iic(Kj, soft=1e3), criteria.iic(Kt, soft=1e3)
+    for term in TERMS:
+        assert_close(getattr(rj, term), getattr(rt, term), rtol=RTOL)
+    assert rj.observations == rt.observations == "logits" and rj.prior == rt.prior == "init"
+    Hj = hj.HessianOperator(mlp_loss, params, data, select=["[1][1]"])
+    Ht = hessian.HessianOperator(net, nn.CrossEntropyLoss(), tdata, params=["2.bias"])
+    kw = dict(bits=(2, 8), metric="both", num_matvecs=4, seed=0)
+    sj, st = criteria.quantization_sensitivity(Hj, **kw), criteria.quantization_sensitivity(
+        Ht, **kw)
+    for term in ("error", "gradient_term", "quadratic_term", "trace", "top_eigenvalue"):
+        assert_close(getattr(sj, term), getattr(st, term), rtol=RTOL)
+
+
+def test_measured_quantization_quantized_loss_and_allocation(jax_mlp, torch_mlp):
+    params, data = jax_mlp
+    net, tdata = torch_mlp
+    loss = nn.CrossEntropyLoss()
+    mj = hj.measure_quantization(mlp_loss, params, data, bits=(2, 4, 8))
+    mt = criteria.measure_quantization(net, loss, tdata, bits=(2, 4, 8))
+    assert mj.layers == ("[0]", "[1]") and mt.layers == ("0", "2")
+    assert_close(mj.quantized_loss, mt.quantized_loss, rtol=RTOL)
+    assert_close(mj.error, mt.error, rtol=RTOL)
+    assert_close(mj.loss, mt.loss, rtol=RTOL)
+    assert_close(hj.quantized_loss(mlp_loss, params, data, {"[0]": 2, "[1]": 8}),
+                 criteria.quantized_loss(net, loss, tdata, {"0": 2, "2": 8}), rtol=RTOL)
+    kw = dict(bits=(2, 4, 8), metric="trace", num_matvecs=64)
+    sj = hj.quantization_sensitivity(mlp_loss, params, data, **kw)
+    st = criteria.quantization_sensitivity(net, loss, tdata, **kw)
+    assert_close(sj.predictions("direct"), st.predictions("direct"), rtol=RTOL)
+    assert_close(sj.trace, st.trace, rtol=RTOL)
+    aj = criteria.allocate_bits(sj, average_bits=4, choices=(2, 4, 8))
+    at = criteria.allocate_bits(st, average_bits=4, choices=(2, 4, 8))
+    assert list(aj.bits.values()) == list(at.bits.values())
+    assert_close(aj.predicted_increase, at.predicted_increase, rtol=RTOL)
+    assert_close(hj.quantized_loss(mlp_loss, params, data, aj),
+                 criteria.quantized_loss(net, loss, tdata, at), rtol=RTOL)
+
+
+def test_ggn_quantization_sensitivity(jax_mlp, torch_mlp):
+    params, data = jax_mlp
+    net, tdata = torch_mlp
+    kw = dict(bits=(2, 8), metric="both", num_matvecs=4, seed=0, quantize_biases=True)
+    sj = hj.quantization_sensitivity(cross_entropy, params, data, f=mlp,
+                                     layers={"b2": ["[1][1]"]}, **kw)
+    st = criteria.quantization_sensitivity(net, nn.CrossEntropyLoss(), tdata, curvature="ggn",
+                                           layers={"b2": ["2.bias"]}, **kw)
+    assert sj.curvature == st.curvature == "ggn"
+    for term in ("quadratic_term", "gradient_term", "trace", "top_eigenvalue"):
+        assert_close(getattr(sj, term), getattr(st, term), rtol=RTOL)
