@@ -21,5 +21,20 @@ def test_readme_opens_with_two_commands_and_ci_runs_the_test_command():
 def test_readme_python_examples_run(capsys):
     blocks = _blocks("python")
     assert blocks
-    for code in blocks:
-        exec(compile(code, "README.md", "exec"), {})
+    x64 = _jax_x64()
+    try:
+        for code in blocks:
+            exec(compile(code, "README.md", "exec"), {})
+    finally:  # a block switches jax_enable_x64 on: give the rest of the suite its setting back
+        if x64 is not None:
+            import jax
+
+            jax.config.update("jax_enable_x64", x64)
+
+
+def _jax_x64() -> bool | None:
+    try:
+        import jax
+    except ImportError:
+        return None
+    return bool(jax.config.jax_enable_x64)

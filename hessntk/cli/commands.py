@@ -51,13 +51,19 @@ def _model_section(report: Any, problem: Any, checkpoint: str | None) -> dict[st
     return info
 
 
+def _start(args: argparse.Namespace, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Load the model with its checkpoint, title the report and describe the model."""
+    problem = _load(args, args.checkpoint)
+    ctx["report"].title = f"hessntk {args.command}: {problem.entry}"
+    return problem, {"model": _model_section(ctx["report"], problem, args.checkpoint)}
+
+
 def cmd_spectrum(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Hessian (or GGN) spectrum, and with ``--ntk-samples`` the NTK Gram spectrum."""
     from hessntk.cli.entrypoints import take_inputs
 
-    problem = _load(args, args.checkpoint)
+    problem, out = _start(args, ctx)
     report, timings = ctx["report"], ctx["timings"]
-    report.title = f"hessntk spectrum: {problem.entry}"
-    out: dict[str, Any] = {"model": _model_section(report, problem, args.checkpoint)}
     out["hessian"] = hessian_analysis(report, problem, args, ctx["store"], timings)
     if args.ntk_samples:
         outputs = args.ntk_outputs
@@ -69,22 +75,18 @@ def cmd_spectrum(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any
 
 
 def cmd_iic(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
-    problem = _load(args, args.checkpoint)
-    report = ctx["report"]
-    report.title = f"hessntk iic: {problem.entry}"
-    out: dict[str, Any] = {"model": _model_section(report, problem, args.checkpoint)}
-    out["iic"] = iic_analysis(report, problem, iic_options(args, problem), ctx["timings"])
+    """The IIC of the model with every term."""
+    problem, out = _start(args, ctx)
+    out["iic"] = iic_analysis(ctx["report"], problem, iic_options(args, problem),
+                              ctx["timings"])
     return out
 
 
 def cmd_quantization(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
-    problem = _load(args, args.checkpoint)
-    report = ctx["report"]
-    report.title = f"hessntk quantization: {problem.entry}"
-    out: dict[str, Any] = {"model": _model_section(report, problem, args.checkpoint)}
-    out["quantization"] = quantization_analysis(report, problem, args, ctx["timings"])
+    """Per-layer quantization sensitivity, predicted and measured."""
+    problem, out = _start(args, ctx)
+    out["quantization"] = quantization_analysis(ctx["report"], problem, args, ctx["timings"])
     return out
-
 
 
 def _checkpoint_names(paths: Sequence[str]) -> list[str]:

@@ -30,7 +30,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from hessntk.jax._common import (
     Batch,
@@ -45,7 +44,7 @@ from hessntk.jax._common import (
     ravel_tree,
     unravel_like,
 )
-from hessntk.spectral.layout import ParamLayout
+from hessntk.spectral.layout import ParamBlocks, ParamLayout, resolve_blocks
 from hessntk.spectral.operators import LinearOperator
 
 __all__ = ["GGNOperator", "HessianOperator", "layer_name"]
@@ -100,7 +99,7 @@ def _ravel_selected(full: TreeLayout, layout: ParamLayout, idx: tuple[int, ...],
     return ravel_tree([jnp.asarray(leaves[i], dtype) for i in idx])
 
 
-class _CurvatureOperator(LinearOperator):
+class _CurvatureOperator(ParamBlocks, LinearOperator):
     """Shared set-up of the Hessian and GGN operators: parameters, batches, compiled product."""
 
     _product_name = "product"
@@ -220,43 +219,10 @@ class _CurvatureOperator(LinearOperator):
             total = w * g if total is None else total + w * g
         return total
 
-    # -- blocks ------------------------------------------------------------------------------
+    # -- blocks ----------------------------------------------------------------------------
     def _set_blocks(self, blocks: BlockSpec) -> None:
-        names = self.layout.names
-        if blocks == "leaf":
-            groups = {name: [name] for name in names}
-        elif blocks == "layer":
-            groups: dict[str, list[str]] = {}
-            for name in names:
-                groups.setdefault(layer_name(name), []).append(name)
-        elif isinstance(blocks, Mapping):
-            groups = {str(k): list(v) for k, v in blocks.items()}
-            members = [name for group in groups.values() for name in group]
-            unknown = [name for name in members if name not in self.layout.slices]
-            if unknown or sorted(members) != sorted(names):
-                raise ValueError(
-                    f"Expected blocks= to partition the selected leaves {names}; got unknown "
-                    f"{unknown} and {len(members)} members for {len(names)} leaves."
-                )
-        else:
-            raise ValueError("Expected blocks='leaf', 'layer' or a dict block name -> leaf key "
-                             f"paths; got {blocks!r}.")
-        self._groups = groups
-
-    @property
-    def blocks(self) -> list[str]:
-        """Names of the parameter blocks (per leaf by default, per layer, or as given)."""
-        return list(self._groups)
-
-    @property
-    def block_params(self) -> dict[str, list[str]]:
-        """``block name -> leaf key paths`` of each block."""
-        return {k: list(v) for k, v in self._groups.items()}
-
-    @property
-    def block_slices(self) -> list[slice | np.ndarray]:
-        """Positions of each block in the flat vector, for ``hessntk.trace(..., blocks=)``."""
-        return [self.layout.index(names) for names in self._groups.values()]
+        self._groups = resolve_blocks(self.layout, blocks, each="leaf", what="leaf",
+                                      layer_of=layer_name)
 
     def block(self, name: str) -> _CurvatureOperator:
         """The operator restricted to one block (the other parameters held fixed)."""

@@ -9,13 +9,13 @@ use it, and the criteria use it to find a layer's entries in a flat vector.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from hessntk.spectral._backend import Array, Backend, backend_of_array
 
-__all__ = ["ParamLayout"]
+__all__ = ["ParamBlocks", "ParamLayout", "resolve_blocks"]
 
 
 class ParamLayout:
@@ -151,20 +151,23 @@ class ParamLayout:
                 out[name] = vec[sl].reshape((*shape, *vec.shape[1:]))
         return out
 
-    def layer_groups(self) -> dict[str, list[str]]:
-        """Group parameter names by their owning module (the name without its last part).
+    def layer_groups(self, layer_of: Callable[[str], str] | None = None) -> dict[str, list[str]]:
+        """Group parameter names by their layer.
 
-        ``"0.weight", "0.bias" -> "0"``; parameters of the root module are grouped under
-        ``""``, as in ``model.named_modules()``.
+        By default the layer is the owning module (the name without its last part):
+        ``"0.weight", "0.bias" -> "0"``, and parameters of the root module are grouped under
+        ``""``, as in ``model.named_modules()``. ``layer_of(name)`` gives another rule (e.g.
+        pytree key paths).
 
         Returns
         -------
         dict[str, list[str]]
             In order of first appearance.
         """
+        layer_of = layer_of or (lambda name: name.rpartition(".")[0])
         groups: dict[str, list[str]] = {}
         for name in self.names:
-            groups.setdefault(name.rpartition(".")[0], []).append(name)
+            groups.setdefault(layer_of(name), []).append(name)
         return groups
 
     def index(self, names: Sequence[str]) -> slice | np.ndarray:
@@ -182,3 +185,84 @@ class ParamLayout:
         return np.concatenate(
             [np.arange(self.offsets[i], self.offsets[i] + self.numels[i]) for i in pos]
         )
+
+
+def resolve_blocks(
+    layout: ParamLayout,
+    blocks: str | Mapping[str, Sequence[str]],
+    *,
+    each: str,
+    what: str,
+    layer_of: Callable[[str], str] | None = None,
+) -> dict[str, list[str]]:
+    """Resolve the ``blocks=`` of a curvature operator to ``block name -> names``.
+
+    Parameters
+    ----------
+    layout : ParamLayout
+    blocks : str or dict
+        ``each`` (one block per array, e.g. ``"tensor"`` or ``"leaf"``), ``"layer"``
+        (:meth:`ParamLayout.layer_groups` with ``layer_of``), or a dict ``block name ->
+        names`` that partitions ``layout.names``.
+    each, what : str
+        The word for one-block-per-array and for the arrays (error messages).
+    layer_of : callable, optional
+
+    Raises
+    ------
+    ValueError
+        A dict that does not partition the names, or an unknown option.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> layout = ParamLayout({"0.weight": np.zeros((2, 2)), "0.bias": np.zeros(2)})
+    >>> resolve_blocks(layout, "layer", each="tensor", what="parameter")
+    {'0': ['0.weight', '0.bias']}
+    """
+    names = layout.names
+    if blocks == each:
+        return {name: [name] for name in names}
+    if blocks == "layer":
+        return layout.layer_groups(layer_of)
+    if isinstance(blocks, Mapping):
+        groups = {str(k): list(v) for k, v in blocks.items()}
+        members = [name for group in groups.values() for name in group]
+        unknown = [name for name in members if name not in layout.slices]
+        if unknown or sorted(members) != sorted(names):
+            raise ValueError(
+                f"Expected blocks= to partition the selected {what}s {names}; got unknown "
+                f"{unknown} and {len(members)} members for {len(names)} {what}s."
+            )
+        return groups
+    raise ValueError(f"Expected blocks='{each}', 'layer' or a dict block name -> {what} names; "
+                     f"got {blocks!r}.")
+
+
+class ParamBlocks:
+    """The block members of a curvature operator whose ``_groups`` partition its ``layout``.
+
+    A mixin of the torch and JAX curvature operators (the same names and meanings).
+    """
+
+    layout: ParamLayout
+    _groups: dict[str, list[str]]
+
+    @property
+    def blocks(self) -> list[str]:
+        """Names of the parameter blocks (per array, per layer or as given by ``blocks=``)."""
+        return list(self._groups)
+
+    @property
+    def block_params(self) -> dict[str, list[str]]:
+        """``block name -> layout names`` of each block."""
+        return {k: list(v) for k, v in self._groups.items()}
+
+    @property
+    def block_slices(self) -> list[slice | np.ndarray]:
+        """Positions of each block in the flat vector, in :attr:`blocks` order.
+
+        A ``slice`` for a contiguous block, else a 1-D numpy integer index array. Together
+        they partition ``range(n)``, as ``hessntk.spectral.trace(..., blocks=)`` expects.
+        """
+        return [self.layout.index(names) for names in self._groups.values()]

@@ -1,0 +1,276 @@
+"""The data walk, parameter blocks and protocol members shared by the torch curvature operators.
+
+Internal to :mod:`hessntk.hessian`: :class:`_CurvatureOperator` holds what
+:class:`~hessntk.hessian.HessianOperator` and :class:`~hessntk.hessian.GGNOperator` have in
+common (parameter selection, the full-data weighting of batches, one validating pass over the
+data, blocks, and the members of :class:`hessntk.spectral.protocols.CurvatureLike`); each
+subclass only implements its batch product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hessntk._model import (
+    ParamLayout,
+    ParamSpec,
+    as_flat,
+    batch_size,
+    call_model,
+    check_batch,
+    check_eval_mode,
+    check_finite,
+    iter_batches,
+    ravel_params,
+    select_params,
+    to_device,
+)
+from hessntk.spectral.layout import ParamBlocks, resolve_blocks
+from hessntk.spectral.operators import LinearOperator
+
+__all__ = ["BlockSpec", "LossFn"]
+
+LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
+BlockSpec = str | Mapping[str, Sequence[str]]
+
+
+class _CurvatureOperator(ParamBlocks, LinearOperator):
+    """Shared set-up of the Hessian and GGN operators (parameters, data, blocks)."""
+
+    _methods: tuple[str, ...] = ("func",)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: Any,
+        *,
+        params: ParamSpec = None,
+        blocks: BlockSpec = "tensor",
+        output_key: str | int | None = None,
+        outputs_fn: Callable[[Any], torch.Tensor] | None = None,
+        allow_train_mode: bool = False,
+        method: str = "func",
+        chunk_size: int | None = 32,
+        _checked: tuple[int, float] | None = None,
+    ) -> None:
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(
+                f"Expected chunk_size to be a positive int or None; got {chunk_size!r}."
+            )
+        self.chunk_size = chunk_size
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Expected model to be a torch.nn.Module; got {type(model).__name__}.")
+        if not callable(loss_fn):
+            raise TypeError(
+                f"Expected loss_fn(outputs, targets) -> scalar; got {type(loss_fn).__name__}."
+            )
+        if method not in self._methods:
+            raise ValueError(f"Expected method in {self._methods}; got {method!r}.")
+        check_eval_mode(model, allow_train_mode)
+        self.model = model
+        self.loss_fn = loss_fn
+        self.data = data
+        self.output_key = output_key
+        self.outputs_fn = outputs_fn
+        self.allow_train_mode = allow_train_mode
+        self.method = method
+        self.params = select_params(model, params)
+        self.layout = ParamLayout(self.params)
+        super().__init__(self.layout.n, self.layout.dtype, self.layout.device, backend="torch")
+        self._primals = {name: p.detach() for name, p in self.params.items()}
+        self._set_blocks(blocks)
+        if _checked is None:
+            _checked = self._check_data()
+        self.num_samples, self.loss = _checked
+
+    # -- data ----------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[tuple[int, float, Any, Any]]:
+        """Yield ``(index, weight n_b / n, inputs, targets)`` on the operator's device."""
+        seen = 0
+        for i, (x, y) in enumerate(iter_batches(self.data, reiterable=True)):
+            n_b = check_batch(x, y, i)
+            seen += n_b
+            yield i, n_b / self.num_samples, to_device(x, self.device), to_device(y, self.device)
+        if seen != self.num_samples:
+            raise ValueError(
+                f"Expected the data to hold {self.num_samples} samples on every pass; got "
+                f"{seen}. Use a fixed dataset (drop_last must not change between passes)."
+            )
+
+    def _outputs(self, p: Mapping[str, torch.Tensor], x: Any) -> torch.Tensor:
+        buffers = None
+        if self.allow_train_mode and any(m.training for m in self.model.modules()):
+            # Train-mode modules update buffers in place (running statistics, counters):
+            # give them copies, so products leave the model unchanged and torch.func does
+            # not see a mutated captured tensor.
+            buffers = {k: b.clone() for k, b in self.model.named_buffers()}
+        return call_model(
+            self.model,
+            p,
+            x,
+            buffers=buffers,
+            output_key=self.output_key,
+            outputs_fn=self.outputs_fn,
+        )
+
+    def _check_data(self) -> tuple[int, float]:
+        """One forward pass over the data: validate batches, outputs and losses."""
+        total, weighted = 0, 0.0
+        with torch.no_grad():
+            for i, (x, y) in enumerate(iter_batches(self.data, reiterable=True)):
+                n_b = check_batch(x, y, i, self.dtype)
+                try:
+                    loss = self.loss_fn(
+                        self._outputs(self._primals, to_device(x, self.device)),
+                        to_device(y, self.device),
+                    )
+                except RuntimeError as err:
+                    if "type" not in str(err):
+                        raise
+                    raise TypeError(
+                        f"Expected data the model and loss accept; got a dtype error on batch "
+                        f"{i} with inputs of dtype {_dtypes(x)} and targets of dtype "
+                        f"{_dtypes(y)} (parameters: {self.dtype}): {err}. Cast the inputs, "
+                        f"e.g. x.to({self.dtype}) for a model without an embedding, or the "
+                        "targets (class indices: torch.long; regression: the parameters' dtype)."
+                    ) from err
+                _check_loss(loss, i)
+                total += n_b
+                weighted += n_b * float(loss)
+        return total, weighted / total
+
+    # -- the protocol of hessntk.spectral.protocols.CurvatureLike ------------------------------
+    def theta(self) -> torch.Tensor:
+        """The selected parameters as one flat vector ``(P,)`` (a copy)."""
+        return self.layout.flatten(self._primals)
+
+    def ravel(self, params: Mapping[str, torch.Tensor] | nn.Module) -> torch.Tensor:
+        """Flatten parameter values (a dict by name, or a module of this architecture)."""
+        return ravel_params(self.layout, params, self.device)
+
+    def loss_at(self, theta: torch.Tensor) -> float:
+        """The full-data mean loss at flat parameters ``theta`` (the model is not changed).
+
+        Raises
+        ------
+        FloatingPointError
+            A non-finite loss, naming the batch.
+        """
+        params = self.layout.unravel(as_flat(theta, self.layout, self.dtype, self.device))
+        total = 0.0
+        with torch.no_grad():
+            for i, _, x, y in self._batches():
+                loss = self.loss_fn(self._outputs(params, x), y)
+                _check_loss(loss, i)
+                total += batch_size(x) * float(loss)
+        return total / self.num_samples
+
+    def gradient(self) -> torch.Tensor:
+        """The gradient of the full-data mean loss, flat ``(P,)``: one pass over the data."""
+        total = None
+        for i, w, x, y in self._batches():
+            leaves = {n: p.detach().requires_grad_(True) for n, p in self._primals.items()}
+            with torch.enable_grad():
+                loss = self.loss_fn(self._outputs(leaves, x), y)
+                _check_loss(loss, i)
+                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            g = self.layout.flatten([torch.zeros_like(p) if d is None else d
+                                     for d, p in zip(grads, leaves.values(), strict=True)])
+            check_finite(g, f"gradient of batch {i}")
+            total = w * g if total is None else total.add_(g, alpha=w)
+        return total
+
+    # -- blocks ----------------------------------------------------------------------------------
+    def _set_blocks(self, blocks: BlockSpec) -> None:
+        self._groups = resolve_blocks(self.layout, blocks, each="tensor", what="parameter")
+
+    def block(self, name: str) -> _CurvatureOperator:
+        """The operator restricted to one block (the other parameters held fixed).
+
+        Its products are ``H_bb v_b`` with ``H_bb`` the diagonal block of the full operator.
+        """
+        if name not in self._groups:
+            raise ValueError(f"Expected a block name among {self.blocks}; got {name!r}.")
+        return type(self)(
+            self.model,
+            self.loss_fn,
+            self.data,
+            params=self._groups[name],
+            blocks="tensor",
+            output_key=self.output_key,
+            outputs_fn=self.outputs_fn,
+            allow_train_mode=self.allow_train_mode,
+            method=self.method,
+            _checked=(self.num_samples, self.loss),
+            **self._options(),
+        )
+
+    def _options(self) -> dict[str, Any]:
+        return {"chunk_size": self.chunk_size}
+
+    def unravel(self, vec: torch.Tensor, dim: int = -1) -> dict[str, torch.Tensor]:
+        """Split a flat vector (e.g. an eigenvector) into tensors shaped like the parameters.
+
+        See :meth:`hessntk.spectral.layout.ParamLayout.unravel`; numpy arrays are accepted.
+        """
+        if isinstance(vec, np.ndarray):
+            vec = torch.from_numpy(vec)
+        return self.layout.unravel(vec, dim)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(n={self.shape[0]}, dtype={self.dtype}, "
+            f"num_samples={self.num_samples}, blocks={len(self._groups)}, method={self.method!r})"
+        )
+
+    # -- products --------------------------------------------------------------------------------
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self._matmat(v[:, None])[:, 0]
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        V = V.to(dtype=self.dtype, device=self.device)
+        tangents = self.layout.unravel(V.T)  # name -> (k, *shape): vmap over dim 0
+        out = None
+        for i, w, x, y in self._product_batches():
+            part = self._batch_product(i, x, y, tangents)
+            HV = self.layout.flatten(part, batch_ndim=1)
+            check_finite(HV, f"{self._product_name} of batch {i}")
+            out = w * HV if out is None else out.add_(HV, alpha=w)
+        return out.T
+
+    def _product_batches(self) -> Iterator[tuple[int, float, Any, Any]]:
+        return self._batches()
+
+    _product_name = "product"
+
+    def _batch_product(
+        self, index: int, x: Any, y: Any, tangents: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def _dtypes(tree: Any) -> str:
+    if isinstance(tree, torch.Tensor):
+        return str(tree.dtype).replace("torch.", "")
+    if isinstance(tree, Mapping):
+        return "{" + ", ".join(f"{k}: {_dtypes(v)}" for k, v in tree.items()) + "}"
+    if isinstance(tree, (tuple, list)):
+        return "(" + ", ".join(_dtypes(v) for v in tree) + ")"
+    return type(tree).__name__
+
+
+def _check_loss(loss: Any, index: int) -> None:
+    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(
+            "Expected loss_fn(outputs, targets) to return a scalar mean loss; got "
+            f"{shape} for batch {index}. Use reduction='mean' (e.g. nn.CrossEntropyLoss()) "
+            "or .mean()."
+        )
+    check_finite(loss, f"loss of batch {index}")
