@@ -7,7 +7,7 @@ simple baselines: parameter count, squared weight norm and Hessian trace.
 
 The constraints are the logits (N = 10 n). A network with fewer parameters than constraints
 has a singular NTK Gram and no hard IIC: the sweep reports the finite-penalty IIC (``soft``,
-theory.md 1.7) for every width and the hard IIC where it is valid. The default (100 training
+docs/theory.md 1.7) for every width and the hard IIC where it is valid. The default (100 training
 points, N = 1000, widths 16 to 512) keeps every network over-parameterised (P > N), the
 regime the IIC is derived for.
 

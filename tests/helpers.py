@@ -49,11 +49,11 @@ def matrix_with_spectrum(lam: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def power_law_spectrum(n: int, alpha: float, lam_max: float = 1.0) -> np.ndarray:
-    """Deterministic spectrum with exact lower-tail CDF exponent ``alpha`` (theory.md 7.1)."""
+    """Deterministic spectrum with exact lower-tail CDF exponent ``alpha`` (docs/theory.md 7.1)."""
     return lam_max * ((np.arange(1, n + 1) - 0.5) / n) ** (1.0 / alpha)
 
 
 def marchenko_pastur_matrix(n: int, p: int, seed: int = 0) -> np.ndarray:
-    """Wishart ``Z^T Z / n`` with ``Z`` of shape (n, p) iid normal (theory.md 7.2)."""
+    """Wishart ``Z^T Z / n`` with ``Z`` of shape (n, p) iid normal (docs/theory.md 7.2)."""
     Z = np.random.default_rng(seed).standard_normal((n, p))
     return Z.T @ Z / n

@@ -1,4 +1,4 @@
-"""Power-law tail exponents of spectra (theory.md section 2).
+"""Power-law tail exponents of spectra (docs/theory.md section 2).
 
 Convention: the **lower-tail exponent** ``alpha`` is the CDF exponent,
 ``P(lambda <= x) ~ c x^alpha`` as ``x -> 0``; the density then behaves like ``x^(alpha - 1)``,
@@ -19,7 +19,7 @@ from hessntk.spectral.probes import Seed, as_generator
 LOWER_METHODS = ("mle", "regression", "hill")
 MIN_POINTS = 20  # smallest tail sample a cutoff may leave (Clauset et al. use similar minima)
 NUM_BOOTSTRAP = 200
-# SLQ resolves CDF levels down to about 2 / m (theory.md 2.4): a cutoff must hold at least
+# SLQ resolves CDF levels down to about 2 / m (docs/theory.md 2.4): a cutoff must hold at least
 # RESOLUTION_FACTOR / m of the mass, and the fit ignores levels below 3 / m.
 RESOLUTION_FACTOR = 10.0
 
@@ -36,7 +36,7 @@ class TailFit:
     stderr : float
         Standard error of ``alpha``: bootstrap (over probes for SLQ input, over eigenvalues for
         the regression method) or the asymptotic ``alpha / sqrt(k)`` for mle/hill, which
-        ignores eigenvalue repulsion (theory.md 2.3: usually conservative).
+        ignores eigenvalue repulsion (docs/theory.md 2.3: usually conservative).
     cutoff : float
         Lower tail: ``x_max``, the top of the fitted window. Upper tail: ``xmin``.
     ks_distance : float
@@ -100,7 +100,7 @@ def lower_tail_exponent(
         weights, with uncertainty from a bootstrap over probes).
     method : {"mle", "regression", "hill"}
         ``"mle"``: truncated power-law maximum likelihood on ``(floor, x_max]``,
-        ``alpha = k / sum log(x_max / lambda_i)`` (theory.md 2.2 E2; weighted for SLQ).
+        ``alpha = k / sum log(x_max / lambda_i)`` (docs/theory.md 2.2 E2; weighted for SLQ).
         ``"hill"``: the same with ``x_max`` the ``(k+1)``-th smallest eigenvalue (E1; exact
         eigenvalues only). ``"regression"``: slope of the log empirical CDF against
         ``log x`` (E3), robust to the hard edge; its error is bootstrapped.
@@ -190,7 +190,7 @@ def upper_tail_exponent(
 
     For each candidate ``xmin`` (each sorted eigenvalue leaving at least ``min_points``
     above it), ``alpha = 1 + k / sum log(lambda_i / xmin)`` over the ``k`` eigenvalues
-    ``>= xmin``; the ``xmin`` with the smallest KS distance wins (theory.md 2.7). Standard
+    ``>= xmin``; the ``xmin`` with the smallest KS distance wins (docs/theory.md 2.7). Standard
     error ``(alpha - 1) / sqrt(k)``.
 
     Examples
@@ -246,7 +246,7 @@ def _fit(logx: np.ndarray, log_xmax: float, method: str) -> float:
         xc = logx - logx.mean()
         return float((xc @ (y - y.mean())) / (xc @ xc))
     s = k * log_xmax - logx.sum()
-    # (k - 1) / s is unbiased for an exact power law (Renyi representation, theory.md 2.2)
+    # (k - 1) / s is unbiased for an exact power law (Renyi representation, docs/theory.md 2.2)
     return float((k - 1) / s)
 
 
@@ -346,7 +346,7 @@ def _slq_fit(theta, w, x_max, m, method) -> tuple[float, float]:
         raise ValueError(f"Expected SLQ nodes below the cutoff {x_max:.3g}; got {t.size}.")
     F = np.cumsum(ww) / mass
     if method == "mle":
-        # weighted truncated power-law MLE (theory.md 2.4)
+        # weighted truncated power-law MLE (docs/theory.md 2.4)
         spread = float(np.sum(ww * np.log(x_max / t)))
         if not spread > 0:
             raise ValueError(f"Expected SLQ nodes spread below the cutoff {x_max:.3g}.")

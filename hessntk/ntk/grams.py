@@ -451,7 +451,7 @@ def gram_diagonal(
     """Return ``diag(K)`` exactly: the squared (prior-weighted) per-output gradient norms.
 
     ``diag(K)[i c + j] = ||S^{1/2} grad_theta f_j(x_i)||^2``; its sum is the exact
-    ``trace(K)``, and it is the Jacobi preconditioner of theory.md section 5.3.
+    ``trace(K)``, and it is the Jacobi preconditioner of docs/theory.md section 5.3.
 
     Parameters
     ----------

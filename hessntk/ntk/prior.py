@@ -24,7 +24,7 @@ def init_variances(params: Mapping[str, torch.Tensor]) -> dict[str, float]:
     A tensor with ``ndim >= 2`` is a weight with ``fan_in = numel / shape[0]`` (inputs times
     receptive field, as :func:`torch.nn.init._calculate_fan_in_and_fan_out`); tensors with
     ``ndim <= 1`` (biases, norm scales) get variance 1. This is the He-initialisation prior
-    that the IIC reference code uses (theory.md section 1.4, "Choice of S").
+    that the IIC reference code uses (docs/theory.md section 1.4, "Choice of S").
 
     Examples
     --------

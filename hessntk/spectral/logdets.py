@@ -1,4 +1,4 @@
-"""Differences of log-determinants by SLQ with common probes (theory.md sections 1.6, 3)."""
+"""Differences of log-determinants by SLQ with common probes (docs/theory.md sections 1.6, 3)."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ class SpectralDensity:
     ``tau_lj = S_1j^2`` (summing to 1) such that ``v_l^T f(A) v_l ~ sum_j tau_lj f(theta_lj)``,
     exactly for polynomials of degree ``< 2 m``. The spectral measure
     ``mu_A = (1/n) sum_i delta_{lambda_i}`` is estimated by the mean of these rules
-    (theory.md section 3.1).
+    (docs/theory.md section 3.1).
 
     Attributes
     ----------
@@ -208,7 +208,7 @@ class SpectralDensity:
         """Gaussian-smoothed spectral density at ``x`` (for plots only).
 
         ``sigma`` defaults to 1% of the node range. Never fit tails to this curve: below a few
-        ``sigma`` it is flat (theory.md section 2.4).
+        ``sigma`` it is flat (docs/theory.md section 2.4).
         """
         x = np.asarray(x, dtype=np.float64)
         if sigma is None:

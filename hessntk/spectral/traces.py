@@ -1,4 +1,4 @@
-"""Randomised trace, block-trace and diagonal estimators (theory.md section 4).
+"""Randomised trace, block-trace and diagonal estimators (docs/theory.md section 4).
 
 All estimators draw Rademacher probes from :func:`hessntk.spectral.probes.rademacher`, apply
 the operator with one ``matmat`` per stage, and do the small projected linear algebra on the

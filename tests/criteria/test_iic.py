@@ -29,7 +29,7 @@ def regression():
 
 
 def iic_lin(X, Y):
-    """theory.md 1.5: log(1/2 Y^T (X X^T)^-1 Y) + (1/n) log det(X X^T) - log n."""
+    """docs/theory.md 1.5: log(1/2 Y^T (X X^T)^-1 Y) + (1/n) log det(X X^T) - log n."""
     K = (X @ X.T).numpy()
     y = Y.numpy()[:, 0]
     n = len(y)
@@ -42,7 +42,7 @@ def test_linear_regression_closed_form_and_evidence_identity(regression):
     res = iic(_linear(X, Y), (X, Y), prior=1.0, method="exact")
     assert res.valid and res.reasons == ()
     assert_close(res.value, iic_lin(X, Y), rtol=1e-10)
-    # exact Gaussian evidence at the empirical-Bayes temperature tau* (theory.md 1.5)
+    # exact Gaussian evidence at the empirical-Bayes temperature tau* (docs/theory.md 1.5)
     K, y, n = (X @ X.T).numpy(), Y.numpy()[:, 0], 8
     tau = y @ np.linalg.solve(K, y) / n
     nll = 0.5 * (y @ np.linalg.solve(tau * K, y) + np.linalg.slogdet(tau * K)[1]
@@ -76,7 +76,7 @@ class Identity(nn.Module):
 
 
 def test_two_parameter_case_is_log_17_over_8():
-    # theory.md 7 item 9c: theta* = (1, 2), R = 1/2 theta^T diag(2, 8) theta, theta0 = 0
+    # docs/theory.md 7 item 9c: theta* = (1, 2), R = 1/2 theta^T diag(2, 8) theta, theta0 = 0
     model = Identity([1.0, 2.0])
     data = (torch.zeros(1, 1, dtype=torch.float64), torch.tensor([[1.0, 2.0]],
                                                                   dtype=torch.float64))

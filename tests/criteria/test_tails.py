@@ -61,7 +61,7 @@ def test_slq_refuses_unresolved_cutoff_and_hill():
 
 
 def test_log_det_tracks_the_exponent_for_pure_power_laws():
-    # (1/N) log det A -> log(lambda_max) - 1/alpha (theory.md 2.5)
+    # (1/N) log det A -> log(lambda_max) - 1/alpha (docs/theory.md 2.5)
     for alpha in (0.4, 0.7, 1.5):
         lam = power_law_spectrum(5000, alpha, lam_max=2.0)
         fit = lower_tail_exponent(lam)

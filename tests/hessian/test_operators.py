@@ -120,7 +120,7 @@ def test_ggn_equals_hessian_for_linear_model_with_mse() -> None:
 
 
 def test_least_squares_closed_form() -> None:
-    # L = mean((X theta - y)^2) = (1/n) ||X theta - y||^2, so H = 2 X^T X / n (theory.md 7.8)
+    # L = mean((X theta - y)^2) = (1/n) ||X theta - y||^2, so H = 2 X^T X / n (docs/theory.md 7.8)
     g = torch.Generator().manual_seed(3)
     X, y = torch.randn(20, 5, generator=g, dtype=DT), torch.randn(20, 1, generator=g, dtype=DT)
     model = nn.Linear(5, 1, bias=False).to(DT)

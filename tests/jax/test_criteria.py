@@ -1,4 +1,4 @@
-"""IIC of JAX models against closed forms (theory.md 1.5 and 7.9)."""
+"""IIC of JAX models against closed forms (docs/theory.md 1.5 and 7.9)."""
 
 import math
 
@@ -18,7 +18,7 @@ def linear(p, x):
 
 
 def test_linear_regression_closed_form():
-    """theory.md 1.5: log(1/2 Y^T (X X^T)^-1 Y) + (1/n) log det(X X^T) - log n."""
+    """docs/theory.md 1.5: log(1/2 Y^T (X X^T)^-1 Y) + (1/n) log det(X X^T) - log n."""
     rng = np.random.default_rng(0)
     X, Y = rng.standard_normal((8, 20)), rng.standard_normal((8, 1))
     w = X.T @ np.linalg.solve(X @ X.T, Y)  # minimum-norm interpolator
@@ -35,7 +35,7 @@ def test_linear_regression_closed_form():
 
 
 def test_two_parameter_case_is_log_17_over_8():
-    # theory.md 7 item 9c: theta* = (1, 2), R = 1/2 theta^T diag(2, 8) theta, theta0 = 0
+    # docs/theory.md 7 item 9c: theta* = (1, 2), R = 1/2 theta^T diag(2, 8) theta, theta0 = 0
     def identity(p, x):
         return jnp.broadcast_to(p["theta"], (x.shape[0], 2))
 

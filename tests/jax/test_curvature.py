@@ -77,7 +77,7 @@ def test_ggn_equals_hessian_for_a_linear_model():
 
     G = GGNOperator(f, mse, params, [(x[:12], y[:12]), (x[12:], y[12:])])
     H = HessianOperator(lambda p, b: mse(f(p, b[0]), b[1]), params, (x, y))
-    # Closed form (theory.md 7.8): H = [1 X]^T [1 X] / n, leaves in sorted-key order (b, w).
+    # Closed form (docs/theory.md 7.8): H = [1 X]^T [1 X] / n, leaves in sorted-key order (b, w).
     A = np.hstack([np.ones((20, 1)), np.asarray(x)])
     assert_close(H.matmat(np.eye(5)), A.T @ A / 20)
     assert_close(G.matmat(np.eye(5)), A.T @ A / 20)
