@@ -22,8 +22,8 @@ import pytest
 import hessntk
 
 ROOT = Path(hessntk.__file__).parent
-BACKEND_FREE = ["spectral", "criteria", "report", "_memory.py", "_observations.py", "_io.py",
-                "_progress.py", "__init__.py"]
+BACKEND_FREE = ["spectral", "criteria", "report", "_memory.py", "_observations.py",
+                "_priors.py", "_io.py", "_progress.py", "__init__.py"]
 TORCH_SIDE = ("torch", "hessntk.hessian", "hessntk.ntk", "hessntk._model", "hessntk.checkpoints",
               "hessntk.cli")
 
@@ -137,3 +137,10 @@ def test_jax_side_runs_every_criterion_without_torch():
                           text=True, timeout=300, env=env, cwd=ROOT.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("ok")
+
+
+def test_load_checkpoint_is_still_reachable_from_the_criteria():
+    import hessntk.checkpoints
+    import hessntk.criteria
+
+    assert hessntk.criteria.load_checkpoint is hessntk.checkpoints.load_checkpoint

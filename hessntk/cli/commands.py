@@ -114,7 +114,8 @@ def cmd_compare(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]
     options = iic_options(args, problem)
     data = data_key(problem.data)
     paths = dict(zip(names, args.checkpoints, strict=True))
-    keys = {name: {"checkpoint": file_digest(path), "iic": options, "data": data,
+    # "format": results saved as IICResult.to_dict() (an older hessntk saved other fields).
+    keys = {name: {"format": 2, "checkpoint": file_digest(path), "iic": options, "data": data,
                    "dtype": args.dtype, "device": args.device} for name, path in paths.items()}
 
     def item(name: str) -> str:

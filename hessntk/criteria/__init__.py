@@ -18,6 +18,16 @@ from hessntk.criteria.quantization_results import QuantizationMeasurement, Quant
 from hessntk.criteria.quantizers import quantize
 from hessntk.criteria.tails import TailFit, lower_tail_exponent, upper_tail_exponent
 
+
+def __getattr__(name: str) -> object:
+    """``load_checkpoint`` lives in :mod:`hessntk.checkpoints` (torch); imported on first use."""
+    if name == "load_checkpoint":
+        from hessntk.checkpoints import load_checkpoint
+
+        return load_checkpoint
+    raise AttributeError(f"module 'hessntk.criteria' has no attribute {name!r}")
+
+
 __all__ = [
     "BitAllocation",
     "Comparison",

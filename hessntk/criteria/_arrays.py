@@ -28,19 +28,19 @@ def host(op: LinearOperator, x: Any) -> np.ndarray | None:
 
 
 def f64(op: LinearOperator, x: Any) -> Any:
-    """``x`` (numpy or on ``op``'s backend) as a float64 array on ``op``'s backend."""
+    """``x`` (numpy or on ``op``'s backend) as a float64 array on ``op``'s backend and device."""
     xp = op._xp
     if isinstance(x, np.ndarray):
         return xp.from_numpy(x.astype(np.float64), xp.float64)
-    return xp.cast(x, xp.float64)
+    return xp.cast(xp.move(x), xp.float64)
 
 
 def in_dtype(op: LinearOperator, x: Any) -> Any:
-    """``x`` on ``op``'s backend in the operator's dtype."""
+    """``x`` on ``op``'s backend and device in the operator's dtype."""
     xp = op._xp
     if isinstance(x, np.ndarray):
         return xp.from_numpy(x, op.dtype)
-    return xp.cast(x, op.dtype)
+    return xp.cast(xp.move(x), op.dtype)
 
 
 def float64_operator(

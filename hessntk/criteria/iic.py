@@ -30,7 +30,7 @@ from hessntk.criteria.manifold import Regulariser, multiplier_correction
 from hessntk.criteria.tails import TailFit, lower_tail_exponent
 from hessntk.spectral.operators import CallableOperator, LinearOperator
 from hessntk.spectral.probes import Seed
-from hessntk.spectral.protocols import GramLike, RegulariserLike
+from hessntk.spectral.protocols import GramLike, RegulariserLike, refuse_options
 from hessntk.spectral.quadrature import slq
 
 __all__ = ["IICResult", "iic"]
@@ -261,7 +261,7 @@ def iic(
     else:
         from hessntk.ntk.iic_inputs import iic_inputs  # the torch convenience
 
-        K, regulariser, reference = iic_inputs(
+        K, regulariser = iic_inputs(
             subject, data, prior=prior, reference=reference,
             observations=observations or "outputs", params=params, output_key=output_key,
             outputs_fn=outputs_fn)  # fmt: skip
@@ -276,19 +276,21 @@ def _operator_inputs(K: Any, data: Any, prior: Any, observations: str | None, pa
     if not isinstance(K, GramLike):
         raise TypeError(f"Expected a Gram operator (hessntk.ntk.GramOperator, "
                         f"hessntk.jax.GramOperator) or a torch model; got {K!r}.")
-    given = {k: v for k, v in (("data", data), ("params", params), ("output_key", output_key),
-                               ("outputs_fn", outputs_fn)) if v is not None}
-    if given:
-        raise ValueError(f"Expected no {sorted(given)} with a Gram operator (they are set when "
-                         "it is built: GramOperator(model, data=..., params=..., ...)).")
+    refuse_options({"data": data is not None, "params": params is not None,
+                    "output_key": output_key is not None, "outputs_fn": outputs_fn is not None},
+                   "GramOperator(model, data=..., params=..., ...) takes them.")
     observed = OBSERVED_AS.get(K.observation, K.observation)
     if observations is not None and observations != observed:
         raise ValueError(f"Expected observations={observed!r}, the Gram operator's observation "
                          f"map {K.observation!r}; got {observations!r}. Build the operator "
                          f"with outputs={OBSERVATIONS.get(observations)!r}.")
     if isinstance(prior, RegulariserLike):
+        if (prior.backend, str(prior.device)) != (K.backend, str(K.device)):
+            raise ValueError(f"Expected the regulariser operator on the Gram operator's backend "
+                             f"and device ({K.backend}, {K.device}); got ({prior.backend}, "
+                             f"{prior.device}). Build both from the same parameters.")
         return K, prior
-    if prior != "init":
+    if not (isinstance(prior, str) and prior == "init"):
         raise ValueError("Expected prior= to be a regulariser operator (or left out) with a "
                          f"Gram operator, whose Gaussian prior S is its own; got {prior!r}. "
                          "Build the operator with prior=..., or pass "
@@ -313,8 +315,12 @@ def _iic(K: Any, reg: Any, reference: Any, *, method: str, soft: float | None, s
             raise ValueError("Expected the regulariser operator at the Gram operator's "
                              "parameters theta* (same parameters, same order).")
     ref = _reference_vector(reg if general else K, reference, P)
-    residual, train_error = interpolation(host(K, K.outputs()), host(K, K.targets()),
-                                          observations)
+    targets = K.targets()
+    if targets is None:
+        raise ValueError("Expected a Gram operator built with its targets, e.g. "
+                         "GramOperator(model, data=(inputs, targets)): the IIC checks that the "
+                         "model interpolates them.")
+    residual, train_error = interpolation(host(K, K.outputs()), host(K, targets), observations)
     reasons = interpolation_reasons(residual, train_error, interpolation_tol, soft)
     method = resolve_method(method, general, P, N)
     if convention == "A" and N > EXACT_MAX_N:

@@ -50,7 +50,7 @@ from hessntk.criteria.quantizers import GRANULARITIES, SCHEMES, check_bits, quan
 from hessntk.spectral.eigen import extreme_eigenvalues
 from hessntk.spectral.operators import LinearOperator
 from hessntk.spectral.probes import Seed
-from hessntk.spectral.protocols import CurvatureLike
+from hessntk.spectral.protocols import CurvatureLike, refuse_options
 from hessntk.spectral.traces import trace as _trace
 
 __all__ = ["measure_quantization", "quantization_sensitivity", "quantized_loss"]
@@ -250,8 +250,8 @@ def measure_quantization(
     Parameters
     ----------
     subject, loss_fn, data
-        A curvature operator (its blocks are the layers; pass ``bits=`` by keyword), or a
-        torch model with its loss and data, as for :func:`quantization_sensitivity`.
+        A curvature operator (its blocks are the layers; ``measure_quantization(op, bits)``),
+        or a torch model with its loss and data, as for :func:`quantization_sensitivity`.
     bits, quantizer, granularity, layers, quantize_biases
         As for :func:`quantization_sensitivity` (use the same values to compare).
     output_key, outputs_fn, allow_train_mode
@@ -276,6 +276,9 @@ def measure_quantization(
     >>> meas.increase.shape, all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
     ((2, 2), True)
     """
+    if isinstance(subject, LinearOperator) and loss_fn is not None and data is None and (
+            not callable(loss_fn)):  # measure_quantization(op, (2, 4)): the bits
+        bits, loss_fn = loss_fn, None
     bits = check_bit_list(bits, quantizer)
     check_options(quantizer, granularity)
     op = _operator(subject, loss_fn, data, layers=layers, quantize_biases=quantize_biases,
@@ -317,7 +320,7 @@ def quantized_loss(
     Parameters
     ----------
     subject, loss_fn, data
-        A curvature operator (its blocks are the layers; pass ``assignment=`` by keyword),
+        A curvature operator (its blocks are the layers; ``quantized_loss(op, assignment)``),
         or a torch model with its loss and data, as for :func:`quantization_sensitivity`.
     assignment : dict[str, int] or BitAllocation
         ``layer -> bits``; layers not named stay in full precision. A :class:`BitAllocation`
@@ -342,6 +345,9 @@ def quantized_loss(
     True
     """
     check_options(quantizer, granularity)
+    if isinstance(subject, LinearOperator) and assignment is None and isinstance(
+            loss_fn, (Mapping, BitAllocation)):  # quantized_loss(op, {"0": 4})
+        assignment, loss_fn = loss_fn, None
     if isinstance(assignment, BitAllocation):
         if layers is None and assignment.params and not isinstance(subject, LinearOperator):
             layers = {k: list(v) for k, v in assignment.params.items()}
@@ -400,12 +406,9 @@ def _operator(subject: Any, loss_fn: Any, data: Any, **options: Any) -> Any:
                             f"GGNOperator, or their hessntk.jax twins); got {subject!r}.")
         defaults = {"layers": None, "quantize_biases": False, "curvature": "hessian",
                     "output_key": None, "outputs_fn": None, "allow_train_mode": False}
-        given = sorted(k for k, v in options.items() if v != defaults[k])
-        if loss_fn is not None or data is not None or given:
-            extra = [k for k, v in (("loss_fn", loss_fn), ("data", data)) if v is not None]
-            raise ValueError(f"Expected no {extra + given} with a curvature operator: its "
-                             "blocks are the layers and its loss and data are its own. Pass "
-                             "bits=/assignment= by keyword.")
+        given = {k: v is not defaults[k] and v != defaults[k] for k, v in options.items()}
+        refuse_options({"loss_fn": loss_fn is not None, "data": data is not None, **given},
+                       "Its blocks are the layers; its loss and data are its own.")
         return subject
     from hessntk.hessian.layers import layer_operator  # the torch convenience
 

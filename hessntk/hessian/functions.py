@@ -27,6 +27,7 @@ from hessntk.spectral import (
 )
 from hessntk.spectral import trace as _spectral_trace
 from hessntk.spectral.eigen import extreme_eigenvalues
+from hessntk.spectral.protocols import CurvatureLike, refuse_options
 
 __all__ = [
     "block_density",
@@ -51,18 +52,20 @@ def _operator(
     outputs_fn: Callable[[Any], torch.Tensor] | None,
     allow_train_mode: bool,
     default_blocks: str = "tensor",
+    need_blocks: bool = False,
 ) -> LinearOperator:
     """``subject`` if it is an operator already, else the curvature operator of the model."""
     if isinstance(subject, LinearOperator):
-        given = [name for name, value in (
-            ("loss_fn", loss_fn), ("data", data), ("params", params), ("blocks", blocks),
-            ("output_key", output_key), ("outputs_fn", outputs_fn),
-        ) if value is not None]
-        given += ["curvature"] * (curvature != "hessian") + ["allow_train_mode"] * bool(
-            allow_train_mode)
-        if given:
-            raise ValueError(f"Expected no {given} with an operator (they are set when it is "
-                             "built); got an operator and these options.")
+        refuse_options({"loss_fn": loss_fn is not None, "data": data is not None,
+                        "params": params is not None, "blocks": blocks is not None,
+                        "output_key": output_key is not None,
+                        "outputs_fn": outputs_fn is not None,
+                        "curvature": curvature != "hessian",
+                        "allow_train_mode": bool(allow_train_mode)},
+                       "With an operator pass the other arguments by keyword (k=...).")
+        if need_blocks and not isinstance(subject, CurvatureLike):
+            raise TypeError(f"Expected a curvature operator with blocks (HessianOperator, "
+                            f"GGNOperator) for per-block results; got {subject!r}.")
         return subject
     if curvature not in _CURVATURES:
         raise ValueError(f"Expected curvature in {sorted(_CURVATURES)}; got {curvature!r}.")
@@ -135,6 +138,8 @@ def top_eigenvalues(
     >>> res.eigenvalues.shape
     (3,)
     """
+    if isinstance(model, LinearOperator) and isinstance(loss_fn, int) and data is None:
+        k, loss_fn = loss_fn, None  # top_eigenvalues(op, 3)
     op = _operator(
         model, loss_fn, data, curvature, params, None, output_key, outputs_fn,
         allow_train_mode,
@@ -295,9 +300,11 @@ def block_top_eigenvalues(
     >>> list(res)
     ['0', '2']
     """
+    if isinstance(model, LinearOperator) and isinstance(loss_fn, int) and data is None:
+        k, loss_fn = loss_fn, None  # block_top_eigenvalues(op, 2)
     op = _operator(
         model, loss_fn, data, curvature, params, blocks, output_key, outputs_fn,
-        allow_train_mode, default_blocks="layer",
+        allow_train_mode, default_blocks="layer", need_blocks=True,
     )  # fmt: skip
     return {
         name: extreme_eigenvalues(op.block(name), k, which=which, tol=tol, seed=seed,
@@ -351,7 +358,7 @@ def block_traces(
     """
     op = _operator(
         model, loss_fn, data, curvature, params, blocks, output_key, outputs_fn,
-        allow_train_mode, default_blocks="layer",
+        allow_train_mode, default_blocks="layer", need_blocks=True,
     )  # fmt: skip
     res = _trace(op, num_matvecs, method, seed, blocks=op.block_slices)
     return {name: res[i] for i, name in enumerate(op.blocks)}
@@ -393,7 +400,7 @@ def block_density(
     """
     op = _operator(
         model, loss_fn, data, curvature, params, blocks, output_key, outputs_fn,
-        allow_train_mode, default_blocks="layer",
+        allow_train_mode, default_blocks="layer", need_blocks=True,
     )  # fmt: skip
     out = {}
     for name in op.blocks:

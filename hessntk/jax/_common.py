@@ -179,6 +179,16 @@ def as_batch_list(data: Any, what: str = "data") -> list[Any]:
     return batches
 
 
+def check_pairs(data: Any, what: str, hint: str = "") -> list[Any]:
+    """``data`` as a list of ``(inputs, targets)`` pairs, or a clear error naming the batch."""
+    pairs = as_batch_list(data, what)
+    for i, b in enumerate(pairs):
+        if not isinstance(b, (tuple, list)) or len(b) != 2:
+            raise ValueError(f"Expected {what} as (inputs, targets) pairs; got "
+                             f"{type(b).__name__} in batch {i}. {hint}".rstrip())
+    return pairs
+
+
 def _signature(tree: Any) -> Any:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     return (treedef, tuple((str(leaf.dtype), tuple(leaf.shape[1:])) for leaf in leaves))

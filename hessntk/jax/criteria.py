@@ -21,7 +21,7 @@ from hessntk.criteria.bits import BitAllocation
 from hessntk.criteria.comparison import Comparison, rank_results
 from hessntk.criteria.iic import IICResult
 from hessntk.criteria.quantization_results import QuantizationMeasurement, QuantizationSensitivity
-from hessntk.jax._common import as_batch_list
+from hessntk.jax._common import check_pairs
 from hessntk.jax.layers import Layers, layer_operator
 from hessntk.jax.ntk import GramOperator
 from hessntk.jax.regulariser import RegulariserOperator
@@ -78,7 +78,9 @@ def iic(
     ------
     ValueError
         Unknown options, data that are not (inputs, targets) pairs, a callable prior without
-        ``reference``, a ``reference`` that does not match ``params``.
+        ``reference``, a ``reference`` that does not match ``params``, or
+        ``jax_enable_x64`` off (the criterion's float64 bookkeeping needs it, also for float32
+        parameters).
 
     Examples
     --------
@@ -94,7 +96,7 @@ def iic(
     if observations not in IIC_OBSERVATIONS:
         raise ValueError(f"Expected observations in {tuple(IIC_OBSERVATIONS)}; got "
                          f"{observations!r}.")
-    pairs = _pairs(data)
+    pairs = check_pairs(data, "data")
     general = callable(prior) and not isinstance(prior, str)
     if general and reference is None:
         raise ValueError("Expected reference= the minimiser theta0 of the callable prior R "
@@ -163,7 +165,7 @@ def compare(
         if _signature(params) != first:
             raise ValueError(f"Checkpoint {name!r} does not match the structure and shapes of "
                              f"{items[0][0]!r}: got {_signature(params)} vs {first}.")
-    pairs = _pairs(data)
+    pairs = check_pairs(data, "data")
     return rank_results({str(name): iic(f, params, pairs, **iic_kwargs)
                          for name, params in progress(items, "checkpoints")})
 
@@ -225,6 +227,10 @@ def quantization_sensitivity(
     >>> sens.layers, sens.num_params.tolist(), sens.predictions("direct").shape  # doctest: +SKIP
     (('[0]', '[1]'), [32, 24], (2, 2))
     """
+    if "curvature" in options:
+        raise ValueError("Expected f= (the model f(params, x)) for GGN curvature, with loss_fn "
+                         "the loss on its outputs; the Hessian of loss_fn(params, batch) is the "
+                         f"default. Got curvature={options['curvature']!r}.")
     criteria.quantization.check_options(options.get("quantizer", "symmetric"),
                                         options.get("granularity", "tensor"))
     metric = options.get("metric", "both")
@@ -284,16 +290,6 @@ def quantized_loss(
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _pairs(data: Any) -> list[Any]:
-    pairs = as_batch_list(data, "data")
-    for i, b in enumerate(pairs):
-        if not isinstance(b, (tuple, list)) or len(b) != 2:
-            raise ValueError(
-                f"Expected data as (inputs, targets) pairs; got {type(b).__name__} in batch {i}."
-            )
-    return pairs
 
 
 def _signature(params: Any) -> Any:

@@ -91,12 +91,10 @@ def _ravel_selected(full: TreeLayout, layout: ParamLayout, idx: tuple[int, ...],
                     dtype: Any) -> jax.Array:
     """Flat ``(P,)`` of the selected leaves of a params pytree, or of a dict by key path."""
     if isinstance(params, Mapping) and params and set(params) <= set(full.names):
-        return layout.flatten({n: jnp.asarray(params[n], dtype) for n in layout.names})
-    if jax.tree_util.tree_structure(params) != full.treedef:
-        raise ValueError(f"Expected a pytree with the parameters' structure {full.treedef} or a "
-                         f"dict by key path; got {jax.tree_util.tree_structure(params)}.")
-    leaves = jax.tree_util.tree_leaves(params)
-    return ravel_tree([jnp.asarray(leaves[i], dtype) for i in idx])
+        return layout.flatten({n: jnp.asarray(params[n], dtype) for n in layout.names
+                               if n in params})  # names missing: flatten says which
+    flat = full.ravel(params)  # checks the structure and the leaf shapes
+    return ravel_tree([flat[full.slices[full.names[i]]] for i in idx]).astype(dtype)
 
 
 class _CurvatureOperator(ParamBlocks, LinearOperator):

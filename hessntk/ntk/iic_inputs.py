@@ -32,8 +32,8 @@ def iic_inputs(
     params: Any = None,
     output_key: str | int | None = None,
     outputs_fn: Callable[[Any], torch.Tensor] | None = None,
-) -> tuple[GramOperator, RegulariserOperator | None, Any]:
-    """Return ``(K, regulariser or None, reference)`` for :func:`hessntk.criteria.iic`.
+) -> tuple[GramOperator, RegulariserOperator | None]:
+    """Return ``(K, regulariser or None)`` for :func:`hessntk.criteria.iic`.
 
     Raises
     ------
@@ -52,4 +52,4 @@ def iic_inputs(
                      outputs=IIC_OBSERVATIONS[observations], output_key=output_key,
                      outputs_fn=outputs_fn)
     regulariser = RegulariserOperator(prior, K.unravel(K.theta())) if general else None
-    return K, regulariser, reference
+    return K, regulariser

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from hessntk._model import call_model, check_finite, concat_inputs, ravel_params
+from hessntk._priors import prior_label
 from hessntk.ntk._common import (
     OutputsSpec,
     as_batches,
@@ -105,12 +106,12 @@ class GramOperator(LinearOperator):
             model, params=params, prior=prior, outputs=outputs, output_key=output_key,
             outputs_fn=outputs_fn, allow_train_mode=allow_train_mode,
         )
-        pairs = as_batches(inputs, data)
+        pairs = [(x, _per_sample_targets(x, y)) for x, y in as_batches(inputs, data)]
         if batch_size is not None:
             if not (isinstance(batch_size, int) and batch_size >= 1):
                 raise ValueError(f"Expected batch_size to be a positive int; got {batch_size!r}.")
             pairs = [
-                (slice_tree(x, sl), None if y is None else slice_tree(y, sl))
+                (slice_tree(x, sl), None if y is None else y[sl])
                 for x, y in pairs
                 for sl in (slice(s, s + batch_size)
                            for s in range(0, check_inputs(x, "inputs"), batch_size))
@@ -134,7 +135,7 @@ class GramOperator(LinearOperator):
         self.layout = self.problem.layout
         self.structural_nullity = structural_nullity(self.num_samples, outputs)
         self.observation = outputs if isinstance(outputs, str) else "custom"
-        self.prior_name = _prior_name(prior)
+        self.prior_name = prior_label(prior)
         self._offsets = [0]
         for n in sizes:
             self._offsets.append(self._offsets[-1] + n * self.num_outputs)
@@ -248,8 +249,12 @@ class GramOperator(LinearOperator):
         return torch.cat([o.reshape(o.shape[0], -1) for o in parts])
 
     def targets(self) -> torch.Tensor | None:
-        """The targets of ``data=`` stacked over the batches (None without tensor targets)."""
-        if any(y is None or not torch.is_tensor(y) for y in self._targets):
+        """The targets of ``data=`` stacked over the batches.
+
+        None when the operator was built from ``inputs=``, or when the targets are not one
+        tensor per batch with the samples along dim 0.
+        """
+        if any(y is None for y in self._targets):
             return None
         return torch.cat([y.to(self.device) for y in self._targets])
 
@@ -335,16 +340,12 @@ class GramOperator(LinearOperator):
         )
 
 
+def _per_sample_targets(x: Any, y: Any) -> torch.Tensor | None:
+    """``y`` when it is a tensor with one entry per sample of ``x`` along dim 0, else None."""
+    if not torch.is_tensor(y) or y.ndim == 0 or y.shape[0] != check_inputs(x, "inputs"):
+        return None
+    return y
+
+
 def _as_tensor(x: Any) -> torch.Tensor:
     return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
-
-
-def _prior_name(prior: Any) -> str:
-    if prior is None:
-        return "identity"
-    if isinstance(prior, str):
-        return prior
-    if isinstance(prior, (int, float)) and not isinstance(prior, bool):
-        return f"{prior:g}"
-    return "dict"
-

@@ -43,6 +43,10 @@ class Backend:
     def cast(self, x: Array, dtype: Any) -> Array:
         return x.astype(dtype, copy=False)
 
+    def move(self, x: Array) -> Array:
+        """``x`` on this backend's device (no copy when it is there already)."""
+        return x
+
     # -- creation and updates ---------------------------------------------------------------
     def zeros(self, shape: tuple[int, ...], dtype: Any = None) -> Array:
         return np.zeros(shape, dtype=dtype or self.float64)
@@ -132,6 +136,9 @@ class TorchBackend(Backend):
     def cast(self, x: Array, dtype: Any) -> Array:
         return x.to(dtype)
 
+    def move(self, x: Array) -> Array:
+        return x.to(self.device)
+
     def zeros(self, shape: tuple[int, ...], dtype: Any = None) -> Array:
         return self._torch.zeros(shape, dtype=dtype or self.float64, device=self.device)
 
@@ -216,6 +223,9 @@ class JaxBackend(Backend):
 
     def cast(self, x: Array, dtype: Any) -> Array:
         return x.astype(dtype)
+
+    def move(self, x: Array) -> Array:
+        return x if self.device is None else self._jax.device_put(x, self.device)
 
     def zeros(self, shape: tuple[int, ...], dtype: Any = None) -> Array:
         return self._jnp.zeros(shape, dtype=dtype or self.float64)

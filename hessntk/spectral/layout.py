@@ -117,7 +117,7 @@ class ParamLayout:
                     f"Expected an array of shape (*batch, {shape}); got {tuple(a.shape)}."
                 )
             flat.append(a.reshape((*batch, -1)))
-        return flat[0] if len(flat) == 1 else self._xp.concat(flat, axis=-1)
+        return self._xp.concat(flat, axis=-1)  # a new array even for one parameter
 
     def unravel(self, vec: Array, dim: int = -1) -> dict[str, Array]:
         """Split a flat vector into arrays shaped like the parameters (views where possible).

@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from hessntk.spectral.layout import ParamLayout
 
-__all__ = ["CurvatureLike", "GramLike", "RegulariserLike"]
+__all__ = ["CurvatureLike", "GramLike", "RegulariserLike", "refuse_options"]
 
 
 @runtime_checkable
@@ -162,3 +162,28 @@ class RegulariserLike(_Parametrised, Protocol):
 
     def at(self, theta: Any) -> RegulariserLike:
         """The same regulariser's Hessian operator at other flat parameters."""
+
+
+def refuse_options(given: dict[str, bool], hint: str = "") -> None:
+    """Refuse the options that build an operator when an operator is passed instead.
+
+    Parameters
+    ----------
+    given : dict[str, bool]
+        Option name -> whether it was given (a value other than its default).
+    hint : str
+        Appended to the message (e.g. how to pass the remaining arguments).
+
+    Raises
+    ------
+    ValueError
+        Naming the options that were given.
+
+    Examples
+    --------
+    >>> refuse_options({"data": False, "params": False})
+    """
+    bad = sorted(k for k, v in given.items() if v)
+    if bad:
+        raise ValueError(f"Expected no {bad} with an operator: they are set when the operator "
+                         f"is built (pass them to its constructor). {hint}".rstrip())

@@ -306,7 +306,7 @@ def slq(
         group = max(1, min(k, int(max_basis_bytes) // (8 * n * m)))
         group = -(-k // -(-k // group))  # balance the groups: 10 probes in 5 + 5, not 8 + 2
     settings = {"n": n, "num_matvecs": m, "num_probes": k, "probes_per_group": group,
-                "seed": seed if isinstance(seed, int) and v0 is None else None}
+                "seed": int(seed) if isinstance(seed, (int, np.integer)) and v0 is None else None}
     densities = []
     for g, start in enumerate(progress(range(0, k, group), "SLQ probe groups")):
         T = store.load(g, settings) if store is not None else None

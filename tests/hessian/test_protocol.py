@@ -101,3 +101,39 @@ def test_gram_members(problem):
     assert_close(K.output_hessian(w).matmat(torch.eye(63, dtype=DT)), M, rtol=1e-9)
     assert K.observation == "raw" and K.prior_name == "0.5"
     assert GramOperator(net, X, outputs="probabilities").structural_nullity == 30
+
+
+def test_theta_is_a_copy_and_operator_calls_take_positional_arguments(problem):
+    net, batches, *_ = problem
+    lin = nn.Linear(3, 1, bias=False).to(DT)
+    x, y = torch.randn(5, 3, dtype=DT), torch.randn(5, 1, dtype=DT)
+    H = HessianOperator(lin, nn.MSELoss(), (x, y))
+    before = lin.weight.detach().clone()
+    t = H.theta()
+    t += 1.0  # one parameter: theta() must still be a copy, not a view of the weight
+    assert torch.equal(lin.weight.detach(), before)
+    from hessntk.criteria import measure_quantization, quantized_loss
+    from hessntk.hessian import block_traces, top_eigenvalues
+
+    op = layer_operator(net, nn.CrossEntropyLoss(), batches)
+    assert quantized_loss(op, {"0": 4}) == quantized_loss(op, assignment={"0": 4})
+    assert measure_quantization(op, (2, 4)).bits == (2, 4)
+    assert len(top_eigenvalues(op, 2).eigenvalues) == 2
+    with pytest.raises(ValueError, match="Expected no \\['params'\\] with an operator"):
+        top_eigenvalues(op, k=2, params=["0.weight"])
+    with pytest.raises(TypeError, match="curvature operator with blocks"):
+        block_traces(GramOperator(net, batches[0][0]))
+
+
+def test_gram_targets_are_kept_only_when_they_are_per_sample(problem):
+    net, batches, *_ = problem
+    X, y = batches[0]
+    assert torch.equal(GramOperator(net, data=(X, y), batch_size=5).targets(), y)
+    assert GramOperator(net, data=(X, torch.tensor(1.0)), batch_size=5).targets() is None
+    assert GramOperator(net, data=(X, y[:3]), batch_size=5).targets() is None
+    from hessntk.criteria import iic
+
+    with pytest.raises(ValueError, match="built with its targets"):
+        iic(GramOperator(net, X))
+    with pytest.raises(ValueError, match="regulariser operator"):
+        iic(GramOperator(net, data=(X, y)), prior=torch.ones(3))

@@ -128,3 +128,22 @@ def test_regulariser_operators_agree_with_the_closed_form():
                                                                           dtype=torch.float64)),
                      np.eye(3))
         assert R.name in ("R_t", "R_j")
+
+
+def test_jax_operator_inputs_are_checked(jax_mlp):
+    params, (x, y) = jax_mlp
+    assert hj.GramOperator(mlp, params, data=[(x, None)]).targets() is None
+    with pytest.raises(ValueError, match="batch_size to be a positive int"):
+        hj.GramOperator(mlp, params, x, batch_size=0)
+    H = hj.HessianOperator(mlp_loss, params, (x, y), select=["[0][0]", "[1][0]"])
+    with pytest.raises(ValueError, match="missing \\['\\[1\\]\\[0\\]'\\]"):
+        H.ravel({"[0][0]": params[0][0]})
+    with pytest.raises(ValueError, match="shape"):
+        H.ravel([(params[0][0][:2], params[0][1]), params[1]])
+    with pytest.raises(ValueError, match="f= \\(the model"):
+        hj.quantization_sensitivity(mlp_loss, params, (x, y), curvature="ggn")
+    Rt = hessian.RegulariserOperator(lambda p: (p["w"] ** 2).sum(), {"w": torch.ones(75)})
+    from hessntk.criteria import iic
+
+    with pytest.raises(ValueError, match="on the Gram operator's backend"):
+        iic(hj.GramOperator(mlp, params, data=(x, y)), prior=Rt, reference=np.zeros(75))

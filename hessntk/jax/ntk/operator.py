@@ -11,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessntk._observations import OutputsSpec, structural_nullity
+from hessntk._priors import prior_label
 from hessntk.jax._common import (
     TreeLayout,
     as_batch_list,
     as_jax,
+    check_pairs,
     commit,
     concat_trees,
     convert_batches,
@@ -100,21 +102,21 @@ class GramOperator(LinearOperator):
             )
         targets: list[Any] | None = None
         if data is not None:
-            pairs = as_batch_list(data, "data")
-            for i, b in enumerate(pairs):
-                if not isinstance(b, (tuple, list)) or len(b) != 2:
-                    raise ValueError(
-                        f"Expected data= as (inputs, targets) pairs; got {type(b).__name__} in "
-                        f"batch {i}. Pass inputs= for batches without targets."
-                    )
+            pairs = check_pairs(data, "data=", "Pass inputs= for batches without targets.")
             raw = [b[0] for b in pairs]
-            targets = [jnp.asarray(b[1]) for b in pairs]
+            targets = [b[1] for b in pairs]
         else:
             raw = as_batch_list(inputs, "inputs")
         device = self.problem.layout.device
         converted = convert_batches(raw, "inputs", self.problem.dtype, device)
+        if targets is not None:  # one array per batch with the samples along axis 0, or None
+            targets = [_per_sample_targets(y, b.num_samples) for y, b in
+                       zip(targets, converted, strict=True)]
+            if any(y is None for y in targets):
+                targets = None
         if batch_size is not None:
-            _check_chunk(batch_size)
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                raise ValueError(f"Expected batch_size to be a positive int; got {batch_size!r}.")
             spans = [(i, slice(s, s + batch_size)) for i, b in enumerate(converted)
                      for s in range(0, b.num_samples, batch_size)]
             raw = [slice_tree(converted[i].tree, sl) for i, sl in spans]
@@ -138,7 +140,7 @@ class GramOperator(LinearOperator):
         self.layout: TreeLayout = self.problem.layout
         self.observation = outputs if isinstance(outputs, str) else "custom"
         self.structural_nullity = structural_nullity(self.num_samples, self.observation)
-        self.prior_name = _prior_name(prior)
+        self.prior_name = prior_label(prior)
         self._offsets = [0]
         for n in sizes:
             self._offsets.append(self._offsets[-1] + n * self.num_outputs)
@@ -297,6 +299,14 @@ class GramOperator(LinearOperator):
         )
 
 
+def _per_sample_targets(y: Any, n: int) -> jax.Array | None:
+    """``y`` as an array when it has ``n`` entries along axis 0, else None."""
+    if y is None or not isinstance(y, (jax.Array, np.ndarray)) or y.ndim == 0 or (
+            y.shape[0] != n):
+        return None
+    return jnp.asarray(y)
+
+
 @dataclass(frozen=True)
 class _WeightedOutputs:
     """The loss ``<observe(f)(params, x), w>`` of a batch ``(x, w)``.
@@ -314,13 +324,3 @@ class _WeightedOutputs:
 
 #: ``f(params, x)`` compiled once per ``f`` and shape.
 _raw_outputs = jax.jit(lambda f, params, x: f(params, x), static_argnums=0)
-
-
-def _prior_name(prior: Any) -> str:
-    if prior is None:
-        return "identity"
-    if isinstance(prior, str):
-        return prior
-    if isinstance(prior, (int, float)) and not isinstance(prior, bool):
-        return f"{prior:g}"
-    return "pytree"
