@@ -22,6 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from hessntk.spectral.layout import ParamLayout
 
 __all__ = [
+    "LABELS",
     "ParamLayout",
     "as_flat",
     "ParamSpec",
@@ -35,6 +36,7 @@ __all__ = [
     "ravel_params",
     "select_output",
     "select_params",
+    "split_batch",
     "tensor_leaves",
     "to_device",
 ]
@@ -236,6 +238,7 @@ def call_model(
     output_key: str | int | None = None,
     outputs_fn: Callable[[Any], torch.Tensor] | None = None,
     math_attention: bool = True,
+    extra: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
     """Evaluate ``model`` functionally at ``params`` and return its output tensor.
 
@@ -251,13 +254,16 @@ def call_model(
         Buffer values; default the model's own ``named_buffers()``, unchanged.
     output_key : str or int, optional
         For a model returning a dict, tuple or HF-style object: ``out[key]`` (or
-        ``getattr(out, key)``).
+        ``getattr(out, key)``). Default for a Hugging Face ``ModelOutput`` (an output with a
+        ``logits`` attribute): its ``logits``.
     outputs_fn : callable, optional
         ``outputs_fn(out) -> Tensor``, applied to the raw output (instead of ``output_key``).
     math_attention : bool
         Run ``scaled_dot_product_attention`` (``nn.MultiheadAttention``,
         ``nn.TransformerEncoderLayer``, HF attention) with its math backend: the fused CPU/CUDA
         kernels have neither forward-mode (``jvp``) nor double-backward derivatives.
+    extra : dict, optional
+        More keyword arguments of the call (e.g. ``labels=`` for the model's own loss).
 
     Returns
     -------
@@ -286,6 +292,7 @@ def call_model(
         args, kwargs = tuple(inputs), {}
     else:
         args, kwargs = (inputs,), {}
+    kwargs.update(extra or {})
     if math_attention:
         with sdpa_kernel(SDPBackend.MATH):
             out = torch.func.functional_call(model, (full, dict(buffers)), args, kwargs)
@@ -321,6 +328,9 @@ def select_output(
                     f"{type(out).__name__} without it" + (f" (keys: {keys})." if keys else ".")
                 ) from err
         what = f"output[{output_key!r}]"
+    elif not isinstance(out, torch.Tensor) and torch.is_tensor(getattr(out, "logits", None)):
+        out = out.logits  # a Hugging Face ModelOutput: its logits
+        what = "output.logits"
     else:
         what = "the model output"
     if not isinstance(out, torch.Tensor):
@@ -338,17 +348,51 @@ def select_output(
 # -- data ---------------------------------------------------------------------------------------
 
 
-def is_single_batch(data: Any) -> bool:
-    """Whether ``data`` is one ``(inputs, targets)`` batch rather than an iterable of batches.
+#: The key of the targets in a dict batch (the Hugging Face convention).
+LABELS = "labels"
 
-    The rule: a tuple or list of length 2 whose first element is a Tensor or a dict (mapping)
-    is one batch. Anything else is an iterable of batches. One batch with tuple inputs
-    (``model(*inputs)``) is therefore ambiguous: wrap it in a list, ``[((x1, x2), y)]``.
+
+def is_single_batch(data: Any) -> bool:
+    """Whether ``data`` is one batch rather than an iterable of batches.
+
+    One batch is an ``(inputs, targets)`` pair (a tuple or list of length 2 whose first
+    element is a Tensor or a dict and whose second is not a dict), or a dict of tensors (a
+    Hugging Face batch, a ``BatchEncoding``: the model's keyword arguments, its targets under
+    ``"labels"`` if any). Anything else is an iterable of batches: two dict batches in a list
+    are two batches. One batch with tuple inputs (``model(*inputs)``) or with dict targets is
+    ambiguous: wrap it in a list, ``[((x1, x2), y)]``.
     """
+    if isinstance(data, Mapping):
+        return True
     return (
         isinstance(data, (tuple, list))
         and len(data) == 2
         and isinstance(data[0], (torch.Tensor, Mapping))
+        and not isinstance(data[1], Mapping)
+    )
+
+
+def split_batch(batch: Any, index: int) -> tuple[Any, Any]:
+    """``(inputs, targets)`` of one batch: a pair as it is, a dict split at ``"labels"``.
+
+    Raises
+    ------
+    ValueError
+        A batch that is neither a pair nor a dict, naming batch ``index``.
+    """
+    if isinstance(batch, Mapping):
+        inputs = {k: v for k, v in batch.items() if k != LABELS}
+        if not inputs:
+            raise ValueError(f"Expected a dict batch with model inputs besides 'labels'; got "
+                             f"only {list(batch)} in batch {index}.")
+        return inputs, batch.get(LABELS)
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise ValueError(
+        f"Expected each batch to be an (inputs, targets) pair or a dict of model inputs (with "
+        f"'labels' as targets); got {type(batch).__name__}"
+        + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+        + f" in batch {index}. Wrap one batch with tuple inputs as [((x1, x2), y)]."
     )
 
 
@@ -434,9 +478,11 @@ def iter_batches(data: Any, *, reiterable: bool = False) -> Iterator[tuple[Any, 
 
     Parameters
     ----------
-    data : (inputs, targets) or iterable of (inputs, targets)
-        One batch (see :func:`is_single_batch` for the rule) or any iterable of batches, e.g.
-        a ``DataLoader`` or a list. Each batch must be a pair.
+    data : batch or iterable of batches
+        One batch (see :func:`is_single_batch`) or any iterable of batches, e.g. a
+        ``DataLoader`` (with a collator that makes dict batches) or a list. A batch is an
+        ``(inputs, targets)`` pair or a dict of model inputs whose ``"labels"``, if any, are
+        the targets (None without them).
     reiterable : bool
         Refuse a one-shot iterator (a generator): curvature operators walk the data once
         per product.
@@ -444,7 +490,7 @@ def iter_batches(data: Any, *, reiterable: bool = False) -> Iterator[tuple[Any, 
     Raises
     ------
     ValueError
-        If ``data`` holds no batch or a batch is not a pair.
+        If ``data`` holds no batch or a batch is neither a pair nor a dict.
     TypeError
         If ``data`` is not iterable, or is a one-shot iterator while ``reiterable=True``.
 
@@ -453,14 +499,17 @@ def iter_batches(data: Any, *, reiterable: bool = False) -> Iterator[tuple[Any, 
     >>> x, y = torch.zeros(4, 3), torch.zeros(4)
     >>> len(list(iter_batches((x, y)))), len(list(iter_batches([(x, y), (x, y)])))
     (1, 2)
+    >>> inputs, targets = next(iter_batches({"input_ids": x.long(), "labels": y.long()}))
+    >>> list(inputs), targets.shape
+    (['input_ids'], torch.Size([4]))
     """
     if is_single_batch(data):
-        yield data[0], data[1]
+        yield split_batch(data, 0)
         return
     if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
         raise TypeError(
-            "Expected data as one (inputs, targets) batch or an iterable of batches; got "
-            f"{type(data).__name__}. Pass (x, y), a list of (x, y) or a DataLoader."
+            "Expected data as one (inputs, targets) batch, a dict batch or an iterable of "
+            f"batches; got {type(data).__name__}. Pass (x, y), a list of (x, y) or a DataLoader."
         )
     if reiterable and iter(data) is data:
         raise TypeError(
@@ -470,15 +519,8 @@ def iter_batches(data: Any, *, reiterable: bool = False) -> Iterator[tuple[Any, 
         )
     count = 0
     for i, batch in enumerate(data):
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise ValueError(
-                f"Expected each batch to be an (inputs, targets) pair; got "
-                f"{type(batch).__name__}"
-                + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-                + f" in batch {i}. Wrap one batch with tuple inputs as [((x1, x2), y)]."
-            )
         count += 1
-        yield batch[0], batch[1]
+        yield split_batch(batch, i)
     if count == 0:
         raise ValueError(
             "Expected at least one (inputs, targets) batch; got empty data. Check the dataset "

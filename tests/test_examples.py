@@ -17,6 +17,12 @@ EXAMPLES = [
     ("compare_checkpoints.py", ["--n-train", "60", "--steps", "90", "--every", "30"],
      "Kendall tau"),
     pytest.param(
+        "transformer_spectra.py", ["--steps", "20", "--matvecs", "20", "--probes", "2"],
+        "one SLQ pass",
+        marks=pytest.mark.skipif(not importlib.util.find_spec("transformers"),
+                                 reason="needs transformers (a test dependency)"),
+    ),
+    pytest.param(
         "jax_hessian_spectrum.py",
         ["--n-train", "128", "--width", "16", "--steps", "20", "--k", "2", "--ncv", "8",
          "--num-probes", "2", "--num-matvecs", "8", "--trace-matvecs", "4", "--n-ntk", "20",

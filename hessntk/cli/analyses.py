@@ -60,7 +60,7 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
     model, loss_fn, data = problem.model, problem.loss_fn, problem.data
     curvature = getattr(args, "curvature", "hessian")
     op_cls = hessian.HessianOperator if curvature == "hessian" else hessian.GGNOperator
-    op = op_cls(model, loss_fn, data, blocks="layer")
+    op = op_cls(model, loss_fn, data, blocks="layer", **problem.outputs)
     n = op.shape[0]
     k = min(args.k, n)
     top = timed(timings, "hessian_top", lambda: hessian.top_eigenvalues(
@@ -137,7 +137,7 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
 
 
 def ntk_analysis(report: Any, model: Any, inputs: Any, outputs: str,
-                 timings: dict[str, float]) -> dict[str, Any]:
+                 timings: dict[str, float], **output_options: Any) -> dict[str, Any]:
     """NTK Gram ``J J^T`` on ``inputs``, its eigenvalues and lower-tail exponent."""
     import torch
 
@@ -147,7 +147,7 @@ def ntk_analysis(report: Any, model: Any, inputs: Any, outputs: str,
     from hessntk.report import plot_ntk_cdf
 
     def build() -> tuple[np.ndarray, torch.dtype]:
-        K = gram(model, inputs, outputs=outputs)
+        K = gram(model, inputs, outputs=outputs, **output_options)
         return torch.linalg.eigvalsh(K.double()).cpu().numpy(), K.dtype
 
     lam, dtype = timed(timings, "ntk", build)
@@ -197,7 +197,8 @@ def iic_analysis(report: Any, problem: Any, options: dict[str, Any],
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore")
         warnings.simplefilter("always", RuntimeWarning)  # hessntk's diagnostics
-        res = timed(timings, "iic", lambda: iic(problem.model, problem.data, **options))
+        res = timed(timings, "iic", lambda: iic(problem.model, problem.data, **options,
+                                                **problem.outputs))
     for message in dict.fromkeys(one_line(w.message) for w in caught):
         report.notes.append(f"IIC: {message}")
     out = res.to_dict()
@@ -239,7 +240,8 @@ def quantization_analysis(report: Any, problem: Any, args: argparse.Namespace,
     from hessntk.report.plots import _figure
 
     curvature = getattr(args, "curvature", "hessian")
-    op = layer_operator(problem.model, problem.loss_fn, problem.data, curvature=curvature)
+    op = layer_operator(problem.model, problem.loss_fn, problem.data, curvature=curvature,
+                        **problem.outputs)
     bits = tuple(args.bits)
     sens = timed(timings, "quantization", lambda: quantization_sensitivity(
         op, bits=bits, quantizer=args.quantizer, granularity=args.granularity,

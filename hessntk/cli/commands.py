@@ -31,6 +31,11 @@ def _load(args: argparse.Namespace, checkpoint: str | None = None) -> Any:
     if checkpoint is not None:
         load_weights(problem.model, checkpoint)
     problem.model.eval()
+    if args.loss == "model":
+        problem.loss_fn = None
+    if args.output_key is not None:
+        key = args.output_key
+        problem.output_key = int(key) if key.lstrip("-").isdigit() else key
     return place(problem, device, DTYPES[args.dtype] if args.dtype else None)
 
 
@@ -42,7 +47,8 @@ def _model_section(report: Any, problem: Any, checkpoint: str | None) -> dict[st
     info = {"entry_point": problem.entry, "checkpoint": checkpoint,
             "class": type(problem.model).__name__, "num_params": problem.num_params,
             "num_batches": n_batches, "dtype": str(param.dtype), "device": str(param.device),
-            "loss_fn": type(problem.loss_fn).__name__}
+            "loss_fn": ("the model's own (outputs.loss)" if problem.loss_fn is None
+                        else type(problem.loss_fn).__name__), "output_key": problem.output_key}
     report.add_section("Model", [
         ("model", f"{info['class']} from {problem.entry}",
          f"{problem.num_params} parameters, {info['dtype']}, {info['device']}"),
@@ -70,7 +76,8 @@ def cmd_spectrum(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any
         if outputs == "auto":
             outputs = "logits" if problem.classification else "raw"
         inputs = take_inputs(problem.data, args.ntk_samples)
-        out["ntk"] = ntk_analysis(report, problem.model, inputs, outputs, timings)
+        out["ntk"] = ntk_analysis(report, problem.model, inputs, outputs, timings,
+                                  **problem.outputs)
     return out
 
 
@@ -135,7 +142,7 @@ def cmd_compare(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]
         warnings.simplefilter("ignore", RuntimeWarning)  # reported as reasons
         ranking = timed(timings, "compare", lambda: criteria.compare(
             pending, lambda: copy.deepcopy(problem.model), problem.data, known=known,
-            on_result=save, **options))
+            on_result=save, **options, **problem.outputs))
     results = {name: to_jsonable(r if isinstance(r, dict) else r.to_dict())
                for name, r in ranking.results.items()}
     rows = [{**r, "checkpoint": paths[r["name"]]} for r in to_jsonable(list(ranking.rows))]

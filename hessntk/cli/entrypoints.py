@@ -6,9 +6,14 @@ returns ``(model, loss_fn, data)``, or a dict with those keys:
 
 - ``model``: a ``torch.nn.Module``;
 - ``loss_fn``: ``loss_fn(outputs, targets) -> scalar`` mean over a batch, e.g.
-  ``torch.nn.CrossEntropyLoss()``;
-- ``data``: one ``(inputs, targets)`` batch or a re-iterable of batches (a list, a
-  ``DataLoader``): the training data the curvature is measured on.
+  ``torch.nn.CrossEntropyLoss()``, or None for the model's own loss (``outputs.loss`` of a
+  Hugging Face model called with ``labels=``);
+- ``data``: one ``(inputs, targets)`` batch, one dict batch (Hugging Face: model inputs, the
+  targets under ``"labels"``) or a re-iterable of batches (a list, a ``DataLoader``): the
+  training data the curvature is measured on.
+
+A dict may also hold ``output_key`` / ``outputs_fn``: how to pick the output tensor of a model
+that returns a dict or tuple (a Hugging Face ``ModelOutput``'s ``logits`` are picked anyway).
 
 Examples
 --------
@@ -28,6 +33,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -39,21 +45,37 @@ from typing import Any
 import torch
 from torch import nn
 
-from hessntk._model import iter_batches
+from hessntk._model import batch_size, concat_inputs, iter_batches
 from hessntk.checkpoints import load_checkpoint
 from hessntk.cli.text import CLIError
+from hessntk.ntk._common import slice_tree
 
 __all__ = ["CLIError", "Problem", "cast", "load_entry_point", "load_problem", "load_weights"]
 
 
+#: The keys an entry point's dict may hold.
+KEYS = ("model", "loss_fn", "data", "output_key", "outputs_fn")
+
+
 @dataclass
 class Problem:
-    """What an entry point returned: the model, its loss and the data."""
+    """What an entry point returned: the model, its loss, the data and how to read outputs.
+
+    ``loss_fn`` None means the model's own loss (``outputs.loss``, Hugging Face style);
+    ``output_key`` / ``outputs_fn`` pick the output tensor of a dict or tuple output.
+    """
 
     model: nn.Module
-    loss_fn: Callable[[Any, Any], torch.Tensor]
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None
     data: Any
     entry: str = ""
+    output_key: str | int | None = None
+    outputs_fn: Callable[[Any], torch.Tensor] | None = None
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        """The output options of every operator built for this problem."""
+        return {"output_key": self.output_key, "outputs_fn": self.outputs_fn}
 
     @property
     def classification(self) -> bool:
@@ -129,12 +151,17 @@ def load_problem(spec: str) -> Problem:
         out = fn()
     except Exception as err:
         raise CLIError(f"the model function {spec!r} raised {type(err).__name__}: {err}") from err
+    extra: dict[str, Any] = {}
     if isinstance(out, Mapping):
         missing = [k for k in ("model", "loss_fn", "data") if k not in out]
-        if missing:
-            raise CLIError(f"{spec!r} returned a dict without {missing}; expected the keys "
-                           "model, loss_fn, data")
+        unknown = [k for k in out if k not in KEYS]
+        if missing or unknown:
+            raise CLIError(f"{spec!r} returned a dict with "
+                           + (f"no {missing}" if missing else f"unknown keys {unknown}")
+                           + "; expected the keys model, loss_fn, data (and optionally "
+                           "output_key, outputs_fn)")
         model, loss_fn, data = out["model"], out["loss_fn"], out["data"]
+        extra = {k: out[k] for k in ("output_key", "outputs_fn") if k in out}
     elif isinstance(out, (tuple, list)) and len(out) == 3:
         model, loss_fn, data = out
     else:
@@ -143,9 +170,13 @@ def load_problem(spec: str) -> Problem:
     if not isinstance(model, nn.Module):
         raise CLIError(f"{spec!r} returned a model of type {type(model).__name__}; expected a "
                        "torch.nn.Module")
-    if not callable(loss_fn):
-        raise CLIError(f"{spec!r} returned a loss_fn that is not callable")
-    return Problem(model, loss_fn, data, spec)
+    if loss_fn is not None and not callable(loss_fn):
+        raise CLIError(f"{spec!r} returned a loss_fn that is not callable (None: the model's "
+                       "own outputs.loss)")
+    if "outputs_fn" in extra and extra["outputs_fn"] is not None and not callable(
+            extra["outputs_fn"]):
+        raise CLIError(f"{spec!r} returned an outputs_fn that is not callable")
+    return Problem(model, loss_fn, data, spec, **extra)
 
 
 def load_weights(model: nn.Module, path: str) -> None:
@@ -217,7 +248,7 @@ def place(problem: Problem, device: torch.device | None, dtype: torch.dtype | No
     model = problem.model.to(device=device, dtype=dtype)
     batches = [cast(b, device, dtype) for b in iter_batches(problem.data)]
     data = batches[0] if len(batches) == 1 else batches
-    return Problem(model, problem.loss_fn, data, problem.entry)
+    return dataclasses.replace(problem, model=model, data=data)
 
 
 def take_inputs(data: Any, n: int) -> Any:
@@ -231,29 +262,9 @@ def take_inputs(data: Any, n: int) -> Any:
     """
     chunks, count = [], 0
     for x, _ in iter_batches(data):
-        first = x if torch.is_tensor(x) else next(iter(x.values() if isinstance(x, Mapping)
-                                                        else x))
-        size = int(first.shape[0])
-        keep = min(size, n - count)
-        chunks.append(_slice(x, keep))
+        keep = min(batch_size(x), n - count)
+        chunks.append(slice_tree(x, slice(0, keep)))
         count += keep
         if count >= n:
             break
-    return chunks[0] if len(chunks) == 1 else _cat(chunks)
-
-
-def _slice(x: Any, k: int) -> Any:
-    if torch.is_tensor(x):
-        return x[:k]
-    if isinstance(x, Mapping):
-        return {key: _slice(v, k) for key, v in x.items()}
-    return type(x)(_slice(v, k) for v in x)
-
-
-def _cat(chunks: list[Any]) -> Any:
-    first = chunks[0]
-    if torch.is_tensor(first):
-        return torch.cat(chunks)
-    if isinstance(first, Mapping):
-        return {key: _cat([c[key] for c in chunks]) for key in first}
-    return type(first)(_cat([c[i] for c in chunks]) for i in range(len(first)))
+    return concat_inputs(chunks)

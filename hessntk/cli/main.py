@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -70,8 +72,14 @@ def _run(args: argparse.Namespace, argv: Sequence[str], t0: float) -> int:
     resume = bool(getattr(args, "resume", False))
     store = PartialStore(out, resume=resume)
     ctx = {"report": report, "store": store, "timings": timings}
-    with reporting(enabled=not args.quiet):
+    with reporting(enabled=not args.quiet), warnings.catch_warnings(record=True) as caught:
+        # hessntk's own warnings become notes of the report (and of the summary); others
+        # (third-party deprecation noise) are dropped.
+        warnings.simplefilter("always")
         results = _command(args.command)(args, ctx)
+    for message in dict.fromkeys(one_line(w.message) for w in caught
+                                 if _from_hessntk(w.filename)):
+        report.notes.append(message)
     if store.reused:
         report.notes.append(f"resumed: {store.reused} partial result(s) reused from "
                             f"{store.path}")
@@ -91,6 +99,11 @@ def _run(args: argparse.Namespace, argv: Sequence[str], t0: float) -> int:
         text += f"\nreport: {paths['html']} ({files})\ndone in {wall:.1f} s\n"
         sys.stdout.write(text)
     return 0
+
+
+def _from_hessntk(filename: str) -> bool:
+    """Whether a warning was issued by hessntk's own code (its stack level points there)."""
+    return f"{os.sep}hessntk{os.sep}" in filename
 
 
 def main(argv: Sequence[str] | None = None) -> int:

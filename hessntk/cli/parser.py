@@ -50,6 +50,17 @@ def _prior(text: str) -> str | float:
 
 
 
+def _model_options(sub: argparse.ArgumentParser) -> None:
+    """How to read the user's model: its loss and its output tensor."""
+    g = sub.add_argument_group("model")
+    g.add_argument("--loss", choices=("fn", "model"), default="fn",
+                   help="fn: the entry point's loss_fn(outputs, targets); model: the model's "
+                   "own loss, outputs.loss with labels= (Hugging Face) (default: %(default)s)")
+    g.add_argument("--output-key", default=None, metavar="KEY",
+                   help="the output tensor of a model returning a dict or tuple, e.g. logits "
+                   "(default: the entry point's output_key; a Hugging Face output's logits)")
+
+
 def _common(sub: argparse.ArgumentParser, command: str) -> None:
     g = sub.add_argument_group("output and runtime")
     g.add_argument("--out", default=f"hessntk-{command}", metavar="DIR",
@@ -173,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="NTK outputs: auto = logits for classification, else raw")
     _hessian_options(spectrum, {"k": 5, "probes": 8, "steps": 60, "probes_per_group": 4,
                                 "trace_matvecs": 60})
+    _model_options(spectrum)
     _common(spectrum, "spectrum")
 
     iic_p = sub.add_parser("iic", help="Interpolating Information Criterion of your model",
@@ -180,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     iic_p.add_argument("model", metavar="MODEL", help="module:function or file.py:function")
     iic_p.add_argument("--checkpoint", metavar="FILE", help=".pt/.pth/.safetensors weights")
     _iic_group(iic_p)
+    _model_options(iic_p)
     _common(iic_p, "iic")
 
     cmp_p = sub.add_parser("compare", help="rank checkpoints by the IIC",
@@ -191,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_p.add_argument("--resume", action="store_true",
                        help="reuse checkpoints already evaluated in --out")
     _iic_group(cmp_p)
+    _model_options(cmp_p)
     _common(cmp_p, "compare")
 
     q_p = sub.add_parser("quantization", help="per-layer quantization sensitivity",
@@ -199,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     q_p.add_argument("model", metavar="MODEL", help="module:function or file.py:function")
     q_p.add_argument("--checkpoint", metavar="FILE", help=".pt/.pth/.safetensors weights")
     _quant_group(q_p)
+    _model_options(q_p)
     _common(q_p, "quantization")
     return parser
 

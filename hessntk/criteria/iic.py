@@ -410,27 +410,49 @@ def resolve_method(method: str, general: bool, num_params: int, num_constraints:
 
 def interpolation(outputs: np.ndarray, targets: np.ndarray | None,
                   observations: str) -> tuple[float, float | None]:
-    """Relative residual ``||f - Y|| / ||Y||`` and, for class-index targets, the training error.
+    """Relative residual ``||f - Y|| / ||Y||`` and, for class targets, the training error.
 
-    ``outputs`` are the model outputs ``(n, c)`` before the observation map. Class-index
-    targets (integers, one per sample) give the training error of ``argmax``, and for
-    ``"probabilities"`` the residual of the softmax against one-hot targets (nan otherwise:
-    logits have no target values).
+    ``outputs`` are the model outputs ``(n, ...)`` before the observation map. Integer
+    targets of the outputs' shape without its last axis are classes: one per sample
+    (``(n,)`` for ``(n, c)`` outputs) or one per position of a sequence (``(n, T)`` for
+    ``(n, T, V)`` logits: tokens as samples, every position a constraint). They give the
+    training error of ``argmax``, and for ``"probabilities"`` the residual of the softmax
+    against one-hot targets (nan otherwise: logits have no target values). Other targets are
+    values, one per output.
+
+    Raises
+    ------
+    ValueError
+        Targets of another shape, or class targets with the ignore index -100 (a position
+        without a target cannot be a constraint).
     """
     if targets is None:
         return float("nan"), None
-    if targets.dtype.kind in "iub" and targets.ndim == 1:
-        wrong = int((outputs.argmax(axis=1) != targets).sum())
-        train_error = wrong / targets.size
+    if targets.dtype.kind in "iub" and targets.shape == outputs.shape[:-1] and outputs.ndim >= 2:
+        if (targets < 0).any():
+            raise ValueError(
+                f"Expected a class for every position of the outputs {outputs.shape}; got "
+                f"{int((targets < 0).sum())} targets < 0 (the ignore index -100 of padding?). "
+                "Every observed output is a constraint of the IIC: drop the padded positions "
+                "(sequences of one length) or observe fewer outputs (outputs_fn=)."
+            )
+        logits = outputs.reshape(-1, outputs.shape[-1])
+        classes = targets.reshape(-1)
+        train_error = float((logits.argmax(axis=1) != classes).mean())
         if observations != "probabilities":
             return float("nan"), train_error
-        z = outputs - outputs.max(axis=1, keepdims=True)
+        z = logits - logits.max(axis=1, keepdims=True)
         p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-        target = np.eye(outputs.shape[1])[targets]
+        target = np.eye(logits.shape[1])[classes]
         return math.sqrt(float(((p - target) ** 2).sum()) / float((target**2).sum())), train_error
     if targets.size != outputs.size:
-        raise ValueError(f"Expected targets with one value per model output ({outputs.shape}) "
-                         f"for the interpolation check; got shape {targets.shape}.")
+        raise ValueError(
+            f"Expected targets for the interpolation check as classes of shape "
+            f"{outputs.shape[:-1]} (integers) or values of shape {outputs.shape} (one per "
+            f"model output); got {targets.shape} ({targets.dtype}). For a causal language "
+            "model pass next-token targets aligned with the logits (targets[:, t] is the class "
+            "of outputs[:, t])."
+        )
     target = targets.reshape(outputs.shape).astype(np.float64)
     den = float((target**2).sum())
     residual = math.sqrt(float(((outputs - target) ** 2).sum()) / den) if den > 0 else math.nan

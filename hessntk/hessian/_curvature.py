@@ -9,6 +9,8 @@ subclass only implements its batch product.
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +22,6 @@ from hessntk._model import (
     ParamLayout,
     ParamSpec,
     as_flat,
-    batch_size,
     call_model,
     check_batch,
     check_eval_mode,
@@ -57,7 +58,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         allow_train_mode: bool = False,
         method: str = "func",
         chunk_size: int | None = 32,
-        _checked: tuple[int, float] | None = None,
+        _checked: tuple[int, float, list[float]] | None = None,
     ) -> None:
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(
@@ -66,9 +67,14 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         self.chunk_size = chunk_size
         if not isinstance(model, nn.Module):
             raise TypeError(f"Expected model to be a torch.nn.Module; got {type(model).__name__}.")
-        if not callable(loss_fn):
+        if loss_fn is None and not self._own_loss_ok:
+            raise ValueError(f"Expected loss_fn(outputs, targets) for a {type(self).__name__}: "
+                             "it needs the loss as a function of the model outputs. The "
+                             "model's own loss (loss_fn=None) works with HessianOperator.")
+        if loss_fn is not None and not callable(loss_fn):
             raise TypeError(
-                f"Expected loss_fn(outputs, targets) -> scalar; got {type(loss_fn).__name__}."
+                f"Expected loss_fn(outputs, targets) -> scalar, or None for the model's own "
+                f"loss (outputs.loss); got {type(loss_fn).__name__}."
             )
         if method not in self._methods:
             raise ValueError(f"Expected method in {self._methods}; got {method!r}.")
@@ -87,16 +93,30 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         self._set_blocks(blocks)
         if _checked is None:
             _checked = self._check_data()
-        self.num_samples, self.loss = _checked
+        self.num_samples, self.loss, self._counts = _checked
+        self._total = float(sum(self._counts))
+
+    _own_loss_ok = False  # whether loss_fn=None (the model's own outputs.loss) is supported
+
+    @property
+    def num_loss_terms(self) -> float:
+        """How many terms the full-data mean loss averages: the samples, or the tokens of the
+        model's own token-mean loss (see :func:`loss_terms`)."""
+        return self._total
 
     # -- data ----------------------------------------------------------------------------------
     def _batches(self) -> Iterator[tuple[int, float, Any, Any]]:
-        """Yield ``(index, weight n_b / n, inputs, targets)`` on the operator's device."""
+        """Yield ``(index, weight, inputs, targets)`` on the operator's device.
+
+        Batch ``b`` weighs ``c_b / sum c``: its share of the full-data mean, with ``c_b`` its
+        number of samples, or of loss terms for the model's own token-mean loss.
+        """
         seen = 0
         for i, (x, y) in enumerate(iter_batches(self.data, reiterable=True)):
             n_b = check_batch(x, y, i)
             seen += n_b
-            yield i, n_b / self.num_samples, to_device(x, self.device), to_device(y, self.device)
+            yield (i, self._counts[i] / self._total, to_device(x, self.device),
+                   to_device(y, self.device))
         if seen != self.num_samples:
             raise ValueError(
                 f"Expected the data to hold {self.num_samples} samples on every pass; got "
@@ -104,32 +124,42 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
             )
 
     def _outputs(self, p: Mapping[str, torch.Tensor], x: Any) -> torch.Tensor:
-        buffers = None
-        if self.allow_train_mode and any(m.training for m in self.model.modules()):
-            # Train-mode modules update buffers in place (running statistics, counters):
-            # give them copies, so products leave the model unchanged and torch.func does
-            # not see a mutated captured tensor.
-            buffers = {k: b.clone() for k, b in self.model.named_buffers()}
+        # Train-mode modules update buffers in place (running statistics, counters): they
+        # get copies, so products leave the model unchanged and torch.func does not see a
+        # mutated captured tensor.
         return call_model(
             self.model,
             p,
             x,
-            buffers=buffers,
+            buffers=self._buffers(),
             output_key=self.output_key,
             outputs_fn=self.outputs_fn,
         )
 
-    def _check_data(self) -> tuple[int, float]:
-        """One forward pass over the data: validate batches, outputs and losses."""
-        total, weighted = 0, 0.0
+    def _loss(self, p: Mapping[str, torch.Tensor], x: Any, y: Any, **extra: Any) -> torch.Tensor:
+        """The batch's mean loss at parameters ``p``: ``loss_fn(outputs, y)`` or the model's."""
+        if self.loss_fn is not None:
+            return self.loss_fn(self._outputs(p, x), y)
+        return own_loss(self.model, p, x, y, buffers=self._buffers(), **extra)
+
+    def _buffers(self) -> dict[str, torch.Tensor] | None:
+        if self.allow_train_mode and any(m.training for m in self.model.modules()):
+            return {k: b.clone() for k, b in self.model.named_buffers()}
+        return None
+
+    def _check_data(self) -> tuple[int, float, list[float]]:
+        """One forward pass over the data: validate batches, outputs and losses.
+
+        Returns the number of samples, the full-data mean loss and each batch's weight count
+        (its samples, or for the model's own loss its loss terms: see :func:`loss_terms`).
+        """
+        total, counts, losses = 0, [], []
         with torch.no_grad():
             for i, (x, y) in enumerate(iter_batches(self.data, reiterable=True)):
                 n_b = check_batch(x, y, i, self.dtype)
+                x, y = to_device(x, self.device), to_device(y, self.device)
                 try:
-                    loss = self.loss_fn(
-                        self._outputs(self._primals, to_device(x, self.device)),
-                        to_device(y, self.device),
-                    )
+                    loss = self._loss(self._primals, x, y)
                 except RuntimeError as err:
                     if "type" not in str(err):
                         raise
@@ -141,9 +171,16 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
                         "targets (class indices: torch.long; regression: the parameters' dtype)."
                     ) from err
                 _check_loss(loss, i)
+                if i == 0:
+                    _warn_loss_dtype(loss, self.dtype, self.loss_fn is None)
+                count = n_b
+                if self.loss_fn is None:
+                    count = loss_terms(self.model, self._primals, x, y, loss, n_b,
+                                       self._buffers(), index=i)
                 total += n_b
-                weighted += n_b * float(loss)
-        return total, weighted / total
+                counts.append(float(count))
+                losses.append(float(loss))
+        return total, _weighted_mean(losses, counts), counts
 
     # -- the protocol of hessntk.spectral.protocols.CurvatureLike ------------------------------
     def theta(self) -> torch.Tensor:
@@ -163,13 +200,13 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
             A non-finite loss, naming the batch.
         """
         params = self.layout.unravel(as_flat(theta, self.layout, self.dtype, self.device))
-        total = 0.0
+        losses = []
         with torch.no_grad():
             for i, _, x, y in self._batches():
-                loss = self.loss_fn(self._outputs(params, x), y)
+                loss = self._loss(params, x, y)
                 _check_loss(loss, i)
-                total += batch_size(x) * float(loss)
-        return total / self.num_samples
+                losses.append(float(loss))
+        return _weighted_mean(losses, self._counts)
 
     def gradient(self) -> torch.Tensor:
         """The gradient of the full-data mean loss, flat ``(P,)``: one pass over the data."""
@@ -177,7 +214,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         for i, w, x, y in self._batches():
             leaves = {n: p.detach().requires_grad_(True) for n, p in self._primals.items()}
             with torch.enable_grad():
-                loss = self.loss_fn(self._outputs(leaves, x), y)
+                loss = self._loss(leaves, x, y)
                 _check_loss(loss, i)
                 grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
             g = self.layout.flatten([torch.zeros_like(p) if d is None else d
@@ -207,7 +244,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
             outputs_fn=self.outputs_fn,
             allow_train_mode=self.allow_train_mode,
             method=self.method,
-            _checked=(self.num_samples, self.loss),
+            _checked=(self.num_samples, self.loss, self._counts),
             **self._options(),
         )
 
@@ -274,3 +311,81 @@ def _check_loss(loss: Any, index: int) -> None:
             "or .mean()."
         )
     check_finite(loss, f"loss of batch {index}")
+
+
+def _weighted_mean(losses: list[float], counts: list[float]) -> float:
+    """``sum_b c_b l_b / sum_b c_b`` (the same formula for ``loss`` and ``loss_at``)."""
+    return sum(c * loss for c, loss in zip(counts, losses, strict=True)) / sum(counts)
+
+
+def _warn_loss_dtype(loss: torch.Tensor, dtype: torch.dtype, own: bool) -> None:
+    if loss.dtype != dtype and loss.is_floating_point():
+        where = ("the model's own loss (transformers computes it with logits.float())" if own
+                 else "loss_fn")
+        warnings.warn(f"The loss is computed in {loss.dtype}, not in the parameters' {dtype}, by "
+                      f"{where}: curvature products are {loss.dtype}-accurate. Pass a loss_fn "
+                      f"on the logits in {dtype} for full precision.", RuntimeWarning,
+                      stacklevel=5)
+
+
+def own_loss(model: nn.Module, p: Mapping[str, torch.Tensor], x: Any, y: Any, *,
+             buffers: Mapping[str, torch.Tensor] | None = None, **extra: Any) -> torch.Tensor:
+    """The model's own loss of a batch: ``model(**x, labels=y, **extra).loss``.
+
+    Hugging Face convention: the targets are passed as ``labels`` and the loss is the output's
+    ``loss`` (attribute or key; the first element of a tuple output).
+
+    Raises
+    ------
+    ValueError
+        No targets, or a model output without a loss.
+    """
+    if y is None:
+        raise ValueError("Expected targets for the model's own loss (loss_fn=None): a dict "
+                         "batch with 'labels', or (inputs, targets) pairs.")
+    return call_model(model, p, x, buffers=buffers, extra={"labels": y, **extra},
+                      outputs_fn=_loss_of)
+
+
+def _loss_of(out: Any) -> torch.Tensor:
+    """``out.loss`` (attribute or key; the first element of a tuple output)."""
+    loss = getattr(out, "loss", None)
+    if loss is None and isinstance(out, Mapping):
+        loss = out.get("loss")
+    if loss is None and isinstance(out, (tuple, list)) and out:
+        loss = out[0]
+    if not torch.is_tensor(loss):
+        raise ValueError(f"Expected the model to return its loss (outputs.loss) when called "
+                         f"with labels=; got {type(out).__name__} without one. Pass "
+                         "loss_fn(outputs, targets) instead.")
+    return loss
+
+
+def loss_terms(model: nn.Module, p: Mapping[str, torch.Tensor], x: Any, y: Any,
+               mean: torch.Tensor, n: int, buffers: Any, *, index: int) -> float:
+    """The number of terms the model's own mean loss averages over in one batch.
+
+    A token-mean loss (a language model's, over the tokens whose label is not -100) weighs
+    batches by their token counts, not their samples: the full-data mean is
+    ``sum_b c_b l_b / sum_b c_b``. The model tells: Hugging Face losses take
+    ``num_items_in_batch`` (the loss becomes ``sum / num_items_in_batch``), so ``c_b`` is the
+    loss with ``num_items_in_batch=1`` over the mean loss. One label per sample, or a model
+    that does not take the keyword, gives the sample count ``n`` (with a warning when labels
+    per token suggest that the count matters).
+    """
+    if not torch.is_tensor(y) or y.ndim <= 1:
+        return float(n)
+    try:
+        total = own_loss(model, p, x, y, buffers=buffers, num_items_in_batch=1)
+    except TypeError:
+        total = mean
+    ratio = float(total) / float(mean) if float(mean) != 0 else float("nan")
+    valid = int((y != -100).sum())
+    if math.isfinite(ratio) and abs(ratio - round(ratio)) <= 1e-3 * max(ratio, 1.0) and (
+            round(ratio) != 1 or valid <= 2):
+        return float(round(ratio))
+    warnings.warn(f"The model's loss does not say how many terms it averages over in batch "
+                  f"{index} (no num_items_in_batch): batches are weighted by their samples, "
+                  "which is the full-data mean only when every batch has as many loss terms "
+                  "per sample.", RuntimeWarning, stacklevel=6)
+    return float(n)

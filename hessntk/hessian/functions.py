@@ -28,6 +28,7 @@ from hessntk.spectral import (
 from hessntk.spectral import trace as _spectral_trace
 from hessntk.spectral.eigen import extreme_eigenvalues
 from hessntk.spectral.protocols import CurvatureLike, refuse_options
+from hessntk.spectral.quadrature import block_slq
 
 __all__ = [
     "block_density",
@@ -378,11 +379,15 @@ def block_density(
     output_key: str | int | None = None,
     outputs_fn: Callable[[Any], torch.Tensor] | None = None,
     allow_train_mode: bool = False,
+    max_basis_bytes: int = 2**31,
 ) -> dict[str, SpectralDensity]:
     """Estimate the spectral density of every diagonal block ``H_bb`` by SLQ.
 
-    Each block runs its own SLQ on the restricted operator (``num_probes`` probes of the
-    block's size; ``num_matvecs`` capped at the block's size, where SLQ is exact).
+    ``num_probes`` probes of each block's size, ``num_matvecs`` steps capped at the block's
+    size (where SLQ is exact). All blocks advance in one lockstep pass
+    (:func:`hessntk.spectral.block_slq`: each step one product of the full operator) when
+    its float64 basis, ``8 n m num_probes num_blocks`` bytes, fits ``max_basis_bytes``;
+    otherwise each block runs on its own restricted operator. The numbers agree to rounding.
 
     Returns
     -------
@@ -402,8 +407,14 @@ def block_density(
         model, loss_fn, data, curvature, params, blocks, output_key, outputs_fn,
         allow_train_mode, default_blocks="layer", need_blocks=True,
     )  # fmt: skip
+    n, B = op.shape[0], len(op.blocks)
+    if 8 * n * min(num_matvecs, n) * num_probes * B <= max_basis_bytes:
+        # One lockstep pass for all blocks: each step one product of the full operator.
+        dens = block_slq(op, op.block_slices, num_probes=num_probes, num_matvecs=num_matvecs,
+                         seed=seed)
+        return dict(zip(op.blocks, dens, strict=True))
     out = {}
-    for name in op.blocks:
+    for name in op.blocks:  # a pass per block, on the block's own (smaller) operator
         sub = op.block(name)
         m = min(num_matvecs, sub.shape[0])
         out[name] = slq(sub, num_probes=num_probes, num_matvecs=m, seed=seed)

@@ -21,7 +21,7 @@ the vectors. Over several batches the product is that of the full-data mean loss
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -124,6 +124,7 @@ class HessianOperator(_CurvatureOperator):
     _methods = ("auto", "graph", "func")
     _product_name = "Hessian-vector product"
     kind = "hessian"
+    _own_loss_ok = True
 
     def __init__(
         self,
@@ -162,9 +163,6 @@ class HessianOperator(_CurvatureOperator):
 
     def _options(self) -> dict[str, Any]:
         return {"cache_graph": self.cache_graph, "chunk_size": self.chunk_size}
-
-    def _loss(self, p: Mapping[str, torch.Tensor], x: Any, y: Any) -> torch.Tensor:
-        return self.loss_fn(self._outputs(p, x), y)
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         method = self.method

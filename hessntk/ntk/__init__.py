@@ -5,7 +5,7 @@
 
 - :func:`jacobian`: ``J`` itself, in chunks.
 - :func:`gram`: explicit ``K`` (full, output-traced or per-sample blocks; cross-kernels),
-  layer-structured for Linear / Conv2d / Embedding layers, within a memory budget.
+  layer-structured for Linear / HF Conv1D / Conv2d / Embedding layers, within a memory budget.
 - :class:`GramOperator`: ``v -> K v`` by one vjp and one jvp per batch, for the spectral core.
 - :func:`gram_diagonal`, :func:`per_sample_grad_norms`: exact ``diag(K)``.
 """

@@ -231,6 +231,9 @@ class Problem:
     output_key: str | int | None
     outputs_fn: Callable[[Any], torch.Tensor] | None
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: How per-sample Jacobians are formed: None until known, "vmap" or "batched"
+    #: (see :func:`hessntk.ntk.jacobians.jacobian_chunks`).
+    jacobian_path: str | None = None
 
     @property
     def dtype(self) -> torch.dtype:

@@ -2,8 +2,9 @@
 
 Three engines fill the same output buffer, parameter block by parameter block:
 
-- ``structured``: Linear / Conv2d / Embedding layers, from captured layer inputs and output
-  signals (:mod:`hessntk.ntk.structured`); a product of two small Gram matrices per layer.
+- ``structured``: Linear / HF Conv1D / Conv2d / Embedding layers, from captured layer inputs
+  and output signals (:mod:`hessntk.ntk.structured`); a product of two small Gram matrices
+  per layer.
 - ``jacobian``: per-sample Jacobian chunks (``vmap(jacrev)``) contracted pairwise.
 - ``ntk_vp``: Jacobian rows of a column chunk pushed through ``vmap(jvp)`` over the rows
   (NTK-vector products; needs no Jacobian of the rows).
@@ -12,6 +13,13 @@ Three engines fill the same output buffer, parameter block by parameter block:
 parameters, the cheaper of the two generic engines under the memory budget (Novak et al.
 2022, "Fast finite width neural tangent kernel", section 3: Jacobian contraction costs
 ``~ N1 N2 P`` flops, NTK-vector products ``~ N2 n1`` forward passes).
+
+The generic engines form per-sample Jacobians by ``vmap`` over the samples; a model whose
+forward pass has data-dependent control flow that ``vmap`` cannot trace (a Hugging Face
+attention mask) is detected on the first chunk and takes the batched path instead: one forward
+pass per chunk, then vmapped vjps over the output directions (the same numbers;
+:func:`hessntk.ntk.jacobians.jacobian_chunks`). ``GramOperator`` products never vmap over the
+samples.
 """
 
 from __future__ import annotations
@@ -58,6 +66,9 @@ class Plan:
     generic_method: str | None
     out_bytes: int
     budget: int
+    #: How the generic engine formed per-sample Jacobians: "vmap" over the samples, or
+    #: "batched" (one forward pass per chunk, for data-dependent control flow), or None.
+    jacobian_path: str | None = None
 
 
 def _output_shape(mode: str, n1: int, n2: int, c: int) -> tuple[int, ...]:
@@ -260,7 +271,7 @@ def _gram(
                              cdtype, left, chunk_size, block)
     if inputs2 is None and mode != "diagonal":
         mirror(acc, mode, block)
-    plan = Plan(structured, generic, gmethod, out_bytes, budget)
+    plan = Plan(structured, generic, gmethod, out_bytes, budget, problem.jacobian_path)
     if mode == "full":
         acc = acc.reshape(n1 * c, n2 * c)
     return acc.to(out_dtype), plan

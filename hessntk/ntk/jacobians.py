@@ -57,7 +57,16 @@ def jacobian_chunks(
 ) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
     """Yield ``(samples, {name: (b, c, *shape)})`` per-sample Jacobians, ``b <= chunk_size``.
 
-    One ``vmap`` over the samples of the chunk of one ``jacrev`` over the outputs.
+    Two paths, the same numbers (exact either way):
+
+    - ``"vmap"`` (the default): one ``vmap`` over the samples of the chunk of one ``jacrev``
+      over the outputs (each sample's forward pass runs as a batch of one);
+    - ``"batched"``: one forward pass of the whole chunk, then ``J = vjp`` of the ``b c``
+      unit output directions, ``vmap`` ped over the directions. Models whose forward pass has
+      data-dependent control flow, which ``vmap`` over the samples cannot trace (Hugging
+      Face attention masks call ``.item()``), take it: the first chunk detects the case and
+      ``problem.jacobian_path`` records the path for the rest. It needs samples that do not
+      interact within the chunk, as every NTK path does.
     """
     base = problem.detached()
     primals = {k: base[k] for k in names}
@@ -67,14 +76,41 @@ def jacobian_chunks(
         out = problem.single_output(p, x)
         return out, out
 
-    jac = torch.func.vmap(
+    per_sample = torch.func.vmap(
         torch.func.jacrev(single, has_aux=True), in_dims=(None, in_dims_tree(inputs))
     )
     for start in range(0, n, chunk_size):
         sl = slice(start, min(start + chunk_size, n))
-        J, out = jac(primals, slice_tree(inputs, sl))
+        x = slice_tree(inputs, sl)
+        if problem.jacobian_path != "batched":
+            try:
+                J, out = per_sample(primals, x)
+                problem.jacobian_path = "vmap"
+            except RuntimeError as err:
+                if problem.jacobian_path == "vmap" or not _data_dependent(err):
+                    raise
+                problem.jacobian_path = "batched"
+        if problem.jacobian_path == "batched":
+            J, out = _batched_jacobian(problem, primals, x)
         check_finite(out, f"the model outputs (samples {sl.start}..{sl.stop - 1})")
         yield sl, J
+
+
+def _data_dependent(err: RuntimeError) -> bool:
+    """Whether ``err`` is vmap refusing data-dependent control flow (``.item()`` and the like)."""
+    text = str(err)
+    return "vmap" in text and ("data-dependent" in text or ".item()" in text)
+
+
+def _batched_jacobian(
+    problem: Problem, primals: dict[str, torch.Tensor], x: Any
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-sample Jacobians of a chunk from one forward pass and ``b c`` vjps (vmapped)."""
+    out, vjp_fn = torch.func.vjp(lambda p: problem.outputs(p, x), primals)
+    b, c = out.shape
+    E = torch.eye(b * c, dtype=out.dtype, device=out.device).reshape(b * c, b, c)
+    (J,) = torch.func.vmap(vjp_fn)(E)
+    return {k: v.reshape(b, c, *v.shape[1:]) for k, v in J.items()}, out.detach()
 
 
 def flat_jacobian(

@@ -240,13 +240,13 @@ class GramOperator(LinearOperator):
 
     # -- outputs and targets ------------------------------------------------------------------
     def outputs(self) -> torch.Tensor:
-        """The model outputs ``(n, c_raw)`` before the observation map (no gradient)."""
+        """The model outputs ``(n, ...)`` before the observation map (no gradient)."""
         p = self.problem
         with torch.no_grad():
             parts = [call_model(p.model, p.detached(), x, buffers=p.buffers,
                                 output_key=p.output_key, outputs_fn=p.outputs_fn)
                      for x in self.batches]
-        return torch.cat([o.reshape(o.shape[0], -1) for o in parts])
+        return torch.cat(parts)
 
     def targets(self) -> torch.Tensor | None:
         """The targets of ``data=`` stacked over the batches.
@@ -283,8 +283,8 @@ class GramOperator(LinearOperator):
     ) -> torch.Tensor:
         """The explicit Gram ``(N, N)``: :func:`hessntk.ntk.gram` on all the batches.
 
-        Layer-structured for Linear / Conv2d / Embedding layers. ``weighted=False`` gives
-        ``J J^T`` (identity prior).
+        Layer-structured for Linear / HF Conv1D / Conv2d / Embedding layers.
+        ``weighted=False`` gives ``J J^T`` (identity prior).
         """
         from hessntk.ntk.grams import gram
 

@@ -1,4 +1,4 @@
-"""Structured NTK blocks of Linear, Conv2d and Embedding layers.
+"""Structured NTK blocks of Linear, Hugging Face Conv1D, Conv2d and Embedding layers.
 
 For a layer ``z = W a + b`` inside the model, the per-sample Jacobian of output ``j`` of
 sample ``i`` with respect to ``W`` is the outer product ``g_ij a_i^T``, where ``a_i`` is the
@@ -15,12 +15,14 @@ materialise the (small) per-sample weight gradients, whichever the cost model pr
 
 The inputs ``a`` are captured with forward hooks, the signals ``g`` with one backward pass
 batched over the ``c`` output directions (``is_grads_batched``). A module qualifies when it is
-an unmodified ``nn.Linear`` (any leading dims), ``nn.Conv2d`` (``groups=1``, zero padding) or
-``nn.Embedding`` (no ``max_norm``, no ``scale_grad_by_freq``, dense), its selected parameters
-belong to no other module and have scalar prior variances. Every capture is verified: the
-weight gradient rebuilt from ``(a, g)`` for a random weighting of the outputs must match
-autograd's. A module that fails (its weight also used outside the module, a layer that mixes
-samples, a batch dimension that is not first) is handed to the generic path with a warning.
+an unmodified ``nn.Linear`` (any leading dims), a Hugging Face ``Conv1D`` (GPT-2's projections,
+``z = x W + b`` with ``W`` of shape ``(in, out)``), ``nn.Conv2d`` (``groups=1``, zero padding)
+or ``nn.Embedding`` (no ``max_norm``, no ``scale_grad_by_freq``, dense), its selected
+parameters belong to no other module and have scalar prior variances. Every capture is
+verified: the weight gradient rebuilt from ``(a, g)`` for a random weighting of the outputs
+must match autograd's. A module that fails (its weight also used outside the module, a layer
+that mixes samples, a batch dimension that is not first) is handed to the generic path with a
+warning.
 
 Internal module: :func:`hessntk.ntk.gram` is the public entry point.
 """
@@ -84,7 +86,16 @@ class Capture:
 # -- which modules qualify -------------------------------------------------------------------
 
 
+def _is_hf_conv1d(m: nn.Module) -> bool:
+    """A Hugging Face ``Conv1D`` (GPT-2's projections): ``z = x @ W + b``, ``W`` ``(in, out)``."""
+    cls = type(m)
+    return (cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+            and hasattr(m, "nf") and "forward" in cls.__dict__)
+
+
 def _qualifies(m: nn.Module) -> str | None:
+    if _is_hf_conv1d(m):
+        return "conv1d"
     for cls, kind in KINDS.items():
         if type(m).forward is cls.forward and isinstance(m, cls):
             if kind == "conv2d":
@@ -153,7 +164,7 @@ def _check_weights(
 def _to_tokens(layer: Layer, x: torch.Tensor, z_grad: torch.Tensor | None, n: int) -> Any:
     """Reshape a captured input (and signal ``(c, n, ...)``) to ``(n, T, d)`` / ``(n, c, T, o)``."""
     m = layer.module
-    if layer.kind == "linear":
+    if layer.kind in ("linear", "conv1d"):
         A = x.reshape(n, -1, x.shape[-1])
         G = None if z_grad is None else z_grad.reshape(z_grad.shape[0], n, -1, z_grad.shape[-1])
     elif layer.kind == "conv2d":
@@ -183,8 +194,8 @@ def _rebuilt_grads(layer: Layer, A: torch.Tensor, Gr: torch.Tensor) -> dict[str,
                 rows = rows * (ids != m.padding_idx).unsqueeze(1).to(rows.dtype)
             dW = torch.zeros_like(m.weight, dtype=Gr.dtype).index_add_(0, ids, rows)
         else:
-            dW = Gr.reshape(-1, Gr.shape[-1]).T @ A.reshape(-1, A.shape[-1])
-            dW = dW.reshape(m.weight.shape)
+            dW = Gr.reshape(-1, Gr.shape[-1]).T @ A.reshape(-1, A.shape[-1])  # (out, in)
+            dW = dW.T if layer.kind == "conv1d" else dW.reshape(m.weight.shape)
         out[layer.weight] = dW
     if layer.bias is not None:
         out[layer.bias] = Gr.reshape(-1, Gr.shape[-1]).sum(0)
@@ -375,9 +386,16 @@ def capture_chunked(
     return out
 
 
+#: Reasons for the generic path that are no cause for concern: a module the outputs do not
+#: reach, or one called on inputs shared by the batch (position embeddings of position ids
+#: ``(1, T)``), whose parameters the generic path handles as well.
+QUIET_REASONS = ("it was not called", "its input does not have the samples along dim 0")
+
+
 def warn_failed(failed: dict[str, str]) -> None:
+    """Warn about modules that could take the structured path but failed its check."""
     for name, why in failed.items():
-        if why == "it was not called":
+        if why in QUIET_REASONS:
             continue
         warnings.warn(
             f"hessntk.ntk: module {name!r} takes the generic (slower) path because {why}.",

@@ -15,7 +15,7 @@ from hessntk.spectral.operators import (
     check_symmetric,
 )
 from hessntk.spectral.probes import as_generator, rademacher
-from hessntk.spectral.quadrature import CDFEstimate, SpectralDensity, slq
+from hessntk.spectral.quadrature import CDFEstimate, SpectralDensity, block_slq, slq
 from hessntk.spectral.results import BlockEstimate, Estimate
 from hessntk.spectral.solvers import CGResult, cg
 from hessntk.spectral.traces import DiagonalEstimate, diagonal, trace
@@ -35,6 +35,7 @@ __all__ = [
     "Tridiagonal",
     "as_generator",
     "aslinearoperator",
+    "block_slq",
     "cg",
     "check_symmetric",
     "diagonal",

@@ -78,6 +78,7 @@ def lanczos(
     num_probes: int = 1,
     seed: Seed = 0,
     return_basis: bool = False,
+    max_steps: Any = None,
 ) -> Tridiagonal:
     """Run Lanczos with full reorthogonalisation from one or several start vectors.
 
@@ -100,6 +101,9 @@ def lanczos(
         Seed for the random start vectors.
     return_basis : bool
         Keep the Lanczos vectors in the result (memory ``num_probes * m * n`` float64).
+    max_steps : sequence of int, optional
+        Steps of each probe, at most ``num_matvecs`` (e.g. the size of the subspace a probe
+        lives in: :func:`hessntk.spectral.block_slq`). Default ``num_matvecs`` for all.
 
     Returns
     -------
@@ -135,6 +139,8 @@ def lanczos(
     breakdown = np.zeros(k, dtype=bool)
     active = np.arange(k)
     norm_est = np.zeros(k)  # running lower bound on ||A|| seen by each probe
+    limits = np.full(k, m) if max_steps is None else np.minimum(
+        np.asarray(max_steps, dtype=np.int64).reshape(k), m)
     tol = BREAKDOWN_FACTOR * xp.eps(op.dtype)
     total = 0
     for j in progress(range(m), "Lanczos steps"):
@@ -165,7 +171,7 @@ def lanczos(
             breakdown[active[broke]] = True
         if j == m - 1:
             break
-        keep = ~broke
+        keep = ~broke & (limits[active] > j + 1)
         if not keep.any():
             break
         keep_dev = xp.from_numpy(np.flatnonzero(keep))

@@ -117,7 +117,7 @@ class GramLike(_Parametrised, Protocol):
         """The diagonal of ``S``, flat ``(P,)``."""
 
     def outputs(self) -> Any:
-        """Model outputs at ``theta`` before the observation map, ``(n, c_raw)``."""
+        """Model outputs at ``theta`` before the observation map, ``(n, ...)``."""
 
     def targets(self) -> Any:
         """The targets the operator was built with (stacked over batches), or None."""

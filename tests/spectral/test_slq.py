@@ -86,3 +86,28 @@ def test_probe_groups_under_a_memory_cap_give_the_same_numbers():
                   max_basis_bytes=2 * 8 * 60 * 10)
     assert_close(grouped.nodes, whole.nodes, rtol=1e-13)
     assert grouped.num_matvecs == whole.num_matvecs == 50
+
+
+def test_block_slq_is_slq_of_every_diagonal_block_in_one_pass():
+    from hessntk.spectral import CountingOperator, block_slq
+
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((30, 30))
+    A = A + A.T
+    blocks = [np.r_[0:6, 20:24], np.arange(6, 20), np.arange(24, 30)]  # not all contiguous
+    counted = CountingOperator(aslinearoperator(A))
+    dens = block_slq(counted, blocks, num_probes=3, num_matvecs=8, seed=2)
+    calls = []
+    for ix, d in zip(blocks, dens, strict=True):
+        sub = A[np.ix_(ix, ix)]
+        ref = slq(aslinearoperator(sub), num_probes=3, num_matvecs=min(8, len(ix)), seed=2)
+        np.testing.assert_allclose(d.nodes, ref.nodes, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(d.weights, ref.weights, rtol=1e-9, atol=1e-12)
+        assert d.n == len(ix) and d.num_matvecs == ref.num_matvecs
+        calls.append(ref.num_matvecs)
+    # One lockstep pass: as many products as the blocks' runs together.
+    assert counted.num_matvecs == sum(calls)
+    # 8 steps exhaust the 6-coordinate block: exact rules, nodes its eigenvalues.
+    lam = np.linalg.eigvalsh(A[24:, 24:])
+    assert dens[2].exact.all()
+    assert np.abs(dens[2].nodes[..., None] - lam).min(axis=-1).max() < 1e-8

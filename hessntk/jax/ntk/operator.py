@@ -221,10 +221,9 @@ class GramOperator(LinearOperator):
 
     # -- outputs and targets ------------------------------------------------------------------
     def outputs(self) -> jax.Array:
-        """The outputs of ``f`` ``(n, c_raw)`` before the observation map."""
+        """The outputs of ``f`` ``(n, ...)`` before the observation map."""
         parts = [_raw_outputs(self.problem.f, self.layout.tree, x) for x in self.batches]
-        out = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
-        return out.reshape(out.shape[0], -1)
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
     def targets(self) -> jax.Array | None:
         """The targets of ``data=`` stacked over the batches (None for ``inputs=``)."""

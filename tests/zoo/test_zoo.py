@@ -1,0 +1,111 @@
+"""Every path on real architectures: GPT-2, BERT with padding masks, Llama, ViT, a ResNet.
+
+Each operator, Gram matrix and criterion is checked against dense float64 oracles of the tiny
+models (``torch.autograd.functional`` on the flat parameters), on Hugging Face style dict
+batches. See tests/zoo/models.py for the zoo.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.autograd.functional import hessian as dense_hessian
+from torch.autograd.functional import jacobian as dense_jacobian
+
+pytest.importorskip("transformers", reason="the zoo needs transformers (a test dependency)")
+
+from hessntk import hessian, ntk  # noqa: E402
+from hessntk.criteria import iic, quantization_sensitivity, quantize  # noqa: E402
+from tests.helpers import assert_close  # noqa: E402
+from tests.zoo.models import DT, ZOO  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=list(ZOO))
+def zoo(request):
+    """A case of the zoo with its dense oracles: Hessian, GGN, Jacobian of the logits."""
+    case = ZOO[request.param]()
+    theta = case.theta()
+    H = dense_hessian(case.loss, theta)
+    J = dense_jacobian(lambda v: case.logits(v).reshape(-1), theta)
+    n = len(case.labels)
+    G = torch.zeros_like(H)
+    for b in case.batches:
+        inputs = {k: t for k, t in b.items() if k != "labels"}
+        logits = case.logits(theta, inputs)
+        Lam = dense_hessian(lambda o, b=b, s=logits.shape: case.loss_fn(o.reshape(s),
+                                                                          b["labels"]),
+                            logits.reshape(-1))
+        Jb = dense_jacobian(lambda v, i=inputs: case.logits(v, i).reshape(-1), theta)
+        G += len(b["labels"]) / n * Jb.T @ Lam @ Jb
+    V = torch.randn(theta.numel(), 2, generator=torch.Generator().manual_seed(0), dtype=DT)
+    return case, {"H": H, "G": G, "J": J, "theta": theta, "V": V}
+
+
+def test_hessian_ggn_and_block_traces(zoo):
+    case, o = zoo
+    for method in ("graph", "func"):
+        H = hessian.HessianOperator(case.model, case.loss_fn, case.batches, blocks="layer",
+                                    method=method)
+        assert_close(H.matmat(o["V"]), o["H"] @ o["V"], rtol=case.rtol)
+    G = hessian.GGNOperator(case.model, case.loss_fn, case.batches)
+    assert_close(G.matmat(o["V"]), o["G"] @ o["V"], rtol=case.rtol)
+    traces = hessian.block_traces(H, num_matvecs=H.shape[0])  # exact: n products
+    for name, sl in zip(H.blocks, H.block_slices, strict=True):
+        idx = torch.as_tensor(np.arange(H.shape[0])[sl])
+        assert_close(traces[name].value, o["H"][idx][:, idx].trace(), rtol=case.rtol)
+
+
+def test_ntk_gram_operator_and_jacobian(zoo):
+    case, o = zoo
+    J, V = o["J"], o["V"]
+    K_ref = J @ J.T
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # layers that take the generic path
+        K = ntk.gram(case.model, case.inputs)
+    assert_close(K, K_ref, rtol=case.rtol)
+    op = ntk.GramOperator(case.model, data=case.batches)
+    W = torch.randn(op.shape[0], 2, generator=torch.Generator().manual_seed(1), dtype=DT)
+    assert_close(op.matmat(W), K_ref @ W, rtol=case.rtol)
+    assert_close(op.jvp(V), J @ V, rtol=case.rtol)
+    assert_close(ntk.jacobian(case.model, case.inputs), J, rtol=case.rtol)
+    assert_close(op.diagonal(), torch.diagonal(K_ref), rtol=case.rtol)
+
+
+def test_iic_against_its_terms_from_the_oracle(zoo):
+    case, o = zoo
+    soft = 1e2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # untrained: not interpolating (flagged in reasons)
+        res = iic(case.model, case.batches, prior=1.0, observations="logits", soft=soft,
+                  method="exact")
+    J, theta = o["J"], o["theta"]
+    N = J.shape[0]
+    lam = torch.linalg.eigvalsh(J @ J.T)
+    expected = (math.log(0.5 * float(theta @ theta)) + float(torch.log(lam + 1 / soft).mean())
+                - math.log(N))
+    assert res.num_constraints == N and res.num_params == theta.numel()
+    assert_close(res.value, expected, rtol=max(case.rtol, 1e-10))
+    assert res.train_error is not None  # class targets: per sample, or per position
+
+
+def test_quantization_sensitivity_against_the_dense_hessian(zoo):
+    case, o = zoo
+    sens = quantization_sensitivity(case.model, case.loss_fn, case.batches, bits=(4,),
+                                    metric="trace", num_matvecs=10)
+    g = dense_jacobian(case.loss, o["theta"])
+    offsets, i = {}, 0
+    for name, p in case.model.named_parameters():
+        offsets[name] = slice(i, i + p.numel())
+        i += p.numel()
+    params = dict(case.model.named_parameters())
+    for j, layer in enumerate(sens.layers):
+        dw = torch.zeros_like(o["theta"])
+        for name in sens.params[layer]:
+            w = params[name].detach()
+            dw[offsets[name]] = (quantize(w, 4) - w).reshape(-1)
+        assert_close(sens.quadratic_term[j, 0], 0.5 * dw @ o["H"] @ dw, rtol=case.rtol)
+        assert_close(sens.gradient_term[j, 0], g @ dw, rtol=max(case.rtol, 1e-8))
