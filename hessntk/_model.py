@@ -10,6 +10,7 @@ wrong (:func:`check_eval_mode`, :func:`check_finite`, :func:`check_batch`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -229,6 +230,26 @@ def check_eval_mode(model: nn.Module, allow_train_mode: bool = False) -> None:
         )
 
 
+@contextlib.contextmanager
+def differentiable_attention() -> Iterator[None]:
+    """Attention kernels with every derivative: SDPA's math backend, no MHA fast path.
+
+    Under ``torch.func`` transforms ``nn.MultiheadAttention`` in eval mode sees inputs that
+    do not require grad and takes ``torch._native_multi_head_attention``, which has no
+    forward-mode derivative; the flash/efficient SDPA kernels have no double backward.
+    """
+    mha = getattr(torch.backends, "mha", None)
+    fast = mha.get_fastpath_enabled() if mha is not None else None
+    if mha is not None:
+        mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        if mha is not None:
+            mha.set_fastpath_enabled(fast)
+
+
 def call_model(
     model: nn.Module,
     params: Mapping[str, torch.Tensor],
@@ -260,8 +281,9 @@ def call_model(
         ``outputs_fn(out) -> Tensor``, applied to the raw output (instead of ``output_key``).
     math_attention : bool
         Run ``scaled_dot_product_attention`` (``nn.MultiheadAttention``,
-        ``nn.TransformerEncoderLayer``, HF attention) with its math backend: the fused CPU/CUDA
-        kernels have neither forward-mode (``jvp``) nor double-backward derivatives.
+        ``nn.TransformerEncoderLayer``, HF attention) with its math backend and without
+        ``nn.MultiheadAttention``'s inference fast path: the fused CPU/CUDA kernels have
+        neither forward-mode (``jvp``) nor double-backward derivatives.
     extra : dict, optional
         More keyword arguments of the call (e.g. ``labels=`` for the model's own loss).
 
@@ -293,10 +315,7 @@ def call_model(
     else:
         args, kwargs = (inputs,), {}
     kwargs.update(extra or {})
-    if math_attention:
-        with sdpa_kernel(SDPBackend.MATH):
-            out = torch.func.functional_call(model, (full, dict(buffers)), args, kwargs)
-    else:
+    with differentiable_attention() if math_attention else contextlib.nullcontext():
         out = torch.func.functional_call(model, (full, dict(buffers)), args, kwargs)
     return select_output(out, output_key=output_key, outputs_fn=outputs_fn)
 

@@ -41,13 +41,13 @@ from hessntk.ntk._common import (
     setup,
     slice_tree,
 )
-from hessntk.ntk.jacobians import activation_numel, jacobian_chunks
+from hessntk.ntk._structured_layers import structured_layers
+from hessntk.ntk.jacobians import forward_cost, jacobian_chunks
 from hessntk.ntk.structured import (
     accumulate,
     capture_chunked,
     layer_kernel,
     mirror,
-    structured_layers,
     warn_failed,
 )
 
@@ -231,7 +231,7 @@ def _gram(
             "'diagonal', fewer samples, or a larger max_memory=."
         )
     left = budget - out_bytes
-    act = activation_numel(problem, inputs)
+    act, fwd = forward_cost(problem, inputs)
     acc = torch.zeros(shape, dtype=cdtype, device=problem.device)
     block = _block(mode, n1, n2, c, item, left // 4)
 
@@ -260,9 +260,7 @@ def _gram(
     generic = [k for k in problem.layout.names if k not in set(structured)]
     gmethod = None
     if generic:
-        gmethod = _plan_generic(
-            method, mode, problem, generic, n1, n2, c, act, item, left, chunk_size
-        )
+        gmethod = _plan_generic(method, mode, problem, generic, n1, n2, c, fwd, item, left)
         if gmethod == "ntk_vp":
             _ntk_vp(problem, generic, acc, mode, inputs, inputs2, n1, n2, c, act, cdtype,
                     left, chunk_size, block)
@@ -304,14 +302,15 @@ def _block(mode: str, n1: int, n2: int, c: int, item: int, budget: int) -> int:
 
 def _plan_generic(
     method: str, mode: str, problem: Problem, names: list[str], n1: int, n2: int, c: int,
-    act: int, item: int, left: int, chunk_size: int | None,
+    fwd: int, item: int, left: int,
 ) -> str:
+    """``"jacobian"`` or ``"ntk_vp"`` for the generic parameters, by flops (``fwd``: one
+    sample's forward pass)."""
     if method in ("jacobian", "ntk_vp"):
         return "jacobian" if mode == "diagonal" else method
     if mode == "diagonal":
         return "jacobian"
     P = sum(problem.params[k].numel() for k in names)
-    fwd = 2 * problem.layout.n  # flops of one sample's forward pass, dense-layer proxy
     N1, N2 = n1 * c, n2 * c
     j_bytes = (n1 + n2) * c * P * item
     cost_jac = 2 * N1 * N2 * P + 3 * (n1 + n2) * c * fwd

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from hessntk._model import batch_size, check_finite
 from hessntk.ntk._common import (
@@ -27,10 +28,12 @@ from hessntk.ntk._common import (
 __all__ = ["jacobian"]
 
 
-def activation_numel(problem: Problem, inputs: Any) -> int:
-    """Numbers of floats the forward pass of one sample produces (sum over module outputs).
+def forward_cost(problem: Problem, inputs: Any) -> tuple[int, int]:
+    """Floats produced and matrix flops of the forward pass of one sample.
 
-    Used by the memory model; measured with forward hooks on one sample.
+    The floats (sum over module outputs, forward hooks) feed the memory model, the flops
+    (``torch.utils.flop_counter``: products, convolutions, attention) the choice between the
+    generic engines; at least ``2 P``, the dense-layer count.
     """
     total = 0
 
@@ -40,13 +43,14 @@ def activation_numel(problem: Problem, inputs: Any) -> int:
             total += out.numel()
 
     handles = [m.register_forward_hook(hook) for m in problem.model.modules()]
+    counter = FlopCounterMode(display=False)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             problem.outputs(problem.detached(), slice_tree(inputs, slice(0, 1)))
     finally:
         for h in handles:
             h.remove()
-    return max(total, 1)
+    return max(total, 1), max(int(counter.get_total_flops()), 2 * problem.layout.n)
 
 
 def jacobian_chunks(
@@ -209,7 +213,7 @@ def jacobian(
             "GramOperator for products without forming it, or pass max_memory=."
         )
     if chunk_size is None:
-        per = c * P * item * 3 + 4 * activation_numel(problem, inputs) * item * c
+        per = c * P * item * 3 + 4 * forward_cost(problem, inputs)[0] * item * c
         chunk_size = default_chunk(per, budget - need, n)
     elif not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"Expected chunk_size to be a positive int; got {chunk_size!r}.")

@@ -1,4 +1,5 @@
-"""Structured NTK blocks of Linear, Hugging Face Conv1D, Conv2d and Embedding layers.
+"""Structured NTK blocks of Linear, Hugging Face Conv1D, attention projections, Conv2d and
+Embedding layers.
 
 For a layer ``z = W a + b`` inside the model, the per-sample Jacobian of output ``j`` of
 sample ``i`` with respect to ``W`` is the outer product ``g_ij a_i^T``, where ``a_i`` is the
@@ -15,10 +16,14 @@ materialise the (small) per-sample weight gradients, whichever the cost model pr
 
 The inputs ``a`` are captured with forward hooks, the signals ``g`` with one backward pass
 batched over the ``c`` output directions (``is_grads_batched``). A module qualifies when it is
-an unmodified ``nn.Linear`` (any leading dims), a Hugging Face ``Conv1D`` (GPT-2's projections,
-``z = x W + b`` with ``W`` of shape ``(in, out)``), ``nn.Conv2d`` (``groups=1``, zero padding)
-or ``nn.Embedding`` (no ``max_norm``, no ``scale_grad_by_freq``, dense), its selected
-parameters belong to no other module and have scalar prior variances. Every capture is
+an unmodified ``nn.Linear`` (samples along dim 0, or ``(T, n, d)`` inputs of sequence-first
+models), a Hugging Face ``Conv1D`` (GPT-2's projections, ``z = x W + b`` with ``W`` of shape
+``(in, out)``), ``nn.Conv2d`` (``groups=1``, zero padding) or ``nn.Embedding`` (no
+``max_norm``, no ``scale_grad_by_freq``, dense), its selected parameters belong to no other
+module and have scalar prior variances. The input and output projections of an unmodified
+``nn.MultiheadAttention`` (packed self-attention weights, or separate q/k/v weights) run
+inside ``F.multi_head_attention_forward``, out of reach of hooks: their products are
+recorded below autograd instead (:mod:`hessntk.ntk._matmul_calls`). Every capture is
 verified: the weight gradient rebuilt from ``(a, g)`` for a random weighting of the outputs
 must match autograd's. A module that fails (its weight also used outside the module, a layer
 that mixes samples, a batch dimension that is not first) is handed to the generic path with a
@@ -40,30 +45,12 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from hessntk._model import check_finite
+from hessntk.ntk import _matmul_calls
 from hessntk.ntk._common import Problem, slice_tree
+from hessntk.ntk._structured_layers import Layer
 
 #: Samples on which the outer-product structure of each layer is verified.
 VERIFY_SAMPLES = 8
-
-KINDS = {nn.Linear: "linear", nn.Conv2d: "conv2d", nn.Embedding: "embedding"}
-
-
-@dataclass
-class Layer:
-    """A module whose NTK blocks are computed from factors."""
-
-    name: str
-    module: nn.Module
-    kind: str
-    weight: str | None  # canonical name of the selected weight, if selected
-    bias: str | None
-    s_weight: float = 0.0
-    s_bias: float = 0.0
-
-    @property
-    def names(self) -> list[str]:
-        return [k for k in (self.weight, self.bias) if k is not None]
-
 
 @dataclass
 class Factors:
@@ -83,70 +70,6 @@ class Capture:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-# -- which modules qualify -------------------------------------------------------------------
-
-
-def _is_hf_conv1d(m: nn.Module) -> bool:
-    """A Hugging Face ``Conv1D`` (GPT-2's projections): ``z = x @ W + b``, ``W`` ``(in, out)``."""
-    cls = type(m)
-    return (cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
-            and hasattr(m, "nf") and "forward" in cls.__dict__)
-
-
-def _qualifies(m: nn.Module) -> str | None:
-    if _is_hf_conv1d(m):
-        return "conv1d"
-    for cls, kind in KINDS.items():
-        if type(m).forward is cls.forward and isinstance(m, cls):
-            if kind == "conv2d":
-                if m.groups != 1 or m.padding_mode != "zeros":
-                    return None
-                if isinstance(m.padding, str) and m.padding != "valid":
-                    return None
-            if kind == "embedding" and (m.max_norm is not None or m.scale_grad_by_freq or m.sparse):
-                return None
-            return kind
-    return None
-
-
-def structured_layers(problem: Problem) -> list[Layer]:
-    """The modules of ``problem.model`` whose selected parameters take the structured path."""
-    selected = {id(p): name for name, p in problem.params.items()}
-    owners: dict[int, int] = {}
-    for m in problem.model.modules():
-        for p in m._parameters.values():
-            if p is not None:
-                owners[id(p)] = owners.get(id(p), 0) + 1
-    layers = []
-    for mname, m in problem.model.named_modules():
-        kind = _qualifies(m)
-        if kind is None:
-            continue
-        names = {}
-        for role in ("weight", "bias"):
-            p = m._parameters.get(role)
-            if p is None or id(p) not in selected or owners[id(p)] != 1:
-                continue
-            s = problem.variances[selected[id(p)]]
-            if torch.is_tensor(s):
-                continue
-            names[role] = selected[id(p)]
-        if not names:
-            continue
-        layers.append(
-            Layer(
-                name=mname,
-                module=m,
-                kind=kind,
-                weight=names.get("weight"),
-                bias=names.get("bias"),
-                s_weight=float(problem.variances[names["weight"]]) if "weight" in names else 0.0,
-                s_bias=float(problem.variances[names["bias"]]) if "bias" in names else 0.0,
-            )
-        )
-    return layers
-
-
 # -- capture ---------------------------------------------------------------------------------
 
 
@@ -161,10 +84,27 @@ def _check_weights(
     return r.to(dtype=dtype, device=device)
 
 
+def _rows(layer: Layer, x: torch.Tensor, n: int) -> str | None:
+    """Where the samples are in a captured input: "batch" (dim 0), "seq" (dim 1 of
+    ``(T, n, d)``, or rows ordered ``(T, n)``: attention projections), None if neither."""
+    if layer.calls == "matmul":
+        return "seq" if x.ndim == 2 and x.shape[0] % n == 0 else None
+    if x.ndim > 0 and x.shape[0] == n:
+        return "batch"
+    if layer.kind in ("linear", "conv1d") and x.ndim == 3 and x.shape[1] == n:
+        return "seq"  # sequence-first models (nn.Transformer with batch_first=False)
+    return None
+
+
 def _to_tokens(layer: Layer, x: torch.Tensor, z_grad: torch.Tensor | None, n: int) -> Any:
     """Reshape a captured input (and signal ``(c, n, ...)``) to ``(n, T, d)`` / ``(n, c, T, o)``."""
     m = layer.module
-    if layer.kind in ("linear", "conv1d"):
+    if layer.kind in ("linear", "conv1d") and _rows(layer, x, n) == "seq":
+        A = x.reshape(-1, n, x.shape[-1]).transpose(0, 1)
+        G = None
+        if z_grad is not None:
+            G = z_grad.reshape(z_grad.shape[0], -1, n, z_grad.shape[-1]).transpose(1, 2)
+    elif layer.kind in ("linear", "conv1d"):
         A = x.reshape(n, -1, x.shape[-1])
         G = None if z_grad is None else z_grad.reshape(z_grad.shape[0], n, -1, z_grad.shape[-1])
     elif layer.kind == "conv2d":
@@ -195,7 +135,10 @@ def _rebuilt_grads(layer: Layer, A: torch.Tensor, Gr: torch.Tensor) -> dict[str,
             dW = torch.zeros_like(m.weight, dtype=Gr.dtype).index_add_(0, ids, rows)
         else:
             dW = Gr.reshape(-1, Gr.shape[-1]).T @ A.reshape(-1, A.shape[-1])  # (out, in)
-            dW = dW.T if layer.kind == "conv1d" else dW.reshape(m.weight.shape)
+            if layer.kind == "conv1d":
+                dW = dW.T
+            elif layer.kind == "conv2d":
+                dW = dW.reshape(m.weight.shape)
         out[layer.weight] = dW
     if layer.bias is not None:
         out[layer.bias] = Gr.reshape(-1, Gr.shape[-1]).sum(0)
@@ -216,9 +159,16 @@ def _record(
 
         return hook
 
-    handles = [ly.module.register_forward_hook(make_hook(ly.name)) for ly in layers]
+    hooked = [ly for ly in layers if ly.calls == "module"]
+    handles = [ly.module.register_forward_hook(make_hook(ly.name)) for ly in hooked]
+    products = {id(leaves[ly.weight]): ly.name for ly in layers if ly.calls == "matmul"}
     try:
-        F = problem.outputs(leaves, inputs)
+        if products:
+            with _matmul_calls.MatmulCalls(products) as calls:
+                F = problem.outputs(leaves, inputs)
+            records.update(calls.records)
+        else:
+            F = problem.outputs(leaves, inputs)
     finally:
         for h in handles:
             h.remove()
@@ -233,7 +183,7 @@ def _record(
         recs = records[ly.name]
         if not recs:
             failed[ly.name] = "it was not called"
-        elif any(x.ndim == 0 or x.shape[0] != n for x, _ in recs):
+        elif any(_rows(ly, x, n) is None for x, _ in recs):
             failed[ly.name] = "its input does not have the samples along dim 0"
         elif not F.requires_grad:
             failed[ly.name] = "the outputs do not depend on it"
@@ -518,11 +468,18 @@ def mirror(acc: torch.Tensor, mode: str, block: int) -> None:
                 acc[I][:, J] = acc[J][:, I].T
 
 
+#: Cost of the weighted accumulation of one kernel entry, in flops of a GEMM (calibrated on
+#: 2-core CPUs, where contraction over 16 x 16 token pairs ran 4x slower than its flops say).
+CONTRACT_PASS_FLOPS = 64
+
+
 def token_strategy(n1: int, n2: int, c: int, T1: int, T2: int, d: int, o: int, kind: str) -> str:
     """``"contract"`` over tokens or ``"materialize"`` per-sample weight gradients (flops)."""
     if kind == "embedding":
         return "contract"
-    contract = n1 * T1 * n2 * T2 * (d + c * c * o)
+    # Each token pair also makes one memory-bound weighted pass over the (n1 c, n2 c) block,
+    # worth about CONTRACT_PASS_FLOPS flops per entry (measured: benchmarks/bench_ntk_layers).
+    contract = n1 * T1 * n2 * T2 * (d + c * c * (o + CONTRACT_PASS_FLOPS))
     materialize = (n1 + n2) * c * T1 * o * d + n1 * n2 * c * c * o * d
     return "contract" if contract <= materialize else "materialize"
 

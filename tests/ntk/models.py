@@ -103,6 +103,44 @@ class Scale(nn.Module):
         return self.norm(torch.tanh(x @ self.w))
 
 
+class Attention(nn.Module):
+    """``nn.MultiheadAttention`` (packed self-attention, or cross-attention / separate q, k, v
+    weights) between a Linear embedding and a head: projections recorded as products."""
+
+    def __init__(self, batch_first: bool = True, need_weights: bool = True,
+                 cross: bool = False, kdim: int | None = None) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 4)
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=batch_first, kdim=kdim, vdim=kdim)
+        self.mem = nn.Linear(3, kdim or 4) if (cross or kdim) else None
+        self.head = nn.Linear(4, 2)
+        self.batch_first, self.need_weights = batch_first, need_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (n, T, 3)
+        h = torch.tanh(self.embed(x))
+        kv = h if self.mem is None else torch.tanh(self.mem(x.flip(1)))
+        if not self.batch_first:  # self-attention needs query is key (packed projection)
+            h = h.transpose(0, 1)
+            kv = h if self.mem is None else kv.transpose(0, 1)
+        a, _ = self.attn(h, kv, kv, need_weights=self.need_weights)
+        if not self.batch_first:
+            a = a.transpose(0, 1)
+        return self.head(a).mean(1)
+
+
+class Encoder(nn.Module):
+    """``nn.TransformerEncoderLayer`` (sequence-first, no dropout): attention and Linear
+    layers on ``(T, n, d)`` activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(4, 2, dim_feedforward=6, dropout=0.0)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (n, T, 4)
+        return self.head(self.layer(x.transpose(0, 1)).transpose(0, 1)).sum(1)
+
+
 def mlp(c: int = 3, d: int = 4, h: int = 6, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(d, h), nn.ReLU(inplace=True), nn.Linear(h, c)).to(DT).eval()
@@ -125,6 +163,11 @@ def cases() -> dict[str, tuple[nn.Module, torch.Tensor]]:
         "twice": (Twice(), torch.randn(4, 3)),
         "tied": (Tied(), torch.randn(4, 3)),
         "scale": (Scale(), torch.randn(4, 3)),
+        "attention": (Attention(), torch.randn(4, 3, 3)),
+        "attention_seq": (Attention(batch_first=False, need_weights=False), torch.randn(4, 3, 3)),
+        "cross_attention": (Attention(cross=True), torch.randn(4, 3, 3)),
+        "attention_kdim": (Attention(kdim=5), torch.randn(4, 3, 3)),
+        "encoder": (Encoder(), torch.randn(3, 5, 4)),
     }
     return {
         k: (m.to(DT).eval(), x.to(DT) if x.is_floating_point() else x) for k, (m, x) in out.items()

@@ -273,3 +273,31 @@ def test_dict_output_tuple_inputs_and_callable_outputs():
     K2 = gram(model, (x, z), outputs_fn=lambda out: out["logits"], outputs=lambda o: 2 * o)
     assert_close(K2, 4 * J @ J.T)
     assert_close(jacobian(model, (x, z), output_key="logits"), J)
+
+
+@pytest.mark.parametrize(
+    ("name", "generic"),
+    [
+        ("attention", []),
+        ("attention_seq", []),
+        ("cross_attention", ["attn.in_proj_weight", "attn.in_proj_bias"]),  # packed, split
+        ("attention_kdim", ["attn.in_proj_bias"]),  # one bias vector for q, k, v
+        ("encoder", [f"layer.norm{i}.{r}" for i in (1, 2) for r in ("weight", "bias")]),
+    ],
+)
+def test_attention_projections_take_structured_path(name, generic):
+    """nn.MultiheadAttention's projections (and the Linear layers of a sequence-first
+    encoder) are structured; the Gram equals the dense one (the generic ones are named)."""
+    model, x = CASES[name]
+    J = reference_jacobian(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no structured check failed
+        K, plan = gram_module._gram(
+            model, x, None, params=None, prior=None, mode="full", method="auto",
+            outputs="raw", output_key=None, outputs_fn=None, dtype=None, max_memory=None,
+            chunk_size=None, allow_train_mode=False,
+        )
+    assert sorted(plan.generic) == sorted(generic)
+    assert_close(K, J @ J.T)
+    n, c = x.shape[0], J.shape[0] // x.shape[0]
+    assert_close(gram(model, x, mode="diagonal"), _blocks(J @ J.T, n, c))

@@ -163,6 +163,38 @@ def vit() -> Case:
     return Case("vit", model, _split({"pixel_values": px}, labels, [3, 2]), class_loss)
 
 
+class TorchEncoder(nn.Module):
+    """torch's own transformer: ``nn.TransformerEncoder`` (``nn.MultiheadAttention``) with
+    a key padding mask, masked mean pooling and a class head."""
+
+    def __init__(self, vocab: int = 9, d: int = 4, num_classes: int = 3) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        layer = nn.TransformerEncoderLayer(d, 2, dim_feedforward=6, dropout=0.0,
+                                           batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1)  # nested-tensor fast path: default
+        self.head = nn.Linear(d, num_classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(self.emb(input_ids), src_key_padding_mask=attention_mask == 0)
+        w = attention_mask.unsqueeze(-1).to(h.dtype)
+        return self.head((h * w).sum(1) / w.sum(1))
+
+
+def torch_encoder() -> Case:
+    """TorchEncoder on padded batches (mask rows with 4 and 2 real tokens)."""
+    torch.manual_seed(5)
+    model = TorchEncoder().to(DT).eval()
+    ids = torch.randint(1, 9, (5, 5))
+    mask = torch.ones(5, 5, dtype=torch.long)
+    mask[1, 4:] = 0
+    mask[4, 2:] = 0
+    labels = torch.tensor([1, 0, 2, 2, 1])
+    return Case("torch_encoder", model, _split({"input_ids": ids * mask,
+                                                "attention_mask": mask}, labels, [2, 3]),
+                class_loss)
+
+
 class BasicBlock(nn.Module):
     """ResNet's basic block: conv-BN-ReLU-conv-BN plus the (projected) input."""
 
@@ -215,7 +247,7 @@ def resnet() -> Case:
 
 
 ZOO: dict[str, Callable[[], Case]] = {"gpt2": gpt2, "bert": bert, "llama": llama, "vit": vit,
-                                      "resnet": resnet}
+                                      "resnet": resnet, "torch_encoder": torch_encoder}
 
 
 def num_outputs(case: Case) -> int:
