@@ -99,10 +99,10 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
     _own_loss_ok = False  # whether loss_fn=None (the model's own outputs.loss) is supported
 
     @property
-    def num_loss_terms(self) -> float:
+    def num_loss_terms(self) -> int:
         """How many terms the full-data mean loss averages: the samples, or the tokens of the
         model's own token-mean loss (see :func:`loss_terms`)."""
-        return self._total
+        return round(self._total)
 
     # -- data ----------------------------------------------------------------------------------
     def _batches(self) -> Iterator[tuple[int, float, Any, Any]]:

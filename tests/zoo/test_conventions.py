@@ -19,6 +19,7 @@ pytest.importorskip("transformers", reason="needs transformers (a test dependenc
 
 from hessntk import hessian, ntk  # noqa: E402
 from hessntk.cli import main  # noqa: E402
+from hessntk.criteria import compare as ntk_compare  # noqa: E402
 from hessntk.criteria import iic  # noqa: E402
 from hessntk.ntk.grams import _gram  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402
@@ -76,6 +77,68 @@ def test_a_dataloader_of_dict_samples_with_a_collator():
     b = hessian.HessianOperator(case.model, case.loss_fn, case.batches)
     assert_close(a.matmat(V), b.matmat(V), rtol=1e-12)
     assert a.num_samples == 5 and a.loss == pytest.approx(b.loss, rel=1e-14)
+
+
+def _pad(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A padding collator: right-pad ``input_ids`` with 0 (mask 0) and labels with -100."""
+    T = max(len(s["input_ids"]) for s in samples)
+
+    def padded(key: str, value: int) -> torch.Tensor:
+        return torch.stack([nn.functional.pad(s[key], (0, T - len(s[key])), value=value)
+                            for s in samples])
+
+    return {"input_ids": padded("input_ids", 0), "attention_mask": padded("attention_mask", 0),
+            "labels": padded("labels", -100)}
+
+
+def test_a_dataloader_with_a_padding_collator_and_the_models_own_loss():
+    """Sequences of lengths 2..5 padded per batch: the loss is the token mean of all data."""
+    case = gpt2()
+    gen = torch.Generator().manual_seed(3)
+    samples = []
+    for length in (5, 2, 4, 3, 5, 2):
+        ids = torch.randint(1, 11, (length,), generator=gen)
+        samples.append({"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                        "labels": ids.clone()})
+    loader = DataLoader(samples, batch_size=2, collate_fn=_pad)  # batches of T = 5, 4, 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # transformers' float32 loss
+        H = hessian.HessianOperator(case.model, None, loader)
+    assert H.num_loss_terms == sum(len(s["input_ids"]) - 1 for s in samples)
+    theta = case.theta()
+
+    def loss(v):  # sum of every sequence's next-token losses / number of targets
+        total = 0.0
+        for s in samples:
+            batch = {k: t.unsqueeze(0) for k, t in s.items()}
+            with sdpa_kernel(SDPBackend.MATH):
+                out = torch.func.functional_call(case.model, case.unflat(v), (), batch)
+            total = total + out.loss * (len(s["input_ids"]) - 1)
+        return total / H.num_loss_terms
+
+    assert_close(H.loss, loss(theta), rtol=1e-6)
+    V = torch.randn(theta.numel(), 2, generator=torch.Generator().manual_seed(1), dtype=DT)
+    assert_close(H.matmat(V), dense_hessian(loss, theta) @ V, rtol=1e-5)
+
+
+def test_compare_hugging_face_checkpoints_on_dict_batches():
+    case = bert()
+    tuned = {k: v + 0.05 * torch.randn(v.shape, generator=torch.Generator().manual_seed(2),
+                                       dtype=v.dtype) if v.is_floating_point() else v
+             for k, v in case.model.state_dict().items()}
+    kw = dict(prior=1.0, observations="logits", soft=1e2, method="exact")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # untrained: not interpolating
+        result = ntk_compare({"init": case.model.state_dict(), "tuned": tuned},
+                             lambda: bert().model, case.batches, **kw)
+        direct = {}
+        for name, sd in (("init", case.model.state_dict()), ("tuned", tuned)):
+            model = bert().model
+            model.load_state_dict(sd)
+            direct[name] = iic(model, case.batches, **kw).value
+    for name, value in direct.items():
+        assert_close(result.results[name].value, value, rtol=1e-12)
+    assert result.rows[0]["name"] == min(direct, key=direct.get)
 
 
 def test_masks_that_vmap_cannot_trace_take_the_batched_path():
