@@ -24,6 +24,8 @@ from hessntk.spectral.layout import ParamLayout
 
 __all__ = [
     "LABELS",
+    "ParamWatch",
+    "check_loader",
     "ParamLayout",
     "as_flat",
     "ParamSpec",
@@ -492,6 +494,42 @@ def check_batch(inputs: Any, targets: Any, index: int, dtype: torch.dtype | None
     return n
 
 
+def check_loader(data: Any) -> None:
+    """Refuse a ``DataLoader`` whose batches change between passes (a random sampler).
+
+    Operators walk the data once per product and weigh batch ``b`` by what the first pass
+    counted in it; a shuffling loader (with ``drop_last=True``: another subset every pass)
+    would make every product that of another loss.
+
+    Examples
+    --------
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> ds = TensorDataset(torch.zeros(8, 2), torch.zeros(8))
+    >>> check_loader(DataLoader(ds, batch_size=4))  # sequential: fine
+    >>> check_loader(DataLoader(ds, batch_size=4, shuffle=True))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected a DataLoader that yields the same batches on every pass; ...
+    """
+    from torch.utils.data import DataLoader, SequentialSampler
+
+    if not isinstance(data, DataLoader):
+        return
+    sampler = data.batch_sampler.sampler if data.batch_sampler is not None else data.sampler
+    if isinstance(sampler, SequentialSampler):
+        return
+    name = type(sampler).__name__
+    what = f"a {name}" + (" (shuffle=True)" if name == "RandomSampler" else "")
+    if data.drop_last:
+        what += " and drop_last=True (another subset of the data on every pass)"
+    raise ValueError(
+        f"Expected a DataLoader that yields the same batches on every pass; got one with "
+        f"{what}. Operators walk the data once per product, so every product would be of "
+        "other batches. Pass DataLoader(dataset, batch_size=..., shuffle=False): the "
+        "full-data mean loss does not depend on the order."
+    )
+
+
 def iter_batches(data: Any, *, reiterable: bool = False) -> Iterator[tuple[Any, Any]]:
     """Yield ``(inputs, targets)`` pairs from one batch or an iterable of batches.
 
@@ -536,6 +574,8 @@ def iter_batches(data: Any, *, reiterable: bool = False) -> Iterator[tuple[Any, 
             f"{type(data).__name__}. Operators walk the data once per product: pass "
             "list(data)."
         )
+    if reiterable:
+        check_loader(data)
     count = 0
     for i, batch in enumerate(data):
         count += 1
@@ -597,6 +637,47 @@ def ravel_params(layout: ParamLayout, params: Any, device: torch.device) -> torc
     values = {n: torch.as_tensor(params[n]).detach().to(device=device, dtype=layout.dtype)
               for n in layout.names}
     return layout.flatten(values)
+
+
+class ParamWatch:
+    """Notice in-place updates of a model's parameters after an operator was built.
+
+    Operators keep the values (and losses, batch counts, cached graphs) of the parameters at
+    construction; an ``optimizer.step()`` or ``load_state_dict`` afterwards would silently
+    mix new weights with old bookkeeping. Every in-place change bumps a tensor's version
+    counter, which this compares (and that the parameter objects are still the model's).
+
+    Examples
+    --------
+    >>> net = nn.Linear(2, 1)
+    >>> watch = ParamWatch(net, dict(net.named_parameters()), "HessianOperator")
+    >>> watch.check()
+    >>> with torch.no_grad():
+    ...     _ = net.weight.mul_(2)
+    >>> watch.check()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    RuntimeError: Expected the parameters this HessianOperator was built with; 'weight' ...
+    """
+
+    def __init__(self, model: nn.Module, params: Mapping[str, torch.Tensor], what: str) -> None:
+        self.model, self.params, self.what = model, dict(params), what
+        self.versions = {k: p._version for k, p in self.params.items()}
+
+    def check(self) -> None:
+        current = dict(self.model.named_parameters(remove_duplicate=False))
+        for name, p in self.params.items():
+            if p._version != self.versions[name]:
+                why = "was updated in place (optimizer.step(), load_state_dict, copy_)"
+            elif name in current and current[name] is not p:
+                why = "was replaced by another tensor"
+            else:
+                continue
+            raise RuntimeError(
+                f"Expected the parameters this {self.what} was built with; {name!r} {why} "
+                "since. Its loss, batch weights and cached graphs describe the old values: "
+                f"build a new {self.what} after changing the model."
+            )
 
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from hessntk._checks import positive
 from hessntk.criteria.quantization_results import QuantizationSensitivity, plain
 from hessntk.criteria.quantizers import check_bits
 
@@ -204,6 +205,7 @@ def allocate_bits(
             f"Expected exactly one of budget_bits, budget_bytes, average_bits; got {list(given)}."
         )
     ((unit, value),) = given.items()
+    positive(value, unit)  # a finite budget
     factor = {"budget_bits": 1.0, "budget_bytes": 8.0, "average_bits": float(total)}[unit]
     budget = float(value) * factor
     smallest, largest = int(n.sum() * choices[0]), int(n.sum() * choices[-1])

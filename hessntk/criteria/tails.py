@@ -285,8 +285,8 @@ def _lower_tail_slq(
         )
     nodes, weights = dens.nodes, dens.weights / dens.num_probes
     m = nodes.shape[1]
-    if floor is None:
-        floor = 10 * np.finfo(np.float64).eps * float(np.abs(nodes).max())
+    if floor is None:  # nodes are known to about eps ||A|| in the operator's dtype
+        floor = 10 * dens.eps * float(np.abs(nodes).max())
     keep = (nodes > floor) & (weights > 0)
     below = float(weights[(nodes <= floor) & (weights > 0)].sum())
     theta, w = nodes[keep], weights[keep]

@@ -21,6 +21,7 @@ from torch import nn
 from hessntk._model import (
     ParamLayout,
     ParamSpec,
+    ParamWatch,
     as_flat,
     call_model,
     check_batch,
@@ -95,6 +96,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
             _checked = self._check_data()
         self.num_samples, self.loss, self._counts = _checked
         self._total = float(sum(self._counts))
+        self._watch = ParamWatch(model, self.params, type(self).__name__)
 
     _own_loss_ok = False  # whether loss_fn=None (the model's own outputs.loss) is supported
 
@@ -177,6 +179,8 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
                 if self.loss_fn is None:
                     count = loss_terms(self.model, self._primals, x, y, loss, n_b,
                                        self._buffers(), index=i)
+                if i == 0 and not self.allow_train_mode:  # train mode: randomness accepted
+                    _check_deterministic(loss, self._loss(self._primals, x, y))
                 total += n_b
                 counts.append(float(count))
                 losses.append(float(loss))
@@ -199,6 +203,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         FloatingPointError
             A non-finite loss, naming the batch.
         """
+        self._watch.check()  # the parameters not in theta must be the ones counted with
         params = self.layout.unravel(as_flat(theta, self.layout, self.dtype, self.device))
         losses = []
         with torch.no_grad():
@@ -210,6 +215,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
 
     def gradient(self) -> torch.Tensor:
         """The gradient of the full-data mean loss, flat ``(P,)``: one pass over the data."""
+        self._watch.check()
         total = None
         for i, w, x, y in self._batches():
             leaves = {n: p.detach().requires_grad_(True) for n, p in self._primals.items()}
@@ -234,6 +240,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         """
         if name not in self._groups:
             raise ValueError(f"Expected a block name among {self.blocks}; got {name!r}.")
+        self._watch.check()  # the block reuses this operator's data pass
         return type(self)(
             self.model,
             self.loss_fn,
@@ -271,6 +278,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         return self._matmat(v[:, None])[:, 0]
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self._watch.check()
         V = V.to(dtype=self.dtype, device=self.device)
         tangents = self.layout.unravel(V.T)  # name -> (k, *shape): vmap over dim 0
         out = None
@@ -300,6 +308,21 @@ def _dtypes(tree: Any) -> str:
     if isinstance(tree, (tuple, list)):
         return "(" + ", ".join(_dtypes(v) for v in tree) + ")"
     return type(tree).__name__
+
+
+def _check_deterministic(first: torch.Tensor, second: torch.Tensor) -> None:
+    """The loss of the first batch, evaluated twice, must agree (one extra forward pass)."""
+    a, b = float(first), float(second)
+    tol = 100 * torch.finfo(first.dtype).eps * max(abs(a), abs(b), 1e-30)
+    if abs(a - b) > tol:
+        raise ValueError(
+            f"Expected a deterministic model and loss; got two different losses of batch 0 "
+            f"({a!r} and {b!r}) for the same parameters. Something in forward or the loss is "
+            "random (F.dropout(x, training=True), dropout on a module in train mode, random "
+            "augmentation), so every product would be of another function. Make forward "
+            "deterministic for the analysis (e.g. F.dropout(x, training=self.training) and "
+            "model.eval())."
+        )
 
 
 def _check_loss(loss: Any, index: int) -> None:

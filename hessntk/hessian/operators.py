@@ -165,6 +165,7 @@ class HessianOperator(_CurvatureOperator):
         return {"cache_graph": self.cache_graph, "chunk_size": self.chunk_size}
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self._watch.check()
         method = self.method
         if method == "auto" and V.shape[1] == 1:
             method = "graph"

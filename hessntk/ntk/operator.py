@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hessntk._model import call_model, check_finite, concat_inputs, ravel_params
+from hessntk._model import ParamWatch, call_model, check_finite, concat_inputs, ravel_params
 from hessntk._priors import prior_label
 from hessntk.ntk._common import (
     OutputsSpec,
@@ -133,6 +133,7 @@ class GramOperator(LinearOperator):
         self.num_samples = sum(sizes)
         self.num_outputs = cs.pop()
         self.layout = self.problem.layout
+        self._watch = ParamWatch(model, self.problem.params, "GramOperator")
         self.structural_nullity = structural_nullity(self.num_samples, outputs)
         self.observation = outputs if isinstance(outputs, str) else "custom"
         self.prior_name = prior_label(prior)
@@ -155,6 +156,7 @@ class GramOperator(LinearOperator):
 
     def _apply(self, V: torch.Tensor) -> torch.Tensor:
         """``K V = J S J^T V`` for ``V`` of shape ``(N, k)``."""
+        self._watch.check()
         return self._push(self.problem.scaled(self._pull(V)), V.shape[1])
 
     def _pull(self, V: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from hessntk._checks import count, positive
 from hessntk.spectral._backend import Array
 from hessntk.spectral.krylov import BREAKDOWN_FACTOR, _apply, _start_vectors
 from hessntk.spectral.operators import LinearOperator
@@ -112,16 +113,18 @@ def eigsh(
     n = op.shape[0]
     if which not in _WHICH:
         raise ValueError(f"Expected which in {_WHICH}; got {which!r}.")
-    k = int(k)
+    k = count(k, "k")
+    tol = positive(tol, "tol")
     if not 1 <= k < n:
         raise ValueError(
             f"Expected 1 <= k < n = {n}; got k={k}. For all eigenvalues of a small operator "
             "build the dense matrix and use numpy.linalg.eigh."
         )
-    ncv = min(n, max(2 * k + 20, 40)) if ncv is None else int(ncv)
+    ncv = min(n, max(2 * k + 20, 40)) if ncv is None else count(ncv, "ncv")
     if not k < ncv <= n:
         raise ValueError(f"Expected k < ncv <= n = {n}; got ncv={ncv} with k={k}.")
-    max_matvecs = max(1000, 20 * ncv) if max_matvecs is None else int(max_matvecs)
+    max_matvecs = (max(1000, 20 * ncv) if max_matvecs is None
+                   else count(max_matvecs, "max_matvecs"))
     xp = op._xp
     rng = as_generator(seed)
     start = _start_vectors(op, None if v0 is None else v0, 1, rng)

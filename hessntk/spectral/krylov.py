@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
+from hessntk._checks import count
 from hessntk._progress import progress
 from hessntk.spectral._backend import Array
 from hessntk.spectral.operators import LinearOperator, matmat_float64
@@ -188,8 +189,8 @@ def lanczos(
 
 
 def _check_num_matvecs(num_matvecs: int, n: int) -> int:
-    m = int(num_matvecs)
-    if m < 1 or m > n:
+    m = count(num_matvecs, "num_matvecs")
+    if m > n:
         raise ValueError(
             f"Expected 1 <= num_matvecs <= n = {n}; got {num_matvecs}. More Lanczos steps "
             "than the dimension add nothing: num_matvecs = n already gives the exact spectrum."
@@ -204,9 +205,7 @@ def _start_vectors(
     xp = op._xp
     n = op.shape[0]
     if v0 is None:
-        if int(num_probes) < 1:
-            raise ValueError(f"Expected num_probes >= 1; got {num_probes}.")
-        return xp.from_numpy(rademacher(n, int(num_probes), seed), xp.float64)
+        return xp.from_numpy(rademacher(n, count(num_probes, "num_probes"), seed), xp.float64)
     if isinstance(v0, np.ndarray):
         V0 = xp.from_numpy(v0.astype(np.float64))
     else:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hessntk._checks import count, positive
 from hessntk._progress import progress
 from hessntk.spectral.krylov import Tridiagonal, _check_num_matvecs, _start_vectors, lanczos
 from hessntk.spectral.operators import CallableOperator, LinearOperator
@@ -40,6 +41,11 @@ class CDFEstimate:
     stderr: np.ndarray
 
 
+#: Quadrature nodes are known to about ``eps ||A||`` (Paige: Ritz values of the rounded
+#: Lanczos process); nodes within ``RESOLUTION`` times that of zero count as zero.
+RESOLUTION = 16
+
+
 @dataclass(frozen=True)
 class SpectralDensity:
     """Per-probe Gauss quadrature rules of a symmetric operator's spectral measure.
@@ -62,6 +68,8 @@ class SpectralDensity:
         Products used in total.
     exact : numpy.ndarray of shape (num_probes,)
         True where Lanczos broke down: that probe's rule is its exact spectral measure.
+    eps : float
+        Machine epsilon of the operator's dtype: nodes are known to about ``eps ||A||``.
     """
 
     nodes: np.ndarray
@@ -69,14 +77,15 @@ class SpectralDensity:
     n: int
     num_matvecs: int
     exact: np.ndarray
+    eps: float = float(np.finfo(np.float64).eps)
 
     @property
     def num_probes(self) -> int:
         return self.nodes.shape[0]
 
     @classmethod
-    def from_tridiagonal(cls, T: Tridiagonal, n: int) -> SpectralDensity:
-        """Build the quadrature rules from Lanczos coefficients."""
+    def from_tridiagonal(cls, T: Tridiagonal, n: int, eps: float | None = None) -> SpectralDensity:
+        """Build the quadrature rules from Lanczos coefficients (``eps``: of the operator)."""
         m = T.alpha.shape[1]
         nodes = np.zeros((T.num_probes, m))
         weights = np.zeros((T.num_probes, m))
@@ -86,7 +95,8 @@ class SpectralDensity:
             nodes[i, :mi] = theta
             nodes[i, mi:] = theta[-1]
             weights[i, :mi] = S[0] ** 2
-        return cls(nodes, weights, n, T.num_matvecs, T.breakdown.copy())
+        eps = float(np.finfo(np.float64).eps) if eps is None else float(eps)
+        return cls(nodes, weights, n, T.num_matvecs, T.breakdown.copy(), eps)
 
     @classmethod
     def concatenate(cls, parts: Sequence[SpectralDensity]) -> SpectralDensity:
@@ -126,7 +136,8 @@ class SpectralDensity:
             nodes.append(np.concatenate([p.nodes, np.repeat(p.nodes[:, -1:], pad, axis=1)], 1))
             weights.append(np.pad(p.weights, ((0, 0), (0, pad))))
         return cls(np.concatenate(nodes), np.concatenate(weights), sizes[0],
-                   sum(p.num_matvecs for p in parts), np.concatenate([p.exact for p in parts]))
+                   sum(p.num_matvecs for p in parts), np.concatenate([p.exact for p in parts]),
+                   max(p.eps for p in parts))
 
     # -- traces ---------------------------------------------------------------------------
     def trace(self, f: Callable[[np.ndarray], np.ndarray] | None = None) -> Estimate:
@@ -157,16 +168,23 @@ class SpectralDensity:
         Raises
         ------
         ValueError
-            If a quadrature node of ``A + shift I`` is not positive: the operator is not
-            positive definite at this resolution. Pass ``shift > 0`` for ``log det(A + shift
-            I)`` (the regularised log-determinant) or use more Lanczos steps.
+            If a quadrature node of ``A + shift I`` is at or below the rounding level of the
+            nodes, ``RESOLUTION * eps * max |node|``: the operator is singular (or not positive
+            definite) at this precision, and the value would be decided by rounding errors
+            (``-inf`` in exact arithmetic). Pass ``shift > 0`` for ``log det(A + shift I)``
+            (the regularised log-determinant), use more Lanczos steps or a float64 operator.
         """
-        smallest = float(self.nodes[self.weights > 0].min()) + shift
-        if smallest <= 0:
+        live = self.nodes[self.weights > 0]
+        smallest = float(live.min()) + shift
+        level = RESOLUTION * self.eps * float(np.abs(live).max())
+        if smallest <= level:
             raise ValueError(
                 f"Expected a positive definite operator; got a quadrature node "
-                f"{smallest:.3g} <= 0 for A + {shift:g} I. Use logdet(shift=delta) with "
-                "delta > 0 for log det(A + delta I), or check that the operator is SPD."
+                f"{smallest:.3g} of A + {shift:g} I at or below the rounding level "
+                f"{level:.3g} of the nodes ({RESOLUTION} x eps {self.eps:.2g} x max |node|): "
+                "A is singular at this precision and its log-determinant is -inf or "
+                "undefined. Use logdet(shift=delta) with delta > 0 for log det(A + delta I), "
+                "or a float64 operator."
             )
         return self.trace(lambda x: np.log(np.maximum(x + shift, np.finfo(float).tiny)))
 
@@ -183,6 +201,8 @@ class SpectralDensity:
         0.5
         """
         x = np.atleast_1d(np.asarray(x, dtype=np.float64))
+        if np.isnan(x).any():
+            raise ValueError("Expected x without NaN (the CDF at -inf is 0, at inf 1); got NaN.")
         P = self.num_probes
         value = np.zeros((P, x.size))
         lower = np.zeros((P, x.size))
@@ -211,6 +231,8 @@ class SpectralDensity:
         ``sigma`` it is flat (docs/theory.md section 2.4).
         """
         x = np.asarray(x, dtype=np.float64)
+        if sigma is not None:
+            sigma = positive(sigma, "sigma")
         if sigma is None:
             span = float(self.nodes.max() - self.nodes.min())
             sigma = 0.01 * span if span > 0 else 1.0
@@ -297,11 +319,7 @@ def slq(
     V0 = _start_vectors(op, v0, num_probes, seed)
     k = V0.shape[1]
     if probes_per_group is not None:
-        if isinstance(probes_per_group, bool) or int(probes_per_group) != probes_per_group or (
-                probes_per_group < 1):
-            raise ValueError(f"Expected probes_per_group to be a positive int; got "
-                             f"{probes_per_group!r}.")
-        group = min(int(probes_per_group), k)
+        group = min(count(probes_per_group, "probes_per_group"), k)
     else:
         group = max(1, min(k, int(max_basis_bytes) // (8 * n * m)))
         group = -(-k // -(-k // group))  # balance the groups: 10 probes in 5 + 5, not 8 + 2
@@ -314,7 +332,7 @@ def slq(
             T = lanczos(op, m, v0=V0[:, start : start + group])
             if store is not None:
                 store.save(g, settings, T)
-        densities.append(SpectralDensity.from_tridiagonal(T, n))
+        densities.append(SpectralDensity.from_tridiagonal(T, n, op._xp.eps(op.dtype)))
     return densities[0] if len(densities) == 1 else SpectralDensity.concatenate(densities)
 
 
@@ -363,9 +381,7 @@ def block_slq(
     n = op.shape[0]
     index = _as_blocks(blocks, n)
     rows = [np.arange(n)[ix] for ix in index]
-    if int(num_probes) < 1:
-        raise ValueError(f"Expected num_probes >= 1; got {num_probes}.")
-    k = int(num_probes)
+    k = count(num_probes, "num_probes")
     V0 = np.zeros((n, len(rows) * k))
     owner = np.repeat(np.arange(len(rows)), k)  # the block of every column
     for b, r in enumerate(rows):
@@ -384,13 +400,14 @@ def block_slq(
         return op.matmat(V) * xp.cast(mask_dev[:, xp.from_numpy(col)], op.dtype)
 
     blockwise = CallableOperator(n, op.dtype, op.device, matmat=matmat, backend=op.backend)
+    eps = xp.eps(op.dtype)
     T = lanczos(blockwise, m, v0=V0, max_steps=np.repeat(steps, k))
     out = []
     for b, r in enumerate(rows):
         cols = owner == b
         dens = SpectralDensity.from_tridiagonal(_probes_of(T, cols), len(r))
         out.append(SpectralDensity(dens.nodes[:, : steps[b]], dens.weights[:, : steps[b]],
-                                   len(r), dens.num_matvecs, dens.exact))
+                                   len(r), dens.num_matvecs, dens.exact, eps))
     return out
 
 

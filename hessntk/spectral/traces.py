@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
+from hessntk._checks import count
 from hessntk.spectral._backend import Array, Backend
 from hessntk.spectral.operators import LinearOperator, matmat_float64
 from hessntk.spectral.probes import Seed, as_generator, rademacher
@@ -116,7 +117,7 @@ def trace(
     if method not in TRACE_METHODS:
         raise ValueError(f"Expected method in {TRACE_METHODS}; got {method!r}.")
     n = op.shape[0]
-    m = n if method == "exact" else int(num_matvecs)
+    m = n if method == "exact" else count(num_matvecs, "num_matvecs")
     if method != "exact" and not _MIN_MATVECS[method] <= m <= n:
         raise ValueError(
             f"Expected {_MIN_MATVECS[method]} <= num_matvecs <= n = {n} for method "
@@ -176,7 +177,7 @@ def diagonal(
     if method not in ("hutchpp", "hutchinson"):
         raise ValueError(f"Expected method 'hutchpp' or 'hutchinson'; got {method!r}.")
     n = op.shape[0]
-    m = int(num_matvecs)
+    m = count(num_matvecs, "num_matvecs")
     lo = 3 if method == "hutchpp" else 1
     if not lo <= m <= n:
         raise ValueError(f"Expected {lo} <= num_matvecs <= n = {n}; got {num_matvecs}.")

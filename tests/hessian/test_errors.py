@@ -117,3 +117,75 @@ def test_output_and_option_errors() -> None:
         HessianOperator(mlp(), "mse", (x, y))
     with pytest.raises(TypeError, match="iterable of batches"):
         hessian.trace(mlp(), nn.MSELoss(), x)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"shuffle": True, "drop_last": True},
+         r"RandomSampler \(shuffle=True\) and drop_last=True \(another subset"),
+        ({"shuffle": True}, r"RandomSampler \(shuffle=True\)\. Operators walk"),
+    ],
+)
+def test_a_shuffling_loader_is_refused(kwargs, match) -> None:
+    """Issue 14 case 4: every product used other batches (trace 3.750, then 3.851)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = _data(10)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4, **kwargs)
+    with pytest.raises(ValueError, match=match + ".*shuffle=False"):
+        HessianOperator(mlp(), nn.MSELoss(), loader)
+    with pytest.raises(ValueError, match=match):
+        hessian.trace(mlp(), nn.MSELoss(), loader, num_matvecs=6)
+    sequential = DataLoader(TensorDataset(x, y), batch_size=4, drop_last=kwargs.get("drop_last",
+                                                                                     False))
+    assert HessianOperator(mlp(), nn.MSELoss(), sequential).num_samples == (
+        8 if kwargs.get("drop_last") else 10)
+
+
+class RandomForward(nn.Module):
+    """``F.dropout(x, training=True)``: random in eval mode too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(nn.functional.dropout(torch.tanh(self.a(x)), 0.3, training=True))
+
+
+@pytest.mark.parametrize("cls", [HessianOperator, GGNOperator])
+def test_a_random_forward_is_refused(cls: type) -> None:
+    """Issue 14 case 4: one random mask was frozen (or drawn anew) silently."""
+    torch.manual_seed(0)
+    model = RandomForward().to(DT).eval()
+    with pytest.raises(ValueError, match=r"deterministic model.*F\.dropout\(x, training=True\)"):
+        cls(model, nn.MSELoss(), _data())
+
+
+@pytest.mark.parametrize("num_batches", [1, 3])
+def test_an_operator_refuses_products_after_the_weights_change(num_batches: int) -> None:
+    """Issue 14 case 9: one batch raised autograd's in-place error, several batches mixed the
+    new weights with the old loss and batch weights silently."""
+    from hessntk.ntk import GramOperator
+
+    model = mlp()
+    x, y = _data(6)
+    step = 6 // num_batches
+    data = [(x[i : i + step], y[i : i + step]) for i in range(0, 6, step)]
+    ops = [HessianOperator(model, nn.MSELoss(), data), GGNOperator(model, nn.MSELoss(), data),
+           HessianOperator(model, nn.MSELoss(), data, method="graph", cache_graph=True),
+           GramOperator(model, data=data)]
+    for op in ops:
+        op.matvec(torch.ones(op.shape[0], dtype=DT))  # fine before
+    with torch.no_grad():
+        next(model.parameters()).add_(0.1)  # e.g. optimizer.step()
+    for op in ops:
+        with pytest.raises(RuntimeError, match=r"'0\.weight' was updated in place.*build a new"):
+            op.matvec(torch.ones(op.shape[0], dtype=DT))
+    with pytest.raises(RuntimeError, match="updated in place"):
+        ops[0].gradient()
+    with pytest.raises(RuntimeError, match="updated in place"):
+        ops[0].block(ops[0].blocks[0])
+    fresh = HessianOperator(model, nn.MSELoss(), data)  # the new weights: fine
+    assert fresh.loss != ops[0].loss
