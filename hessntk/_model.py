@@ -24,6 +24,7 @@ from hessntk.spectral.layout import ParamLayout
 
 __all__ = [
     "LABELS",
+    "dtype_error",
     "ParamWatch",
     "check_loader",
     "ParamLayout",
@@ -127,7 +128,15 @@ def select_params(model: nn.Module, params: ParamSpec = None) -> dict[str, nn.Pa
                 f"Expected selected parameters to require grad; got requires_grad=False for "
                 f"{frozen}. Call .requires_grad_(True) on them or leave them out of params=."
             )
-    return {name: p for name, p in named.items() if name in chosen}
+    out = {name: p for name, p in named.items() if name in chosen}
+    meta = [name for name, p in out.items() if p.is_meta]
+    if meta:
+        raise ValueError(
+            f"Expected parameters with values; got {_short_list(meta)} on the meta device "
+            "(shapes only). Materialise and load the weights first: model.to_empty(device="
+            "'cpu') then load_state_dict(...), or from_pretrained(...) without a meta device map."
+        )
+    return out
 
 
 def _resolve_spec(model: nn.Module, named: dict[str, nn.Parameter], params: Any) -> set[str]:
@@ -678,6 +687,35 @@ class ParamWatch:
                 "since. Its loss, batch weights and cached graphs describe the old values: "
                 f"build a new {self.what} after changing the model."
             )
+
+
+def dtypes(tree: Any) -> str:
+    """The dtypes of a tree of tensors, for messages: ``{input_ids: int64}``."""
+    if isinstance(tree, torch.Tensor):
+        return str(tree.dtype).replace("torch.", "")
+    if isinstance(tree, Mapping):
+        return "{" + ", ".join(f"{k}: {dtypes(v)}" for k, v in tree.items()) + "}"
+    if isinstance(tree, (tuple, list)):
+        return "(" + ", ".join(dtypes(v) for v in tree) + ")"
+    return type(tree).__name__
+
+
+def dtype_error(err: RuntimeError, what: str, inputs: Any, dtype: torch.dtype,
+                targets: Any = None) -> TypeError | None:
+    """A clear error for torch's raw dtype mismatch on ``what``, or None for other errors."""
+    if "type" not in str(err):
+        return None
+    shown = f"inputs of dtype {dtypes(inputs)}"
+    if targets is not None:
+        shown += f" and targets of dtype {dtypes(targets)}"
+    fix = (f"Cast the inputs, e.g. x.to({dtype}) for a model without an embedding (integer "
+           "ids stay integers)")
+    if targets is not None:
+        fix += ", or the targets (class indices: torch.long; regression: the parameters' dtype)"
+    return TypeError(
+        f"Expected data the model accepts; got a dtype error on {what} with {shown} "
+        f"(parameters: {dtype}): {err}. {fix}."
+    )
 
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:

@@ -27,6 +27,7 @@ from hessntk._model import (
     check_batch,
     check_eval_mode,
     check_finite,
+    dtype_error,
     iter_batches,
     ravel_params,
     select_params,
@@ -80,6 +81,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         if method not in self._methods:
             raise ValueError(f"Expected method in {self._methods}; got {method!r}.")
         check_eval_mode(model, allow_train_mode)
+        _check_reduction(loss_fn)
         self.model = model
         self.loss_fn = loss_fn
         self.data = data
@@ -163,15 +165,10 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
                 try:
                     loss = self._loss(self._primals, x, y)
                 except RuntimeError as err:
-                    if "type" not in str(err):
+                    clear = dtype_error(err, f"batch {i}", x, self.dtype, y)
+                    if clear is None:
                         raise
-                    raise TypeError(
-                        f"Expected data the model and loss accept; got a dtype error on batch "
-                        f"{i} with inputs of dtype {_dtypes(x)} and targets of dtype "
-                        f"{_dtypes(y)} (parameters: {self.dtype}): {err}. Cast the inputs, "
-                        f"e.g. x.to({self.dtype}) for a model without an embedding, or the "
-                        "targets (class indices: torch.long; regression: the parameters' dtype)."
-                    ) from err
+                    raise clear from err
                 _check_loss(loss, i)
                 if i == 0:
                     _warn_loss_dtype(loss, self.dtype, self.loss_fn is None)
@@ -300,14 +297,17 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         raise NotImplementedError
 
 
-def _dtypes(tree: Any) -> str:
-    if isinstance(tree, torch.Tensor):
-        return str(tree.dtype).replace("torch.", "")
-    if isinstance(tree, Mapping):
-        return "{" + ", ".join(f"{k}: {_dtypes(v)}" for k, v in tree.items()) + "}"
-    if isinstance(tree, (tuple, list)):
-        return "(" + ", ".join(_dtypes(v) for v in tree) + ")"
-    return type(tree).__name__
+def _check_reduction(loss_fn: Any) -> None:
+    """Refuse a torch loss module that sums over the batch (the operators average batches)."""
+    reduction = getattr(loss_fn, "reduction", None)
+    if isinstance(loss_fn, nn.Module) and reduction not in (None, "mean", "batchmean"):
+        raise ValueError(
+            f"Expected a loss that averages over the batch; got {loss_fn!r} with "
+            f"reduction={reduction!r}. Curvature is of the full-data mean loss, each batch "
+            "weighted by its share of the samples, so a batch sum would be counted as a mean "
+            "(off by the batch size). Use reduction='mean' (and multiply by the number of "
+            "samples for the summed loss)."
+        )
 
 
 def _check_deterministic(first: torch.Tensor, second: torch.Tensor) -> None:

@@ -7,6 +7,7 @@ every engine then evaluates the model through :meth:`Problem.outputs`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from hessntk._model import (
     call_model,
     check_eval_mode,
     check_finite,
+    dtype_error,
     iter_batches,
     select_params,
     tensor_leaves,
@@ -234,6 +236,8 @@ class Problem:
     #: How per-sample Jacobians are formed: None until known, "vmap" or "batched"
     #: (see :func:`hessntk.ntk.jacobians.jacobian_chunks`).
     jacobian_path: str | None = None
+    #: Train mode accepted (dropout, batch statistics): outputs may be random or batch-bound.
+    allow_train_mode: bool = False
 
     @property
     def dtype(self) -> torch.dtype:
@@ -271,16 +275,25 @@ class Problem:
         return out
 
     def probe(self, inputs: Any, what: str) -> tuple[int, int]:
-        """Check one batch and return ``(n, c)`` from forward passes on 2 and 3 samples.
+        """Check one batch and return ``(n, c)`` from forward passes on 1, 2 and 3 samples.
 
-        Two sizes, so that a model reducing over the batch cannot pass by coincidence. The
-        engines check the finiteness of every output they evaluate.
+        Several sizes, so that a model reducing over the batch cannot pass by coincidence,
+        and so that a model mixing samples (``x - x.mean(0)``, batch statistics) is caught:
+        the first sample's outputs must not depend on the others in the batch. The engines
+        check the finiteness of every output they evaluate.
         """
         n = check_inputs(inputs, what)
-        c = None
-        for m in sorted({min(n, 2), min(n, 3)}):
-            with torch.no_grad():
-                out = self.outputs(self.detached(), slice_tree(inputs, slice(0, m)))
+        c, first = None, None
+        for m in sorted({1, min(n, 2), min(n, 3)}):
+            x = slice_tree(inputs, slice(0, m))
+            try:
+                with torch.no_grad():
+                    out = self.outputs(self.detached(), x)
+            except RuntimeError as err:
+                clear = dtype_error(err, what, x, self.dtype)
+                if clear is None:
+                    raise
+                raise clear from err
             if out.shape[0] != m:
                 raise ValueError(
                     f"Expected model outputs with the batch size of {what} along dim 0 ({m} "
@@ -289,7 +302,29 @@ class Problem:
                 )
             check_finite(out, f"the model outputs on {what}")
             c = int(out.shape[1])
+            if first is None:
+                first = out[0]
+            elif not self.allow_train_mode:
+                _check_independent(first, out[0], m, what)
         return n, c
+
+
+def _check_independent(alone: torch.Tensor, batched: torch.Tensor, m: int, what: str) -> None:
+    """The first sample's outputs alone and in a batch of ``m`` must agree (to rounding)."""
+    scale = float(alone.abs().max()) + float(batched.abs().max())
+    # float32 rounding at least: models often compute parts in float32 (HF RMSNorm, losses).
+    eps = max(torch.finfo(alone.dtype).eps, torch.finfo(torch.float32).eps)
+    tol = math.sqrt(eps) * max(scale, torch.finfo(alone.dtype).tiny)
+    diff = float((alone - batched).abs().max())
+    if diff > tol:
+        raise ValueError(
+            f"Expected a model whose outputs for one sample do not depend on the other samples "
+            f"of the batch; on {what} the first sample's outputs alone and in a batch of {m} "
+            f"differ by {diff:.3g} (scale {scale:.3g}). The model mixes samples (batch "
+            "statistics such as x - x.mean(0), BatchNorm in train mode), so per-sample "
+            "Jacobians and the NTK are not defined. Make forward per-sample (e.g. "
+            "model.eval() for batch norm)."
+        )
 
 
 def setup(
@@ -321,6 +356,7 @@ def setup(
         output_key=output_key,
         outputs_fn=outputs_fn,
         buffers=dict(model.named_buffers()),
+        allow_train_mode=allow_train_mode,
     )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from hessntk._checks import count, positive
 from hessntk.spectral._backend import Array
-from hessntk.spectral.krylov import BREAKDOWN_FACTOR, _apply, _start_vectors
+from hessntk.spectral.krylov import BREAKDOWN_FACTOR, _apply, _start_vectors, check_symmetry_step
 from hessntk.spectral.operators import LinearOperator
 from hessntk.spectral.probes import Seed, as_generator
 
@@ -146,6 +146,8 @@ def eigsh(
             c = Vj @ w
             w = w - xp.transpose(Vj) @ c
             h += xp.to_numpy(c)
+        if num_matvecs == 2 and j == 1:  # before any restart: V[0], V[1] = A V[0] / beta
+            check_symmetry_step(op, h[:1], H[1:2, 0], np.array([norm_est]), "Krylov")
         H[: j + 1, j] = h
         H[j, : j + 1] = h
         beta = float(xp.to_numpy(xp.norm(w, axis=0)))

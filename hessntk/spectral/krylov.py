@@ -150,6 +150,10 @@ def lanczos(
         norm_est[active] = np.maximum(norm_est[active], xp.to_numpy(xp.norm(w, axis=1)))
         b_prev = xp.from_numpy(beta[active, j - 1] if j > 0 else np.zeros(len(active)),
                                xp.float64)
+        if j == 1:
+            first = basis[slice(None) if len(active) == k else xp.from_numpy(active), 0]
+            check_symmetry_step(op, xp.to_numpy(xp.sum(first * w, axis=1)), beta[active, 0],
+                                norm_est[active], "Lanczos")
         if xp.name == "jax" and len(active) == k:
             basis, a, w, b = xp.lanczos_step(basis, q, w, b_prev, j)
         else:
@@ -186,6 +190,33 @@ def lanczos(
         num_matvecs=total,
         basis=basis if return_basis else None,
     )
+
+
+def check_symmetry_step(op: LinearOperator, uAw: np.ndarray, wAu: np.ndarray,
+                        norm: np.ndarray, where: str) -> None:
+    """Refuse a non-symmetric operator from two Krylov coefficients (no extra product).
+
+    With ``w = A u / ||.||`` after the first step, ``u^T (A w)`` (second product) must equal
+    ``w^T (A u) = beta_0`` up to rounding: ``sqrt(eps) ||A||``, with ``eps`` at least
+    float32's (float64 models often compute parts in float32: transformers' losses and
+    norms), so it catches gross asymmetry only; :func:`check_symmetric` is the strict check.
+    Set ``op.assume_symmetric = True`` to skip it.
+    """
+    if op.assume_symmetric:
+        return
+    eps = max(op._xp.eps(op.dtype), float(np.finfo(np.float32).eps))
+    tol = np.sqrt(eps) * np.maximum(norm, np.finfo(np.float64).tiny)
+    bad = np.abs(uAw - wAu) > tol
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"Expected a symmetric operator; got u.(A w) = {uAw[i]:.6g} and w.(A u) = "
+            f"{wAu[i]:.6g} for the first two {where} vectors (difference {abs(uAw[i] - wAu[i]):.3g}"
+            f" > {tol[i]:.3g}). Lanczos, SLQ and eigsh give wrong numbers for "
+            "a non-symmetric operator: check it with hessntk.spectral.check_symmetric, or set "
+            "op.assume_symmetric = True to skip this check (it costs one dot product per probe, "
+            "no extra product)."
+        )
 
 
 def _check_num_matvecs(num_matvecs: int, n: int) -> int:

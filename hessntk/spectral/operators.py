@@ -54,6 +54,10 @@ class LinearOperator:
         Largest number of columns passed to ``_matmat`` at once; ``matmat`` splits wider
         inputs into blocks of this size (bounds the memory of vmapped model products).
         None: no limit.
+    assume_symmetric : bool
+        False (default): Lanczos, SLQ and ``eigsh`` compare ``u.(A w)`` with ``w.(A u)`` for
+        their first two Krylov vectors (one dot product per probe, no extra product) and
+        refuse an operator whose asymmetry exceeds ``sqrt(eps) ||A||``. True skips that check.
 
     Examples
     --------
@@ -76,6 +80,7 @@ class LinearOperator:
         self.backend = backend or _infer_backend_name(dtype)
         self._xp: Backend = backend_for(self.backend, device)
         self.block_size: int | None = None
+        self.assume_symmetric = False
 
     # -- to implement ---------------------------------------------------------------------
     def _matmat(self, V: Array) -> Array:

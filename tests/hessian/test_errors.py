@@ -189,3 +189,10 @@ def test_an_operator_refuses_products_after_the_weights_change(num_batches: int)
         ops[0].block(ops[0].blocks[0])
     fresh = HessianOperator(model, nn.MSELoss(), data)  # the new weights: fine
     assert fresh.loss != ops[0].loss
+
+
+def test_a_summing_loss_is_refused() -> None:
+    """Issue 14 case 7: reduction="sum" was accepted under a "mean loss" header (64x off)."""
+    for loss in (nn.MSELoss(reduction="sum"), nn.CrossEntropyLoss(reduction="sum")):
+        with pytest.raises(ValueError, match=r"reduction='sum'.*reduction='mean'"):
+            HessianOperator(mlp(), loss, _data())

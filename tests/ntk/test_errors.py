@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from hessntk import hessian
 from hessntk.ntk import GramOperator, gram, jacobian
 from tests.ntk.models import DT, DictOut, mlp
 
@@ -97,3 +98,42 @@ def test_outputs_not_per_sample():
         gram(Reduce().to(DT), _x())
     with pytest.raises(TypeError, match="output_key"):
         gram(DictOut().to(DT), (torch.zeros(4, 3, dtype=DT), torch.zeros(4, 2, dtype=DT)))
+
+
+class Centering(nn.Module):
+    """``x - x.mean(0)``: every sample's outputs depend on the whole batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.lin(x - x.mean(0)))
+
+
+def test_a_model_that_mixes_samples_is_refused_on_every_path():
+    """Issue 14 case 8: method="jacobian" gave a Gram 22x off, "structured" another value."""
+    model = Centering().to(DT).eval()
+    calls = [lambda m=m: gram(model, _x(), method=m)
+             for m in ("auto", "structured", "jacobian", "ntk_vp")]
+    calls += [lambda: gram(model, _x(), mode="diagonal"), lambda: GramOperator(model, _x()),
+              lambda: jacobian(model, _x())]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"mixes samples.*x - x\.mean\(0\)"):
+            call()
+
+
+def test_inputs_of_another_dtype_and_meta_parameters_get_clear_errors():
+    """Issue 14 case 8: torch's raw dtype error, and a raw .item() error on the meta device."""
+    net = mlp()  # float64
+    for x, shown in ((torch.randn(5, 4), "float32"), (torch.randint(0, 3, (5, 4)), "int64")):
+        with pytest.raises(TypeError, match=rf"dtype error on inputs with inputs of dtype "
+                                            rf"{shown} \(parameters: torch.float64\).*x\.to"):
+            gram(net, x)
+    meta = nn.Linear(4, 2, device="meta")
+    for call in (lambda: gram(meta, torch.randn(3, 4, device="meta")),
+                 lambda: hessian.HessianOperator(meta, nn.MSELoss(),
+                                                 (torch.randn(3, 4, device="meta"),
+                                                  torch.randn(3, 2, device="meta")))):
+        with pytest.raises(ValueError, match="meta device.*to_empty"):
+            call()

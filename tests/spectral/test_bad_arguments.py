@@ -117,3 +117,22 @@ def test_logdet_resolution_follows_the_operator_dtype():
     assert d32.eps == float(np.finfo(np.float32).eps)
     with pytest.raises(ValueError, match="float64 operator"):
         d32.logdet()
+
+
+def test_a_non_symmetric_operator_is_refused_by_every_krylov_method():
+    """Issue 14 case 7: confident wrong eigenvalues and densities (the check was opt-in).
+    The check is free: two Krylov coefficients, no extra product."""
+    from hessntk.spectral import lanczos
+
+    rng = np.random.default_rng(0)
+    S = rng.standard_normal((30, 30))
+    A = S @ S.T + np.triu(rng.standard_normal((30, 30)), 1)  # symmetric part + a strict upper
+    for call in (lambda op: eigsh(op, k=2), lambda op: slq(op, num_probes=3, num_matvecs=10),
+                 lambda op: lanczos(op, 5)):
+        with pytest.raises(ValueError, match="symmetric operator.*assume_symmetric = True"):
+            call(aslinearoperator(A))
+    op = aslinearoperator(A)
+    op.assume_symmetric = True  # the documented opt-out
+    assert slq(op, num_probes=2, num_matvecs=5).num_probes == 2
+    sym = aslinearoperator(A + A.T)
+    assert eigsh(sym, k=2).converged  # symmetric: no complaint
