@@ -189,9 +189,10 @@ def child_torch(method: str, arrays, reps: int) -> dict:
 
     n, c = x.shape[0], arrays["W3"].shape[0]
     fns = {
-        TORCH_METHODS[0]: lambda: gram(net, x),
-        TORCH_METHODS[1]: lambda: gram(net, x, method="jacobian"),
-        TORCH_METHODS[2]: lambda: gram(net, x, method="ntk_vp"),
+        # float32 results like every peer (the library's default is a float64 accumulation).
+        TORCH_METHODS[0]: lambda: gram(net, x, dtype=torch.float32),
+        TORCH_METHODS[1]: lambda: gram(net, x, method="jacobian", dtype=torch.float32),
+        TORCH_METHODS[2]: lambda: gram(net, x, method="ntk_vp", dtype=torch.float32),
         TORCH_METHODS[3]: lambda: tutorial_jacobian_contraction(x, x),
         TORCH_METHODS[4]: lambda: tutorial_ntk_vps(x, x),
     }

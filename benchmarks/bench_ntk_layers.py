@@ -102,7 +102,7 @@ def run(name: str, model, inputs, outputs_fn, is_projection) -> None:
             def call(method=method, params=params):
                 return grams._gram(
                     model, inputs, None, params=params, prior=None, mode="full", method=method,
-                    outputs="raw", output_key=None, outputs_fn=outputs_fn, dtype=None,
+                    outputs="raw", output_key=None, outputs_fn=outputs_fn, dtype=torch.float32,
                     max_memory=None, chunk_size=None, allow_train_mode=False,
                 )
             with warnings.catch_warnings():

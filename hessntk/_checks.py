@@ -9,7 +9,11 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["count", "positive"]
+__all__ = ["count", "positive", "refuse_low_precision"]
+
+#: Machine epsilons above this (bfloat16: 7.8e-3, float16: 9.8e-4) are refused where a
+#: method's bookkeeping or conditioning needs more than three significant digits.
+LOW_PRECISION_EPS = 1e-4
 
 
 def count(value: object, name: str, *, minimum: int = 1) -> int:
@@ -52,3 +56,24 @@ def positive(value: object, name: str, *, zero: bool = False) -> float:
     if isinstance(value, bool) or not math.isfinite(v) or v < 0 or (v == 0 and not zero):
         raise ValueError(f"Expected {name} to be a finite number {bound}; got {value!r}.")
     return v
+
+
+def refuse_low_precision(eps: float, dtype: object, what: str) -> None:
+    """Refuse a 16-bit dtype (``eps > 1e-4``) for ``what``, naming the fix.
+
+    Examples
+    --------
+    >>> refuse_low_precision(2.2e-16, "float64", "Lanczos")
+    >>> refuse_low_precision(7.8e-3, "bfloat16", "Lanczos")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected float32 or float64 products for Lanczos; got bfloat16 ...
+    """
+    if eps > LOW_PRECISION_EPS:
+        digits = -math.log10(eps)
+        raise ValueError(
+            f"Expected float32 or float64 products for {what}; got {dtype} (about {digits:.1f} "
+            "significant digits): its thresholds and results would be rounding noise (a "
+            "bfloat16 Lanczos 'converges' to wrong eigenvalues). Cast the model to float32 "
+            "for the analysis (model.float(), or model.to(torch.float32) on a copy)."
+        )

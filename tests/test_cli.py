@@ -396,3 +396,42 @@ def test_argument_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["spectrum"])
     assert exit_info.value.code == 2 and "MODEL" in capsys.readouterr().err
+
+
+def test_float32_ntk_spectrum_and_iic_match_float64(tmp_path, checkpoints):
+    """Issue 14 case 1: float32 gave tail exponent 8.56 (float64: 0.75) with most eigenvalues
+    "at or below the floor", and a nan IIC with no note."""
+    docs = {}
+    for dtype in ("float32", "float64"):
+        out = tmp_path / dtype
+        assert main(["spectrum", ENTRY, "--checkpoint", str(checkpoints["late"]), "--k", "1",
+                     "--probes", "2", "--steps", "6", "--trace-matvecs", "6",
+                     "--ntk-samples", "40", "--ntk-outputs", "probabilities", "--dtype", dtype,
+                     "--out", str(out / "s"),
+                     "--quiet", *FAST]) == 0
+        assert main(["iic", ENTRY, "--checkpoint", str(checkpoints["late"]), "--dtype", dtype,
+                     "--out", str(out / "i"), "--quiet", *FAST]) == 0
+        docs[dtype] = (_strict_json((out / "s" / "report.json").read_text()),
+                       _strict_json((out / "i" / "report.json").read_text()))
+    (s32, i32), (s64, i64) = docs["float32"], docs["float64"]
+    # the 40 structural zeros of probabilities (one per sample), and nothing else
+    assert s32["ntk"]["num_below_floor"] == s64["ntk"]["num_below_floor"] == 40
+    assert s32["ntk"]["lower_tail"]["alpha"] == pytest.approx(
+        s64["ntk"]["lower_tail"]["alpha"], rel=1e-3)
+    assert i32["iic"]["value"] == pytest.approx(i64["iic"]["value"], rel=1e-5)
+    assert not any("NTK:" in note for note in s32["notes"])
+
+
+def test_an_undefined_iic_is_never_a_silent_nan(tmp_path, checkpoints, monkeypatch):
+    import dataclasses
+
+    import hessntk.criteria
+
+    real = hessntk.criteria.iic
+    monkeypatch.setattr(hessntk.criteria, "iic", lambda *a, **k: dataclasses.replace(
+        real(*a, **k), value=float("nan"), reasons=("K is numerically singular",)))
+    assert main(["iic", ENTRY, "--checkpoint", str(checkpoints["late"]), "--out",
+                 str(tmp_path), "--quiet", *FAST]) == 0
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert any("undefined" in n and "numerically singular" in n and "--soft" in n
+               for n in doc["notes"])

@@ -143,15 +143,17 @@ def ntk_analysis(report: Any, model: Any, inputs: Any, outputs: str,
 
     from hessntk._model import batch_size
     from hessntk.criteria import lower_tail_exponent
-    from hessntk.ntk import gram
+    from hessntk.ntk import gram, structural_nullity
     from hessntk.report import plot_ntk_cdf
+    from hessntk.spectral import gram_floor
 
-    def build() -> tuple[np.ndarray, torch.dtype]:
-        K = gram(model, inputs, outputs=outputs, **output_options)
-        return torch.linalg.eigvalsh(K.double()).cpu().numpy(), K.dtype
+    def build() -> np.ndarray:
+        K = gram(model, inputs, outputs=outputs, **output_options)  # float64 accumulation
+        return torch.linalg.eigvalsh(K.double()).cpu().numpy()
 
-    lam, dtype = timed(timings, "ntk", build)
-    floor = 10 * torch.finfo(dtype).eps * float(np.abs(lam).max()) * math.sqrt(lam.size)
+    lam = timed(timings, "ntk", build)
+    dtype = next(model.parameters()).dtype  # the Jacobians' precision
+    floor = gram_floor(float(np.abs(lam).max()), torch.finfo(dtype).eps)
     try:
         fit = lower_tail_exponent(lam, floor=floor)
         tail: dict[str, Any] = tail_dict(fit)
@@ -161,6 +163,15 @@ def ntk_analysis(report: Any, model: Any, inputs: Any, outputs: str,
         fit, tail = None, {"error": one_line(err)}
         tail_text = ("undetermined", one_line(err, 90))
     n_samples = batch_size(inputs)
+    below = int((lam <= floor).sum())
+    exact_zeros = structural_nullity(n_samples, outputs)  # probabilities: one per sample
+    if below - exact_zeros > 0.05 * lam.size:  # a material share of the spectrum is noise
+        fix = (" Run with --dtype float64 for a floor of 10 eps_64 lambda_max."
+               if dtype != torch.float64 else "")
+        report.notes.append(
+            f"NTK: {below} of {lam.size} eigenvalues are at or below the floor {floor:.2g} "
+            f"(rounding of {str(dtype).replace('torch.', '')} Jacobians) and are left out of "
+            f"the tail fit.{fix}")
     out = {"outputs": outputs, "prior": "identity", "num_samples": n_samples,
            "size": int(lam.size), "trace": float(lam.sum()), "max": float(lam.max()),
            "min": float(lam.min()), "floor": floor,
@@ -201,6 +212,10 @@ def iic_analysis(report: Any, problem: Any, options: dict[str, Any],
                                                 **problem.outputs))
     for message in dict.fromkeys(one_line(w.message) for w in caught):
         report.notes.append(f"IIC: {message}")
+    if not math.isfinite(res.value):  # never a silent nan: say why and what to try
+        why = "; ".join(res.reasons) or "a term is not finite"
+        hint = "" if options.get("soft") else " Try --soft KAPPA (a finite noise precision)."
+        report.notes.append(f"IIC: the value is undefined ({res.value}): {why}.{hint}")
     out = res.to_dict()
     out["settings"] = options
     if res.eigenvalues is not None:

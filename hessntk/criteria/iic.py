@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from hessntk._checks import refuse_low_precision
 from hessntk._observations import IIC_OBSERVATIONS
 from hessntk.criteria._arrays import f64, host, in_dtype
 from hessntk.criteria.general_prior import general_exact_terms, general_slq_terms
@@ -32,6 +33,7 @@ from hessntk.spectral.operators import CallableOperator, LinearOperator
 from hessntk.spectral.probes import Seed
 from hessntk.spectral.protocols import GramLike, RegulariserLike, refuse_options
 from hessntk.spectral.quadrature import slq
+from hessntk.spectral.resolution import gram_floor
 
 __all__ = ["IICResult", "iic"]
 
@@ -303,6 +305,7 @@ def _iic(K: Any, reg: Any, reference: Any, *, method: str, soft: float | None, s
          convention: str) -> IICResult:
     """The criterion on a Gram operator and (for a general prior) a regulariser operator."""
     N, P = K.shape[0], K.layout.n
+    refuse_low_precision(K._xp.eps(K.dtype), K.dtype, "the IIC")
     observations = OBSERVED_AS.get(K.observation, K.observation)
     theta = f64(K, K.theta())
     general = reg is not None
@@ -565,8 +568,7 @@ def spectrum_terms(lam: np.ndarray, K: Any, soft: float | None,
                    reasons: list[str]) -> dict[str, Any]:
     """Sharpness and rank diagnostics from the exact spectrum of ``K_H``."""
     N = lam.size
-    eps = K._xp.eps(K.dtype)
-    floor = eps * max(float(lam.max()), 0.0)
+    floor = gram_floor(float(lam.max()), K._xp.eps(K.dtype))  # float64 Gram of K.dtype Jacobians
     below = int(np.sum(lam <= floor))
     terms: dict[str, Any] = {"floor": floor, "below": below, "rank": N - below,
                              "eigenvalues": lam, "stderr": 0.0}

@@ -113,9 +113,15 @@ def transform_outputs(out: torch.Tensor, outputs: OutputsSpec) -> torch.Tensor:
         out = outputs(out)
     elif outputs in ("probabilities", "simplex"):
         check_logits_shape(tuple(out.shape), outputs)
-        out = torch.softmax(out, dim=-1)
+        # In float64 whatever the model's dtype: the softmax Jacobian diag(p) - p p^T of a
+        # confident model cancels (p (1 - p) with p near 1), which in float32 costs
+        # eps / (1 - p) of relative accuracy in every derivative (1e-3 and worse).
+        wide = out.dtype if out.dtype == torch.float64 or out.device.type == "mps" else (
+            torch.float64)
+        p = torch.softmax(out.to(wide), dim=-1)
         if outputs == "simplex":
-            out = out @ simplex_basis(out.shape[1], dtype=out.dtype, device=out.device)
+            p = p @ simplex_basis(p.shape[1], dtype=wide, device=p.device)
+        out = p.to(out.dtype)
     return out.reshape(out.shape[0], -1)
 
 

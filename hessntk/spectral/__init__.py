@@ -16,6 +16,7 @@ from hessntk.spectral.operators import (
 )
 from hessntk.spectral.probes import as_generator, rademacher
 from hessntk.spectral.quadrature import CDFEstimate, SpectralDensity, block_slq, slq
+from hessntk.spectral.resolution import gram_floor
 from hessntk.spectral.results import BlockEstimate, Estimate
 from hessntk.spectral.solvers import CGResult, cg
 from hessntk.spectral.traces import DiagonalEstimate, diagonal, trace
@@ -38,6 +39,7 @@ __all__ = [
     "block_slq",
     "cg",
     "check_symmetric",
+    "gram_floor",
     "diagonal",
     "eigsh",
     "lanczos",

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from hessntk._checks import count, positive
+from hessntk._checks import count, positive, refuse_low_precision
 from hessntk.spectral._backend import Array
 from hessntk.spectral.krylov import BREAKDOWN_FACTOR, _apply, _start_vectors, check_symmetry_step
 from hessntk.spectral.operators import LinearOperator
@@ -115,6 +115,7 @@ def eigsh(
         raise ValueError(f"Expected which in {_WHICH}; got {which!r}.")
     k = count(k, "k")
     tol = positive(tol, "tol")
+    refuse_low_precision(op._xp.eps(op.dtype), op.dtype, "eigsh")
     if not 1 <= k < n:
         raise ValueError(
             f"Expected 1 <= k < n = {n}; got k={k}. For all eigenvalues of a small operator "

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
-from hessntk._checks import count
+from hessntk._checks import count, refuse_low_precision
 from hessntk._progress import progress
 from hessntk.spectral._backend import Array
 from hessntk.spectral.operators import LinearOperator, matmat_float64
@@ -129,6 +129,7 @@ def lanczos(
     n = op.shape[0]
     m = _check_num_matvecs(num_matvecs, n)
     xp = op._xp
+    refuse_low_precision(xp.eps(op.dtype), op.dtype, "Lanczos and SLQ")
     V0 = _start_vectors(op, v0, num_probes, seed)
     k = V0.shape[1]
     basis = xp.zeros((k, m, n))

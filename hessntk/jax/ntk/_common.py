@@ -137,9 +137,13 @@ def observe(f: Callable, outputs: OutputsSpec, params: Any, x: Any) -> jax.Array
         out = outputs(out)
     elif outputs in ("probabilities", "simplex"):
         check_logits_shape(tuple(out.shape), outputs)
-        out = jax.nn.softmax(out, axis=-1)
+        # In float64 when available (see hessntk.ntk._common.transform_outputs: the softmax
+        # Jacobian of a confident model cancels in float32).
+        wide = jnp.float64 if jax.config.jax_enable_x64 else out.dtype
+        p = jax.nn.softmax(out.astype(wide), axis=-1)
         if outputs == "simplex":
-            out = out @ jnp.asarray(simplex_basis_np(out.shape[1]), dtype=out.dtype)
+            p = p @ jnp.asarray(simplex_basis_np(p.shape[1]), dtype=wide)
+        out = p.astype(out.dtype)
     return out.reshape(out.shape[0], -1)
 
 
@@ -223,8 +227,15 @@ def _check_chunk(chunk_size: int | None) -> None:
 
 
 def _result_dtype(dtype: Any, param_dtype: np.dtype) -> tuple[np.dtype, np.dtype]:
-    """``(output dtype, contraction dtype)``; float64 needs ``jax_enable_x64``."""
-    out = np.dtype(dtype) if dtype is not None else param_dtype
+    """``(output dtype, contraction dtype)``; float64 needs ``jax_enable_x64``.
+
+    Default: float64 with ``jax_enable_x64`` (float64 accumulation of the Jacobians, as on
+    torch: :func:`hessntk.spectral.gram_floor`), else the parameters' dtype.
+    """
+    if dtype is None:
+        out = np.dtype(np.float64) if jax.config.jax_enable_x64 else param_dtype
+    else:
+        out = np.dtype(dtype)
     if not np.issubdtype(out, np.floating):
         raise TypeError(f"Expected a floating dtype=; got {out}.")
     compute = np.promote_types(out, param_dtype)

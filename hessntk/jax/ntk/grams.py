@@ -72,6 +72,9 @@ def gram(
         Observation map (``"probabilities"`` Grams have ``n1`` exact null directions).
     dtype : dtype, optional
         Of the result; contractions run in the wider of it and the parameters' dtype.
+        Default float64 with ``jax_enable_x64`` (float32 Jacobians accumulated in float64
+        resolve eigenvalues down to :func:`hessntk.spectral.gram_floor`), else the
+        parameters' dtype.
     chunk_size : int, optional
         Samples per compiled chunk (default from the budget).
     max_memory : int, optional
