@@ -68,6 +68,8 @@ def load_into(build_model: Callable[[], nn.Module], source: Checkpoint, name: st
     ValueError
         A checkpoint that does not match the architecture (the keys are named), or an
         unreadable checkpoint.
+    FloatingPointError
+        A checkpoint with non-finite parameters or buffers (the first such tensor is named).
     """
     model = build_model()
     state = load_checkpoint(source)
@@ -77,4 +79,9 @@ def load_into(build_model: Callable[[], nn.Module], source: Checkpoint, name: st
         raise ValueError(
             f"Checkpoint {name!r} does not match the architecture from build_model: {err}"
         ) from err
+    for key, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise FloatingPointError(f"checkpoint {name!r} has {bad} non-finite value(s) of "
+                                     f"{tensor.numel()} in {key!r}")
     return model.eval()

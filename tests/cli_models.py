@@ -50,6 +50,22 @@ def not_a_triple() -> int:
     return 3
 
 
+def exits() -> None:
+    """A build() that ends the process instead of returning."""
+    import sys
+
+    sys.exit(0)
+
+
+def chatty() -> tuple[nn.Module, nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """A build() that prints, from Python and straight to file descriptor 1 (as C code does)."""
+    import os
+
+    print("loading the model ...")
+    os.write(1, b"a line from C code\n")
+    return build()
+
+
 def train(steps: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Train ``model(seed)`` with Adam for ``steps`` steps; return its state dict."""
     net = model(seed).train()

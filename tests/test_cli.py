@@ -435,3 +435,75 @@ def test_an_undefined_iic_is_never_a_silent_nan(tmp_path, checkpoints, monkeypat
     doc = json.loads((tmp_path / "report.json").read_text())
     assert any("undefined" in n and "numerically singular" in n and "--soft" in n
                for n in doc["notes"])
+
+
+# -- issue 14 case 10: the command line's own faults ---------------------------------------------
+
+
+def test_a_build_that_calls_sys_exit_is_an_error(tmp_path, capsys):
+    assert main(["iic", f"{MODELS}:exits", "--out", str(tmp_path), *FAST]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "called sys.exit(0)" in line and "must return (model, loss_fn, data)" in line
+
+
+def test_prints_in_build_never_reach_json_stdout(tmp_path):
+    done = _run("spectrum", f"{MODELS}:chatty", "--k", "1", "--probes", "2", "--steps", "4",
+                "--trace-matvecs", "4", "--json", "--quiet", "--out", str(tmp_path),
+                "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    doc = _strict_json(done.stdout)
+    assert doc["command"] == "spectrum"
+    assert "loading the model ..." in done.stderr and "a line from C code" in done.stderr
+
+
+def test_an_unwritable_out_is_refused_before_any_computation(tmp_path, monkeypatch, capsys):
+    import hessntk.cli.entrypoints
+
+    def never(*a, **k):
+        raise AssertionError("the model was built before --out was checked")
+
+    monkeypatch.setattr(hessntk.cli.entrypoints, "load_problem", never)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["iic", ENTRY, "--out", str(blocker / "sub"), *FAST]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert f"--out {blocker / 'sub'}: cannot write there" in line
+
+
+def test_two_runs_into_one_out_folder(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    lock = out / ".hessntk.lock"
+    lock.write_text(f"{os.getppid()}\n")  # a live process holds the folder
+    argv = [*SPECTRUM, "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert f"in use by another hessntk run (process {os.getppid()})" in line
+    assert lock.read_text() == f"{os.getppid()}\n" and not (out / "report.json").exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(f"{dead.pid}\n")  # left by a killed run: taken over, then released
+    assert main(argv) == 0
+    assert (out / "report.json").exists() and not lock.exists()
+
+
+def test_more_ntk_samples_than_data_is_an_error(tmp_path, capsys):
+    assert main([*SPECTRUM, "--ntk-samples", "5000", "--out", str(tmp_path / "s")]) == 2
+    assert "--ntk-samples 5000 exceeds the 40 samples of the data; use --ntk-samples 40" in (
+        _one_line_error(capsys.readouterr().err))
+    assert main([*TINY_DEMO, "--ntk-samples", "5000", "--out", str(tmp_path / "d")]) == 2
+    assert "--ntk-samples 5000 exceeds --n-train 40" in _one_line_error(capsys.readouterr().err)
+
+
+def test_compare_ranks_a_non_finite_checkpoint_last_and_names_it(tmp_path, checkpoints, capsys):
+    state = torch.load(checkpoints["late"], weights_only=True)["state_dict"]
+    state["2.weight"][0, 0] = float("inf")
+    torch.save(state, tmp_path / "diverged.pt")
+    out = tmp_path / "c"
+    assert main(["compare", ENTRY, str(checkpoints["late"]), str(tmp_path / "diverged.pt"),
+                 "--out", str(out), *FAST]) == 0
+    text = capsys.readouterr().out
+    assert "diverged.pt not valid: checkpoint 'diverged.pt' has 1 non-finite value(s)" in text
+    rows = _strict_json((out / "report.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["late.pth", "diverged.pt"]
+    assert rows[1]["value"] is None and not rows[1]["valid"]

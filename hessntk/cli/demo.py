@@ -10,7 +10,7 @@ import numpy as np
 from hessntk._progress import progress
 from hessntk.cli.analyses import hessian_analysis, iic_analysis, ntk_analysis, quantization_analysis
 from hessntk.cli.parser import FULL, QUICK
-from hessntk.cli.text import timed
+from hessntk.cli.text import CLIError, timed
 
 __all__ = ["cmd_demo"]
 
@@ -75,6 +75,9 @@ def cmd_demo(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
     device = device_of(args.device) or torch.device("cpu")
     dtype = DTYPES[args.dtype or "float64"]
     report, store, timings = ctx["report"], ctx["store"], ctx["timings"]
+    if args.ntk_samples > args.n_train:
+        raise CLIError(f"--ntk-samples {args.ntk_samples} exceeds --n-train {args.n_train}; "
+                       f"use --ntk-samples {args.n_train} or fewer, or a larger --n-train")
     train, test = timed(timings, "data", lambda: _digits(args.n_train, args.seed, dtype,
                                                           device))
     model, info = timed(timings, "train", lambda: _train(args.width, train, args.seed))

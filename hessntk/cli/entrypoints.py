@@ -115,6 +115,9 @@ def load_entry_point(spec: str) -> Callable[[], Any]:
             module_spec.loader.exec_module(module)
         except Exception as err:
             raise CLIError(f"importing {target!r} failed: {type(err).__name__}: {err}") from err
+        except SystemExit as err:
+            raise CLIError(f"importing {target!r} called sys.exit({err.code!r}); guard the "
+                           "script's own code with if __name__ == '__main__'") from err
         finally:
             sys.path.remove(folder)
     else:
@@ -126,6 +129,9 @@ def load_entry_point(spec: str) -> Callable[[], Any]:
             raise CLIError(f"cannot import module {target!r} for the model: {err}") from err
         except Exception as err:
             raise CLIError(f"importing {target!r} failed: {type(err).__name__}: {err}") from err
+        except SystemExit as err:
+            raise CLIError(f"importing {target!r} called sys.exit({err.code!r}); guard the "
+                           "script's own code with if __name__ == '__main__'") from err
     fn: Any = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
@@ -151,6 +157,9 @@ def load_problem(spec: str) -> Problem:
         out = fn()
     except Exception as err:
         raise CLIError(f"the model function {spec!r} raised {type(err).__name__}: {err}") from err
+    except SystemExit as err:
+        raise CLIError(f"the model function {spec!r} called sys.exit({err.code!r}); it must "
+                       "return (model, loss_fn, data)") from err
     extra: dict[str, Any] = {}
     if isinstance(out, Mapping):
         missing = [k for k in ("model", "loss_fn", "data") if k not in out]
@@ -251,8 +260,13 @@ def place(problem: Problem, device: torch.device | None, dtype: torch.dtype | No
     return dataclasses.replace(problem, model=model, data=data)
 
 
-def take_inputs(data: Any, n: int) -> Any:
+def take_inputs(data: Any, n: int, flag: str = "--ntk-samples") -> Any:
     """Return the inputs of the first ``n`` samples of ``data`` (tensor, tuple or dict inputs).
+
+    Raises
+    ------
+    CLIError
+        If ``data`` has fewer than ``n`` samples (named with the option ``flag``).
 
     Examples
     --------
@@ -267,4 +281,7 @@ def take_inputs(data: Any, n: int) -> Any:
         count += keep
         if count >= n:
             break
+    if count < n:
+        raise CLIError(f"{flag} {n} exceeds the {count} samples of the data; use {flag} "
+                       f"{count} or fewer")
     return concat_inputs(chunks)

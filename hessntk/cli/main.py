@@ -10,6 +10,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from hessntk._progress import reporting
 from hessntk.cli.parser import PROG, build_parser
@@ -63,10 +64,100 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+LOCK = ".hessntk.lock"
+
+
+@contextlib.contextmanager
+def _output_folder(out: Path) -> Iterator[None]:
+    """Check that ``--out`` is writable and hold it for this run (before any computation).
+
+    A lock file ``<out>/.hessntk.lock`` holds the process id; a second run into the same folder
+    is refused while that process lives (a lock left by a killed run is taken over).
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".hessntk-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise CLIError(f"--out {out}: cannot write there ({err.strerror or err}); choose a "
+                       "writable folder") from err
+    lock = out / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            pid = _lock_owner(lock)
+            if pid is not None and pid != os.getpid() and _alive(pid):
+                raise CLIError(f"--out {out} is in use by another hessntk run (process {pid}); "
+                               "wait for it to finish or choose another --out") from None
+            lock.unlink(missing_ok=True)  # left by a run that was killed
+    else:
+        raise CLIError(f"--out {out}: could not take the lock {lock}; choose another --out")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_owner(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """Send everything written to stdout (by Python or C code) to stderr: ``--json`` keeps
+    stdout for the report alone, whatever the user's ``build()`` prints."""
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else None
+        except (OSError, ValueError):  # no real stdout (e.g. an embedded interpreter)
+            fd = None
+        if fd is None:
+            yield
+            return
+        sys.__stdout__.flush()
+        saved = os.dup(fd)
+        try:
+            os.dup2(sys.__stderr__.fileno() if sys.__stderr__ is not None else 2, fd)
+            yield
+        finally:
+            sys.__stdout__.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
 def _run(args: argparse.Namespace, argv: Sequence[str], t0: float) -> int:
+    out = Path(args.out)
+    with _output_folder(out):
+        with _stdout_to_stderr(args.json):
+            report, results, timings, store = _compute(args, out)
+        return _finish(args, argv, t0, report, results, timings, store)
+
+
+def _compute(args: argparse.Namespace, out: Path) -> tuple[Any, dict[str, Any],
+                                                           dict[str, float], Any]:
     from hessntk.report import PartialStore, Report
 
-    out = Path(args.out)
     timings: dict[str, float] = {}
     report = Report(out, f"hessntk {args.command}", {})
     resume = bool(getattr(args, "resume", False))
@@ -80,6 +171,12 @@ def _run(args: argparse.Namespace, argv: Sequence[str], t0: float) -> int:
     for message in dict.fromkeys(one_line(w.message) for w in caught
                                  if _from_hessntk(w.filename)):
         report.notes.append(message)
+    return report, results, timings, store
+
+
+def _finish(args: argparse.Namespace, argv: Sequence[str], t0: float, report: Any,
+            results: dict[str, Any], timings: dict[str, float], store: Any) -> int:
+    """Write the report folder and print the summary (or the JSON on stdout)."""
     if store.reused:
         report.notes.append(f"resumed: {store.reused} partial result(s) reused from "
                             f"{store.path}")

@@ -24,7 +24,8 @@ class Comparison:
         One row per checkpoint, best first: ``name``, ``rank``, every IIC term, its standard
         error, validity and reasons.
     results : dict
-        ``name -> IICResult`` (or its ``to_dict()`` for checkpoints given as ``known``).
+        ``name -> IICResult`` (or its ``to_dict()`` for checkpoints given as ``known``, and a
+        dict with ``value`` nan and the reason for a checkpoint whose numbers are not finite).
     """
 
     rows: tuple[dict[str, Any], ...]
@@ -90,6 +91,11 @@ def compare(
         No checkpoint, a checkpoint that does not match the architecture (the keys are
         named), or an unreadable checkpoint.
 
+    Notes
+    -----
+    A checkpoint with non-finite parameters, outputs or loss does not stop the ranking: it is
+    ranked last, not valid, with the reason (``on_result`` is not called for it).
+
     Examples
     --------
     >>> import torch
@@ -107,16 +113,29 @@ def compare(
         raise ValueError("Expected at least one checkpoint; got none.")
     results: dict[str, Any] = dict(known or {})
     for name, source in progress(items, "checkpoints"):
-        if build_model is not None:
-            from hessntk.checkpoints import load_into  # torch checkpoints
+        try:
+            if build_model is not None:
+                from hessntk.checkpoints import load_into  # torch checkpoints
 
-            subject = load_into(build_model, source, str(name))
-        else:
-            subject = source
-        results[str(name)] = iic(subject, data, **iic_kwargs)
+                subject = load_into(build_model, source, str(name))
+            else:
+                subject = source
+            result = iic(subject, data, **iic_kwargs)
+        except FloatingPointError as err:  # non-finite numbers: ranked last with the reason
+            results[str(name)] = _failed(str(err))
+            continue
+        results[str(name)] = result
         if on_result is not None:
-            on_result(str(name), results[str(name)])
+            on_result(str(name), result)
     return rank_results(results)
+
+
+def _failed(reason: str) -> dict[str, Any]:
+    """The row fields of a checkpoint that could not be evaluated."""
+    nan = math.nan
+    return {"value": nan, "regularization": nan, "sharpness": nan, "sharpness_stderr": nan,
+            "curvature": nan, "correction": nan, "valid": False, "reasons": (reason,),
+            "residual": nan, "num_constraints": None}
 
 
 def rank_key(valid: bool, value: float | None) -> tuple[int, float]:

@@ -2,6 +2,8 @@
 
 Everything is written atomically (a temporary file in the same folder, then ``os.replace``), so
 an interrupted run leaves either the previous file or the new one, never a truncated one.
+Every item carries a content hash (:func:`hessntk.report.fingerprint` of its key and value),
+checked when it is read back: a file changed or truncated after it was written is refused.
 :class:`PartialStore` keeps items in ``<folder>/partial/``: SLQ probe groups (through
 :meth:`PartialStore.slq_groups`, a :class:`hessntk.spectral.quadrature.GroupStore`) and
 checkpoint evaluations; a rerun with ``resume`` skips what is there and gives the same numbers
@@ -14,13 +16,14 @@ import io
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hessntk._io import atomic_write
-from hessntk.report.jsonio import dumps, to_jsonable
+from hessntk.report.jsonio import dumps, fingerprint, to_jsonable
 from hessntk.spectral.krylov import Tridiagonal
 
 __all__ = ["PartialStore", "ResumeError", "SLQGroups"]
@@ -69,6 +72,17 @@ class PartialStore:
     def _file(self, name: str, ext: str) -> Path:
         return self.path / f"{name}.{ext}"
 
+    def _unreadable(self, f: Path, why: str) -> ResumeError:
+        return ResumeError(f"cannot resume: {f} is unreadable ({why}); rerun without --resume")
+
+    def _check_hash(self, f: Path, saved: Any, *content: Any) -> None:
+        if saved is None:
+            raise ResumeError(f"cannot resume: {f} has no content hash (written by an older "
+                              "hessntk); rerun without --resume")
+        if saved != fingerprint(*content):
+            raise ResumeError(f"cannot resume: {f} was changed after hessntk wrote it (its "
+                              "content hash does not match); rerun without --resume")
+
     def _check(self, name: str, saved: Any, key: Any) -> None:
         want = to_jsonable(key)
         if saved != want:
@@ -86,17 +100,20 @@ class PartialStore:
             return None
         try:
             saved = json.loads(f.read_text())
-        except (OSError, ValueError) as err:
-            raise ResumeError(f"cannot resume: {f} is unreadable ({err}); rerun without "
-                              "--resume") from err
-        self._check(name, saved.get("key"), key)
+            content = (saved["key"], saved["value"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise self._unreadable(f, f"{type(err).__name__}: {err}") from err
+        self._check_hash(f, saved.get("sha256"), *content)
+        self._check(name, saved["key"], key)
         self.reused += 1
         return saved["value"]
 
     def save_json(self, name: str, value: Any, key: Any) -> None:
-        """Save ``value`` (JSON-able) under ``name`` with its ``key``."""
+        """Save ``value`` (JSON-able) under ``name`` with its ``key`` and a content hash."""
         self._ensure()
-        atomic_write(self._file(name, "json"), dumps({"key": key, "value": value}))
+        item = json.loads(dumps({"key": key, "value": value}))  # as it will be read back
+        item["sha256"] = fingerprint(item["key"], item["value"])
+        atomic_write(self._file(name, "json"), dumps(item))
 
     def load_arrays(self, name: str, key: Any) -> dict[str, np.ndarray] | None:
         """Return the saved arrays of ``name`` (None when absent or not resuming)."""
@@ -106,10 +123,12 @@ class PartialStore:
         try:
             with np.load(f, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-            saved = json.loads(str(arrays.pop("__key__")))
-        except (OSError, ValueError, KeyError) as err:
-            raise ResumeError(f"cannot resume: {f} is unreadable ({err}); rerun without "
-                              "--resume") from err
+            key_text = str(arrays.pop("__key__"))
+            digest = arrays.pop("__sha256__", None)
+            saved = json.loads(key_text)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise self._unreadable(f, f"{type(err).__name__}: {err}") from err
+        self._check_hash(f, None if digest is None else str(digest), key_text, arrays)
         self._check(name, saved, key)
         self.reused += 1
         return arrays
@@ -122,7 +141,10 @@ class PartialStore:
         """Save numpy ``arrays`` under ``name`` with its ``key``."""
         self._ensure()
         buf = io.BytesIO()
-        np.savez(buf, __key__=np.array(json.dumps(to_jsonable(key), sort_keys=True)), **arrays)
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        key_text = json.dumps(to_jsonable(key), sort_keys=True)
+        np.savez(buf, __key__=np.array(key_text),
+                 __sha256__=np.array(fingerprint(key_text, arrays)), **arrays)
         atomic_write(self._file(name, "npz"), buf.getvalue())
 
 

@@ -135,7 +135,8 @@ def frontier_csv(alloc: Any, path: str | os.PathLike | None = None) -> str:
 
 
 def ranking_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Checkpoints ranked by the IIC, one line each (missing or undefined terms as ``-``)."""
+    """Checkpoints ranked by the IIC, one line each (missing or undefined terms as ``-``),
+    then the reasons of every value that is not valid."""
     width = max([len(str(r["name"])) for r in rows] + [10])
     cols = {c: max(12, len(c) + 2) for c in RANKING_COLUMNS}
     head = f"{'rank':>4}  {'name':<{width}}" + "".join(f"{c:>{w}}" for c, w in cols.items())
@@ -143,6 +144,9 @@ def ranking_table(rows: Sequence[Mapping[str, Any]]) -> str:
     for r in rows:
         cells = "".join(_num(r.get(c), w) for c, w in cols.items())
         lines.append(f"{r['rank']:>4}  {str(r['name']):<{width}}{cells}{str(r['valid']):>7}")
+    for r in rows:  # why each value is not valid, below the table
+        if not r["valid"] and r.get("reasons"):
+            lines.append(f"  {r['name']} not valid: " + "; ".join(map(str, r["reasons"])))
     return "\n".join(lines)
 
 

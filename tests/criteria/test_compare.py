@@ -91,3 +91,22 @@ def test_untrusted_pickles_and_mismatched_architectures_are_refused(two_checkpoi
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="at least one"):
             compare([], _build, data)
+
+
+def test_a_non_finite_checkpoint_is_ranked_last_with_its_reason(two_checkpoints):
+    """Issue 14 case 10: one non-finite checkpoint aborted the whole ranking unnamed."""
+    ckpts, data = two_checkpoints
+    broken = {k: v.clone() for k, v in ckpts["a"].items()}
+    broken["0.weight"][2, 1] = float("nan")
+    saved = []
+    cmp = compare({"broken": broken, **ckpts}, _build, data,
+                  on_result=lambda name, r: saved.append(name))
+    assert [r["name"] for r in cmp.rows][-1] == "broken"
+    assert [r["valid"] for r in cmp.rows] == [True, True, False]
+    last = cmp.rows[-1]
+    assert np.isnan(last["value"])
+    assert last["reasons"] == ("checkpoint 'broken' has 1 non-finite value(s) of 384 in "
+                               "'0.weight'",)
+    assert saved == ["a", "b"]  # a failure is not saved for resuming
+    assert "broken not valid: checkpoint 'broken' has 1 non-finite" in cmp.table()
+    assert json.loads(cmp.to_json())["rows"][-1]["value"] is None

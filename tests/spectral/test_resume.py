@@ -111,3 +111,29 @@ def test_a_foreign_partial_folder_is_never_deleted(tmp_path):
     with pytest.raises(ResumeError, match="not written by hessntk"):
         PartialStore(tmp_path, resume=False)
     assert (tmp_path / "partial" / "mine.txt").read_text() == "keep"
+
+
+def test_a_changed_partial_result_with_the_right_key_is_refused(tmp_path):
+    """Issue 14 case 10: a tampered partial file with the right key was trusted."""
+    store = PartialStore(tmp_path, resume=False)
+    store.save_json("a", {"value": 2.0}, key={"seed": 0})
+    f = store.path / "a.json"
+    f.write_text(f.read_text().replace("2.0", "3.0"))
+    with pytest.raises(ResumeError, match="changed after hessntk wrote it"):
+        PartialStore(tmp_path, resume=True).load_json("a", key={"seed": 0})
+
+
+def test_changed_or_truncated_probe_groups_are_refused(op, tmp_path):
+    """Issue 14 case 10: a truncated group file gave a bare BadZipFile."""
+    kwargs = dict(num_probes=2, num_matvecs=10, probes_per_group=1, key={"model": "a"})
+    resumable_slq(op, store=PartialStore(tmp_path, resume=False), **kwargs)
+    group = tmp_path / "partial" / "slq-group000.npz"
+    with np.load(group) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["alpha"] = arrays["alpha"] * 1.01  # same key, other numbers
+    np.savez(group, **arrays)
+    with pytest.raises(ResumeError, match="slq-group000.npz was changed"):
+        resumable_slq(op, store=PartialStore(tmp_path, resume=True), **kwargs)
+    group.write_bytes(group.read_bytes()[:100])
+    with pytest.raises(ResumeError, match="slq-group000.npz is unreadable .*BadZipFile"):
+        resumable_slq(op, store=PartialStore(tmp_path, resume=True), **kwargs)
