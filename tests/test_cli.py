@@ -117,6 +117,7 @@ def test_demo_prints_a_summary_and_writes_the_report_folder(demo_report):
     for heading in ("Hessian of the mean loss", "NTK Gram", "IIC", "Quantization sensitivity"):
         assert heading in text
     assert "top eigenvalues" in text and "lower-tail exponent" in text and "done in" in text
+    assert "negative eigenvalues  [" in text and "95% interval from the quadrature bracket" in text
     for name in ("report.json", "report.html", "hessian_esd.png", "ntk_cdf.png",
                  "quantization_sensitivity.png"):
         assert (out / name).stat().st_size > 0, name
@@ -138,6 +139,10 @@ def test_demo_report_json_schema_and_finite_numbers(demo_report):
     assert set(h["layer_traces"]) == {"0", "2"}
     assert len(h["density"]["nodes"]) == 4 and len(h["density"]["nodes"][0]) == 10
     assert "alpha" in h["lower_tail"] or "error" in h["lower_tail"]
+    neg = h["density"]["negative_mass"]  # led by the interval; the Gauss value lies inside
+    lo, hi = neg["interval"]
+    assert neg["confidence"] == 0.95 and 0 <= lo <= neg["bracket"][0] <= neg["value"]
+    assert neg["value"] <= neg["bracket"][1] <= hi <= 1 and "probe_stderr" in neg
     assert len(doc["ntk"]["eigenvalues"]) == 20 * 10
     assert doc["ntk"]["lower_tail"]["alpha"] > 0
     iic = doc["iic"]

@@ -16,6 +16,11 @@ import numpy as np
 
 from hessntk.cli.text import fmt, one_line, pm, timed
 
+#: Confidence of the intervals in summaries.
+CONFIDENCE = 0.95
+#: Smoothing of the Hessian density plot (sd of a Gaussian on its symmetric-log axis).
+SMOOTHING = 0.4
+
 __all__ = ["data_key", "hessian_analysis", "iic_analysis", "iic_options", "ntk_analysis",
            "quantization_analysis", "tail_dict"]
 
@@ -76,7 +81,14 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
     dens = timed(timings, "hessian_slq", lambda: slq(
         op, num_probes=args.probes, num_matvecs=steps, seed=args.seed,
         probes_per_group=args.probes_per_group, store=store.slq_groups(curvature, key)))
-    negative = dens.cdf(0.0)
+    # Eigenvalues below zero beyond the nodes' rounding level (zeros are not negative).
+    negative = dens.cdf(-dens.rounding_level)
+    if dens.num_probes > 1:
+        neg_lo, neg_hi = (float(b[0]) for b in negative.interval(CONFIDENCE))
+        interval_of, noise = f"{CONFIDENCE:.0%} interval from the quadrature", " and probe noise"
+    else:
+        neg_lo, neg_hi = float(negative.lower[0]), float(negative.upper[0])
+        interval_of, noise = "quadrature", " (1 probe: probe noise not covered)"
     slq_trace = dens.trace()
     try:
         fit = lower_tail_exponent(dens)
@@ -103,10 +115,13 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
                     "num_matvecs": dens.num_matvecs, "probes_per_group": args.probes_per_group,
                     "seed": args.seed, "min": float(dens.nodes.min()),
                     "max": float(dens.nodes.max()),
-                    "negative_mass": {"value": float(negative.value[0]),
-                                      "lower": float(negative.lower[0]),
-                                      "upper": float(negative.upper[0]),
-                                      "stderr": float(negative.stderr[0])},
+                    "negative_mass": {
+                        "interval": [neg_lo, neg_hi],
+                        "confidence": CONFIDENCE if dens.num_probes > 1 else None,
+                        "bracket": [float(negative.lower[0]), float(negative.upper[0])],
+                        "value": float(negative.value[0]),
+                        "probe_stderr": float(negative.stderr[0]),
+                        "below": -dens.rounding_level},
                     "trace": {"value": slq_trace.value, "stderr": slq_trace.stderr},
                     "nodes": dens.nodes, "weights": dens.weights, "exact": dens.exact},
         "lower_tail": tail,
@@ -120,9 +135,9 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
         ("SLQ density", f"[{dens.nodes.min():.3g}, {dens.nodes.max():.3g}]",
          f"{dens.num_probes} probes x {steps} steps; SLQ trace "
          + pm(slq_trace.value, slq_trace.stderr)),
-        ("negative mass", pm(float(negative.value[0]), float(negative.stderr[0])),
-         f"fraction of eigenvalues < 0, bracket [{negative.lower[0]:.3f}, "
-         f"{negative.upper[0]:.3f}]"),
+        ("negative eigenvalues", f"[{neg_lo:.3f}, {neg_hi:.3f}]",
+         f"fraction < 0: {interval_of} bracket [{negative.lower[0]:.3f}, "
+         f"{negative.upper[0]:.3f}]{noise} (Gauss point estimate {negative.value[0]:.3f})"),
         ("lower-tail exponent", *tail_text),
     ]
     rows += [(f"trace of layer {layer or '<root>'}", pm(e.value, e.stderr),
@@ -130,9 +145,10 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
     report.add_section(f"{name} of the mean loss ({n} parameters, {op.num_samples} samples)",
                        rows)
     report.add_plot("hessian_esd.png", lambda: plot_hessian_esd(
-        dens, top.eigenvalues, title=f"{name} spectral density (SLQ, {dens.num_probes} probes x "
-        f"{steps} steps)"), f"{name} eigenvalue density (SLQ) on a symmetric-log axis, with "
-        "the top eigenvalues from eigsh")
+        dens, top.eigenvalues, smoothing=SMOOTHING, title=f"{name} spectral density (SLQ, "
+        f"{dens.num_probes} probes x {steps} steps)"), f"{name} eigenvalue density (SLQ, each "
+        f"quadrature node smoothed by a Gaussian of sd {SMOOTHING:g} on the symmetric-log axis), "
+        "with the top eigenvalues from eigsh")
     return out
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from hessntk._checks import positive
 from hessntk._io import atomic_write
 
 __all__ = [
@@ -48,20 +49,25 @@ def _figure(width: float = 6.0, height: float = 4.0) -> tuple[Any, Any]:
 
 
 def plot_hessian_esd(
-    density: Any, top: Sequence[float] = (), *, num_bins: int = 60,
+    density: Any, top: Sequence[float] = (), *, smoothing: float = 0.4,
     title: str = "Hessian spectral density (SLQ)",
 ) -> Any:
-    """Plot an SLQ spectral density as mass per bin on a symmetric-log eigenvalue axis.
+    """Plot an SLQ spectral density, smoothed, on a symmetric-log eigenvalue axis.
 
     Hessian spectra mix a few large outliers, a bulk near zero and small negative values; a
-    symmetric-log axis (linear within ``1e-4 max|lambda|`` of zero) shows all three. Bins are
-    uniform on that axis; the height of a bin is the quadrature estimate of the fraction of
-    eigenvalues in it. ``top`` eigenvalues (e.g. from ``eigsh``) are drawn as lines.
+    symmetric-log axis ``u = sign(lambda) log(1 + |lambda| / lin)`` (``lin`` a power of ten
+    near ``1e-3 max |lambda|``) shows all three. The quadrature nodes are point masses, whose
+    spikes are artefacts of the rule, not structure of the spectrum; each is drawn as a Gaussian
+    of standard deviation ``smoothing`` in ``u`` (a factor ``exp(smoothing)`` in ``|lambda|``
+    away from zero), stated in the legend, and the nodes are shown as a rug below. The height
+    is the fraction of eigenvalues per ``smoothing`` of the axis, drawn down to a tenth of
+    one eigenvalue's peak. ``top`` eigenvalues (e.g. from ``eigsh``) are drawn as lines.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
+    smoothing = positive(smoothing, "smoothing")
     fig, ax = _figure()
     keep = density.weights > 0
     x = density.nodes[keep]
@@ -76,21 +82,26 @@ def plot_hessian_esd(
         return np.sign(t) * lin * np.expm1(np.abs(t))
 
     pts = np.concatenate([x, np.asarray(top, dtype=np.float64)])
-    lo, hi = float(fwd(pts.min())), float(fwd(pts.max()))
-    if hi <= lo:
-        lo, hi = lo - 1.0, hi + 1.0
-    edges = inv(np.linspace(lo, hi + 1e-9 * (hi - lo), num_bins + 1))
-    mass, _ = np.histogram(x, bins=edges, weights=w)
-    shown = np.where(mass > 0, mass, np.nan)
-    ax.stairs(shown, edges, fill=True, alpha=0.6, label="SLQ mass per bin")
+    lo, hi = float(fwd(pts.min())) - 3 * smoothing, float(fwd(pts.max())) + 3 * smoothing
+    grid = np.linspace(lo, hi, 1200)
+    z = (grid[:, None] - fwd(x)[None, :]) / smoothing
+    mass = (np.exp(-0.5 * z * z) * w).sum(1) / math.sqrt(2 * math.pi)  # per `smoothing` of u
+    # Below a tenth of one eigenvalue's smoothed peak nothing is drawn.
+    floor = 0.1 / (density.n * math.sqrt(2 * math.pi))
+    ax.fill_between(inv(grid), np.where(mass >= floor, mass, np.nan), floor, alpha=0.6,
+                    label=f"SLQ, Gaussian smoothing sd {smoothing:g} on this axis "
+                          f"(x{math.exp(smoothing):.2g} in |eigenvalue|)")
+    ax.plot(x, np.full(x.size, floor), "|", color="k", ms=6, alpha=0.3,
+            label="quadrature nodes")
     for i, t in enumerate(top):
         ax.axvline(t, color="C3", ls="--", lw=0.8, label="top eigenvalues" if i == 0 else None)
     ax.set_xscale("symlog", linthresh=lin)
     ax.set_yscale("log")
+    ax.set_ylim(floor * 0.7, max(float(mass.max()), floor) * 3)
     ax.set_xlabel(f"eigenvalue (symmetric log axis, linear below {lin:.1g})")
-    ax.set_ylabel("fraction of eigenvalues")
+    ax.set_ylabel(f"fraction of eigenvalues per {smoothing:g} of the axis")
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=7, ncol=2)
     return fig
 
 
@@ -306,7 +317,9 @@ def plot_density(density: Any, ax: Any = None, *, num_points: int = 1000,
     lo, hi = float(density.nodes.min()), float(density.nodes.max())
     pad = 0.05 * (hi - lo if hi > lo else 1.0)
     grid = np.linspace(lo - pad, hi + pad, num_points)
-    ax.plot(grid, density.density(grid, sigma))
+    sigma = density.default_sigma if sigma is None else sigma
+    ax.plot(grid, density.density(grid, sigma), label=f"Gaussian smoothing, sd {sigma:.3g}")
+    ax.legend(fontsize=8)
     ax.plot(density.nodes.ravel(), np.zeros(density.nodes.size), "|", color="k", alpha=0.3)
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density")

@@ -20,18 +20,27 @@ from hessntk.spectral.results import Estimate, mean_estimate
 class CDFEstimate:
     """SLQ estimate of the spectral CDF ``F(x) = #{lambda_i <= x} / n``.
 
+    Lead with :meth:`interval`: it covers the quadrature's bias (the brackets) and the probe
+    noise, and holds the truth at its stated rate (tested against exact spectra). ``value`` is
+    the Gauss-quadrature point estimate; ``stderr`` is its probe noise *only*: the quadrature
+    bias can be many standard errors (e.g. 0.18 +- 0.011 for an exact 0.22 with 12 probes x 80
+    steps), and ``value +- stderr`` is not an interval for ``F(x)``.
+
     Attributes
     ----------
     x : numpy.ndarray
         Points where the CDF was evaluated.
     value : numpy.ndarray
-        Quadrature estimate, mean over probes of each probe's Gauss-quadrature CDF.
+        Gauss-quadrature estimate, mean over probes of each probe's quadrature CDF.
     lower, upper : numpy.ndarray
         Chebyshev-Markov-Stieltjes brackets: for every probe, its probe-weighted spectral
         measure satisfies ``lower <= psi((-inf, x]) <= upper`` exactly; these are the means
         over probes. They bound the quadrature error, not the sampling error over probes.
     stderr : numpy.ndarray
-        Standard error of ``value`` over probes (the sampling error).
+        Standard error of ``value`` over probes: probe noise only, not the quadrature bias.
+    lower_stderr, upper_stderr : numpy.ndarray
+        Standard errors of ``lower`` and ``upper`` over probes (used by :meth:`interval`).
+    num_probes : int
     """
 
     x: np.ndarray
@@ -39,6 +48,47 @@ class CDFEstimate:
     lower: np.ndarray
     upper: np.ndarray
     stderr: np.ndarray
+    lower_stderr: np.ndarray
+    upper_stderr: np.ndarray
+    num_probes: int
+
+    def interval(self, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """An interval that covers ``F(x)`` with probability at least ``confidence``.
+
+        Every probe's bracket holds its probe-weighted measure exactly, and those measures
+        average to the spectral measure (``E psi_l = mu_A``), so the mean lower bracket minus
+        ``t`` of its standard errors, and the mean upper bracket plus ``t`` of its standard
+        errors, each fail with probability at most ``(1 - confidence) / 2`` (``t``: Student's
+        quantile with ``num_probes - 1`` degrees of freedom). Clipped to ``[0, 1]``.
+
+        Raises
+        ------
+        ValueError
+            If ``confidence`` is not in (0, 1), or with fewer than 2 probes (no estimate of
+            the probe noise).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from hessntk.spectral import aslinearoperator, slq
+        >>> A = aslinearoperator(np.diag(np.linspace(-1.0, 3.0, 200)))
+        >>> lo, hi = slq(A, num_probes=8, num_matvecs=20).cdf(0.0).interval()
+        >>> bool(lo[0] <= 0.25 <= hi[0])  # 50 of the 200 eigenvalues are <= 0
+        True
+        """
+        from scipy.stats import t as student
+
+        confidence = float(confidence)
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"Expected confidence in (0, 1); got {confidence!r}.")
+        if self.num_probes < 2:
+            raise ValueError("An interval needs the probe noise, estimated from 2 or more "
+                             f"probes; got {self.num_probes}. Use num_probes >= 2 (or read "
+                             "the brackets lower, upper alone).")
+        q = float(student.ppf(0.5 + confidence / 2, self.num_probes - 1))
+        lo = np.clip(self.lower - q * self.lower_stderr, 0.0, 1.0)
+        hi = np.clip(self.upper + q * self.upper_stderr, 0.0, 1.0)
+        return lo, hi
 
 
 #: Quadrature nodes are known to about ``eps ||A||`` (Paige: Ritz values of the rounded
@@ -82,6 +132,20 @@ class SpectralDensity:
     @property
     def num_probes(self) -> int:
         return self.nodes.shape[0]
+
+    @property
+    def default_sigma(self) -> float:
+        """The smoothing width of :meth:`density` by default: 1% of the node range (or 1)."""
+        span = float(self.nodes.max() - self.nodes.min())
+        return 0.01 * span if span > 0 else 1.0
+
+    @property
+    def rounding_level(self) -> float:
+        """``RESOLUTION * eps * max |node|``: nodes within it of zero are zero at this precision.
+
+        E.g. the fraction of negative eigenvalues is ``cdf(-rounding_level)``.
+        """
+        return RESOLUTION * self.eps * float(np.abs(self.nodes[self.weights > 0]).max())
 
     @classmethod
     def from_tridiagonal(cls, T: Tridiagonal, n: int, eps: float | None = None) -> SpectralDensity:
@@ -174,9 +238,8 @@ class SpectralDensity:
             (``-inf`` in exact arithmetic). Pass ``shift > 0`` for ``log det(A + shift I)``
             (the regularised log-determinant), use more Lanczos steps or a float64 operator.
         """
-        live = self.nodes[self.weights > 0]
-        smallest = float(live.min()) + shift
-        level = RESOLUTION * self.eps * float(np.abs(live).max())
+        smallest = float(self.nodes[self.weights > 0].min()) + shift
+        level = self.rounding_level
         if smallest <= level:
             raise ValueError(
                 f"Expected a positive definite operator; got a quadrature node "
@@ -221,8 +284,11 @@ class SpectralDensity:
                 # (theta_j the largest node <= x) and <= sum_{nodes <= theta_{j+1}} tau.
                 lower[i] = cum[np.maximum(j - 1, 0)]
                 upper[i] = cum[np.minimum(j + 1, len(th))]
-        stderr = value.std(axis=0, ddof=1) / np.sqrt(P) if P > 1 else np.full(x.size, np.nan)
-        return CDFEstimate(x, value.mean(0), lower.mean(0), upper.mean(0), stderr)
+        def se(a: np.ndarray) -> np.ndarray:
+            return a.std(axis=0, ddof=1) / np.sqrt(P) if P > 1 else np.full(x.size, np.nan)
+
+        return CDFEstimate(x, value.mean(0), lower.mean(0), upper.mean(0), se(value), se(lower),
+                           se(upper), P)
 
     def density(self, x: np.ndarray, sigma: float | None = None) -> np.ndarray:
         """Gaussian-smoothed spectral density at ``x`` (for plots only).
@@ -234,8 +300,7 @@ class SpectralDensity:
         if sigma is not None:
             sigma = positive(sigma, "sigma")
         if sigma is None:
-            span = float(self.nodes.max() - self.nodes.min())
-            sigma = 0.01 * span if span > 0 else 1.0
+            sigma = self.default_sigma
         z = (x[..., None, None] - self.nodes) / sigma
         g = np.exp(-0.5 * z * z) / (sigma * np.sqrt(2 * np.pi))
         return (g * self.weights).sum(axis=(-1, -2)) / self.num_probes

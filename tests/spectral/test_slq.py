@@ -68,6 +68,26 @@ def test_density_plot_and_errors():
     matplotlib.use("Agg")
     ax = dens.plot()
     assert len(ax.lines) == 2 and "SpectralDensity" in repr(dens)
+    assert ax.get_legend().get_texts()[0].get_text() == f"Gaussian smoothing, sd {0.011:.3g}"
+
+
+def test_hessian_density_plot_is_smoothed_with_a_stated_width():
+    """Issue 14 item 3: the plot was a histogram of quadrature nodes (spikes of the rule)."""
+    pytest.importorskip("matplotlib")
+    from hessntk.report import plot_hessian_esd
+
+    lam = np.concatenate([-np.geomspace(1e-4, 1e-2, 30), np.geomspace(1e-5, 1.0, 170)])
+    dens = slq(aslinearoperator(matrix_with_spectrum(lam, seed=1)), num_probes=3,
+               num_matvecs=15, seed=0)
+    fig = plot_hessian_esd(dens, [1.0], smoothing=0.5)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == "SLQ, Gaussian smoothing sd 0.5 on this axis (x1.6 in |eigenvalue|)"
+    (curve,) = ax.collections[:1]
+    heights = curve.get_paths()[0].vertices[:, 1]
+    assert np.isfinite(heights).all() and heights.max() < 1  # fractions of eigenvalues
+    with pytest.raises(ValueError, match="smoothing"):
+        plot_hessian_esd(dens, smoothing=0.0)
 
 
 def test_same_seed_same_bits_and_lanczos_consistency():
