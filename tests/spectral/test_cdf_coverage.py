@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from hessntk.spectral import aslinearoperator, slq
-from tests.hessian.models import dense_hessian
 from tests.helpers import matrix_with_spectrum
+from tests.hessian.models import dense_hessian
 
 
 def _coverage(A: np.ndarray, x: float, truth: float, num_probes: int, num_matvecs: int,
