@@ -189,6 +189,30 @@ def _short_list(names: Iterable[str], limit: int = 20) -> str:
 # -- model state and calls ---------------------------------------------------------------------
 
 
+def is_hf_conv1d(m: nn.Module) -> bool:
+    """A Hugging Face ``Conv1D`` (GPT-2's projections): ``z = x @ W + b``, ``W`` ``(in, out)``."""
+    cls = type(m)
+    return (cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+            and hasattr(m, "nf") and "forward" in cls.__dict__)
+
+
+def channel_axes(model: nn.Module, names: Iterable[str]) -> dict[str, int]:
+    """The output-channel axis of each named parameter: 1 for a Hugging Face ``Conv1D``
+    weight (``(in, out)``), 0 otherwise (``nn.Linear``, ``nn.ConvNd``, ``nn.Embedding``).
+
+    Examples
+    --------
+    >>> channel_axes(nn.Sequential(nn.Linear(2, 3)), ["0.weight"])
+    {'0.weight': 0}
+    """
+    out = {}
+    for name in names:
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        out[name] = 1 if leaf == "weight" and is_hf_conv1d(module) else 0
+    return out
+
+
 def _train_mode_matters(m: nn.Module) -> bool:
     if isinstance(m, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)):
         return getattr(m, "p", 0.0) > 0

@@ -9,6 +9,7 @@ built for you). Imports neither torch nor jax at module level.
 from hessntk.criteria.bits import BitAllocation, allocate_bits
 from hessntk.criteria.comparison import Comparison, compare
 from hessntk.criteria.iic import IICResult, iic
+from hessntk.criteria.mixed_precision import mixed_precision
 from hessntk.criteria.quantization import (
     measure_quantization,
     quantization_sensitivity,
@@ -40,6 +41,7 @@ __all__ = [
     "iic",
     "lower_tail_exponent",
     "measure_quantization",
+    "mixed_precision",
     "quantization_sensitivity",
     "quantize",
     "quantized_loss",

@@ -16,7 +16,11 @@ from typing import Any
 import numpy as np
 
 from hessntk._checks import positive
-from hessntk.criteria.quantization_results import QuantizationSensitivity, plain
+from hessntk.criteria.quantization_results import (
+    QuantizationMeasurement,
+    QuantizationSensitivity,
+    plain,
+)
 from hessntk.criteria.quantizers import check_bits
 
 __all__ = ["BitAllocation", "allocate_bits"]
@@ -48,6 +52,20 @@ class BitAllocation:
         predicted increase are kept.
     params : dict[str, tuple of str]
         The parameters of each layer (pass as ``layers=`` to :func:`quantized_loss`).
+    verified : bool
+        True when the assignment was quantized and its loss measured
+        (:func:`hessntk.criteria.mixed_precision`); False for predictions alone.
+    measured_increase : float or None
+        The measured loss increase of the assignment, every layer quantized together.
+    uniform : dict or None
+        The best uniform width that fits the budget: ``bits``, ``size_bits`` and its
+        ``measured_increase``.
+    candidates : tuple of dict
+        Every assignment measured (``source``, ``bits``, ``size_bits``, ``predicted_increase``,
+        ``measured_increase``), the chosen one among them.
+    notes : tuple of str
+        What the user should know, e.g. that uniform was returned because no mixed
+        assignment measured lower, or that the assignment was not verified.
     """
 
     bits: dict[str, int]
@@ -59,6 +77,11 @@ class BitAllocation:
     choices: tuple[int, ...]
     frontier: tuple[dict[str, Any], ...] = ()
     params: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    verified: bool = False
+    measured_increase: float | None = None
+    uniform: dict[str, Any] | None = None
+    candidates: tuple[dict[str, Any], ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def average_bits(self) -> float:
@@ -84,6 +107,13 @@ class BitAllocation:
             "choices": list(self.choices),
             "frontier": [{k: plain(v) for k, v in p.items()} for p in self.frontier],
             "params": {k: list(v) for k, v in self.params.items()},
+            "verified": self.verified,
+            "measured_increase": plain(self.measured_increase),
+            "uniform": None if self.uniform is None else {
+                k: plain(v) for k, v in self.uniform.items()},
+            "candidates": [{k: (dict(v) if isinstance(v, dict) else plain(v))
+                            for k, v in c.items()} for c in self.candidates],
+            "notes": list(self.notes),
         }
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
@@ -120,7 +150,7 @@ class BitAllocation:
 
 
 def allocate_bits(
-    sensitivity: QuantizationSensitivity,
+    sensitivity: QuantizationSensitivity | QuantizationMeasurement,
     *,
     budget_bits: float | None = None,
     budget_bytes: float | None = None,
@@ -141,8 +171,9 @@ def allocate_bits(
 
     Parameters
     ----------
-    sensitivity : QuantizationSensitivity
-        Must hold every width in ``choices``.
+    sensitivity : QuantizationSensitivity or QuantizationMeasurement
+        Must hold every width in ``choices``. A measurement (:func:`measure_quantization`)
+        allocates by the measured single-layer increases (``predictor`` is then "measured").
     budget_bits : float, optional
         Total bits over the quantized weights, ``sum_i n_i b_i`` (scales, zero points and
         unquantized parameters such as biases are not counted).
@@ -163,6 +194,9 @@ def allocate_bits(
     Returns
     -------
     BitAllocation
+        Not verified: the assignment is optimal for the predictions, which treat layers as
+        independent and (for the second-order predictors) fail at low bit widths. Use
+        :func:`hessntk.criteria.mixed_precision` for an assignment measured against uniform.
 
     Raises
     ------
@@ -182,13 +216,18 @@ def allocate_bits(
     >>> alloc.bits, alloc.size_bits
     ({'a': 8, 'b': 2}, 1000)
     """
-    if not isinstance(sensitivity, QuantizationSensitivity):
+    if isinstance(sensitivity, QuantizationMeasurement):
+        table, predictor = sensitivity.increase, "measured"
+    elif isinstance(sensitivity, QuantizationSensitivity):
+        table = sensitivity.predictions(predictor)
+    else:
         raise TypeError(
-            "Expected the QuantizationSensitivity from quantization_sensitivity; got "
+            "Expected the QuantizationSensitivity from quantization_sensitivity (or the "
+            f"QuantizationMeasurement from measure_quantization); got "
             f"{type(sensitivity).__name__}."
         )
     choices = _check_choices(choices, sensitivity)
-    pred = sensitivity.predictions(predictor)[:, [sensitivity.bits.index(c) for c in choices]]
+    pred = table[:, [sensitivity.bits.index(c) for c in choices]]
     if not np.isfinite(pred).all():
         bad = [sensitivity.layers[i] for i in np.flatnonzero(~np.isfinite(pred).all(1))]
         raise ValueError(
@@ -244,19 +283,21 @@ def allocate_bits(
                 }
             )
     rows = np.arange(len(n))
+    notes = (f"not verified: optimal for the {predictor!r} predictions of each layer alone; "
+             "hessntk.criteria.mixed_precision measures the assignment against uniform",)
     return BitAllocation(
         bits={sensitivity.layers[i]: choices[c] for i, c in enumerate(choice)},
         predicted_increase=float(pred[rows, choice].sum()),
         size_bits=int(sizes[rows, choice].sum()), budget_bits=budget, num_params=total,
         predictor=predictor, choices=choices, frontier=tuple(frontier),
-        params=dict(sensitivity.params),
+        params=dict(sensitivity.params), notes=notes,
     )  # fmt: skip
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _check_choices(choices: Any, sensitivity: QuantizationSensitivity) -> tuple[int, ...]:
+def _check_choices(choices: Any, sensitivity: Any) -> tuple[int, ...]:
     if not isinstance(choices, (list, tuple, np.ndarray)):
         choices = [choices]
     out = sorted({check_bits(c, "asymmetric", "choices") for c in choices})
@@ -266,7 +307,7 @@ def _check_choices(choices: Any, sensitivity: QuantizationSensitivity) -> tuple[
     if missing:
         raise ValueError(
             f"Expected choices among the sensitivity's bits {sensitivity.bits}; got {missing} "
-            f"missing. Pass choices within them, or rerun quantization_sensitivity with "
+            f"missing. Pass choices within them, or rerun the sensitivity or measurement with "
             f"bits={tuple(sorted(set(sensitivity.bits) | set(out)))}."
         )
     return tuple(out)

@@ -46,7 +46,14 @@ import numpy as np
 from hessntk.criteria._arrays import f64, host
 from hessntk.criteria.bits import BitAllocation
 from hessntk.criteria.quantization_results import QuantizationMeasurement, QuantizationSensitivity
-from hessntk.criteria.quantizers import GRANULARITIES, SCHEMES, check_bits, quantize
+from hessntk.criteria.quantizers import (
+    GRANULARITIES,
+    GROUP_SIZE,
+    SCHEMES,
+    check_bits,
+    check_group_size,
+    quantize,
+)
 from hessntk.spectral.eigen import extreme_eigenvalues
 from hessntk.spectral.operators import LinearOperator
 from hessntk.spectral.probes import Seed
@@ -55,7 +62,7 @@ from hessntk.spectral.traces import trace as _trace
 
 __all__ = ["measure_quantization", "quantization_sensitivity", "quantized_loss"]
 
-METRICS = ("trace", "eigenvalue", "both")
+METRICS = ("trace", "eigenvalue", "both", "direct")
 TRACE_METHODS = ("xtrace", "xnystrace", "hutchpp", "hutchinson")
 CURVATURES = ("hessian", "ggn")
 Layers = None | str | Sequence[str] | Mapping[str, Sequence[str]]
@@ -69,6 +76,8 @@ def quantization_sensitivity(
     bits: int | Sequence[int] = (2, 3, 4, 8),
     quantizer: str = "symmetric",
     granularity: str = "tensor",
+    group_size: int = GROUP_SIZE,
+    channel_axes: Mapping[str, int] | None = None,
     metric: str = "both",
     num_matvecs: int = 100,
     seed: Seed = 0,
@@ -103,11 +112,19 @@ def quantization_sensitivity(
         Bit widths, each in ``1..16`` (``>= 2`` for the symmetric quantizer).
     quantizer : {"symmetric", "asymmetric"}
         Scheme of :func:`hessntk.criteria.quantizers.quantize`.
-    granularity : {"tensor", "channel"}
-        One grid per tensor or per output channel (axis 0); 1-D tensors use one grid.
-    metric : {"trace", "eigenvalue", "both"}
+    granularity : {"tensor", "channel", "group"}
+        One grid per tensor, per output channel, or per ``group_size`` weights of an output
+        channel (:func:`hessntk.criteria.quantizers.quantize`); 1-D tensors use one grid.
+    group_size : int
+        Weights per group with ``granularity="group"`` (default 128).
+    channel_axes : dict[str, int], optional
+        Output-channel axis of each parameter. Default: the operator's ``channel_axes`` (torch:
+        1 for Hugging Face ``Conv1D`` weights, 0 otherwise), else 0.
+    metric : {"trace", "eigenvalue", "both", "direct"}
         Which block curvature summaries to compute: block traces (HAWQ-v2 proxy), top block
-        eigenvalues (HAWQ-v1), or both. The direct quadratic form is always computed.
+        eigenvalues (HAWQ-v1), both, or none ("direct"). The direct quadratic form, and the
+        cross-layer terms ``dW_i^T H_ij dW_j`` (:attr:`QuantizationSensitivity.interaction`),
+        are always computed, from the same products.
     num_matvecs : int
         Products for the shared block-trace estimate; ``>= n`` (the number of quantized
         parameters) gives exact traces with ``n`` products.
@@ -168,7 +185,7 @@ def quantization_sensitivity(
     True
     """
     bits = check_bit_list(bits, quantizer)
-    check_options(quantizer, granularity)
+    check_options(quantizer, granularity, group_size)
     if metric not in METRICS:
         raise ValueError(f"Expected metric in {METRICS}; got {metric!r}.")
     if curvature not in CURVATURES:
@@ -181,6 +198,7 @@ def quantization_sensitivity(
                    curvature=curvature, output_key=output_key, outputs_fn=outputs_fn,
                    allow_train_mode=allow_train_mode)
     xp, layout, groups = op._xp, op.layout, op.block_params
+    rounder = Rounder(quantizer, granularity, group_size, axes_of(op, channel_axes))
     L, B = len(groups), len(bits)
     W = layout.unravel(op.theta())
     # Perturbations: column i * B + j is dW of layer i at bits[j], zero outside the layer.
@@ -189,8 +207,8 @@ def quantization_sensitivity(
         for b in bits:
             dw = {n: xp.zeros(shape, op.dtype) for n, shape in zip(layout.names, layout.shapes,
                                                                     strict=True)}
-            for n in names:
-                dw[n] = quantize(W[n], b, quantizer, granularity) - W[n]
+            for n, value in rounder(W, names, b).items():
+                dw[n] = value - W[n]
             cols.append(layout.flatten(dw))
     V = xp.stack(cols, axis=1)
     grad = f64(op, op.gradient())
@@ -200,7 +218,9 @@ def quantization_sensitivity(
                                  "perturbations; got NaN/Inf.")
     V64, HV64 = f64(op, V), f64(op, HV)
     error = host(op, xp.sum(V64 * V64, axis=0)).reshape(L, B)
-    quadratic = 0.5 * host(op, xp.sum(V64 * HV64, axis=0)).reshape(L, B)
+    interaction = host(op, xp.transpose(V64) @ HV64)  # dW_a^T H dW_b for every pair
+    interaction = 0.5 * (interaction + interaction.T)
+    quadratic = 0.5 * np.diag(interaction).reshape(L, B)
     gradient_term = host(op, grad @ V64).reshape(L, B)
     num_matvecs_used = {"direct": L * B, "trace": 0, "eigenvalue": 0}
     tr = tr_se = lam = None
@@ -222,8 +242,9 @@ def quantization_sensitivity(
         top_eigenvalue=lam, params={k: tuple(v) for k, v in groups.items()},
         loss=float(op.loss), quantizer=quantizer, granularity=granularity, metric=metric,
         curvature=getattr(op, "kind", curvature),
-        trace_method=trace_method if metric != "eigenvalue" else "",
-        num_samples=op.num_samples, num_matvecs=num_matvecs_used,
+        trace_method=trace_method if metric in ("trace", "both") else "",
+        num_samples=op.num_samples, num_matvecs=num_matvecs_used, interaction=interaction,
+        group_size=group_size if granularity == "group" else None,
     )  # fmt: skip
 
 
@@ -235,6 +256,8 @@ def measure_quantization(
     *,
     quantizer: str = "symmetric",
     granularity: str = "tensor",
+    group_size: int = GROUP_SIZE,
+    channel_axes: Mapping[str, int] | None = None,
     layers: Layers = None,
     quantize_biases: bool = False,
     output_key: str | int | None = None,
@@ -252,7 +275,7 @@ def measure_quantization(
     subject, loss_fn, data
         A curvature operator (its blocks are the layers; ``measure_quantization(op, bits)``),
         or a torch model with its loss and data, as for :func:`quantization_sensitivity`.
-    bits, quantizer, granularity, layers, quantize_biases
+    bits, quantizer, granularity, group_size, channel_axes, layers, quantize_biases
         As for :func:`quantization_sensitivity` (use the same values to compare).
     output_key, outputs_fn, allow_train_mode
         With a torch model: as for :class:`hessntk.hessian.HessianOperator`.
@@ -280,17 +303,18 @@ def measure_quantization(
             not callable(loss_fn)):  # measure_quantization(op, (2, 4)): the bits
         bits, loss_fn = loss_fn, None
     bits = check_bit_list(bits, quantizer)
-    check_options(quantizer, granularity)
+    check_options(quantizer, granularity, group_size)
     op = _operator(subject, loss_fn, data, layers=layers, quantize_biases=quantize_biases,
                    curvature="hessian", output_key=output_key, outputs_fn=outputs_fn,
                    allow_train_mode=allow_train_mode)
     layout, groups = op.layout, op.block_params
+    rounder = Rounder(quantizer, granularity, group_size, axes_of(op, channel_axes))
     W = layout.unravel(op.theta())
     L, B = len(groups), len(bits)
     error, losses = np.zeros((L, B)), np.zeros((L, B))
     for i, (layer, names) in enumerate(groups.items()):
         for j, b in enumerate(bits):
-            values = {n: quantize(W[n], b, quantizer, granularity) for n in names}
+            values = rounder(W, names, b)
             error[i, j] = sum(_sqdist(op, values[n], W[n]) for n in names)
             losses[i, j] = _loss_at(op, layout.flatten({**W, **values}),
                                     f"layer {layer or '<root>'!r} quantized to {b} bits")
@@ -298,6 +322,7 @@ def measure_quantization(
         layers=tuple(groups), params={k: tuple(v) for k, v in groups.items()},
         num_params=_num_params(layout, groups), bits=bits, error=error, quantized_loss=losses,
         loss=float(op.loss), quantizer=quantizer, granularity=granularity,
+        group_size=group_size if granularity == "group" else None,
     )  # fmt: skip
 
 
@@ -309,6 +334,8 @@ def quantized_loss(
     *,
     quantizer: str = "symmetric",
     granularity: str = "tensor",
+    group_size: int = GROUP_SIZE,
+    channel_axes: Mapping[str, int] | None = None,
     layers: Layers = None,
     quantize_biases: bool = False,
     output_key: str | int | None = None,
@@ -344,7 +371,7 @@ def quantized_loss(
     >>> loss > 0
     True
     """
-    check_options(quantizer, granularity)
+    check_options(quantizer, granularity, group_size)
     if isinstance(subject, LinearOperator) and assignment is None and isinstance(
             loss_fn, (Mapping, BitAllocation)):  # quantized_loss(op, {"0": 4})
         assignment, loss_fn = loss_fn, None
@@ -366,11 +393,12 @@ def quantized_loss(
             f"Expected assignment keys among the layers {list(groups)}; got unknown {unknown}. "
             "Pass layers= as used for the sensitivity."
         )
+    rounder = Rounder(quantizer, granularity, group_size, axes_of(op, channel_axes))
     W = op.layout.unravel(op.theta())
     values = {}
     for layer, b in assignment.items():
         b = check_bits(b, quantizer, f"bits of layer {layer!r}")
-        values.update({n: quantize(W[n], b, quantizer, granularity) for n in groups[layer]})
+        values.update(rounder(W, groups[layer], b))
     return _loss_at(op, op.layout.flatten({**W, **values}),
                     f"the model quantized as {dict(assignment)}")
 
@@ -378,12 +406,40 @@ def quantized_loss(
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def check_options(quantizer: str, granularity: str) -> None:
-    """Refuse an unknown quantizer scheme or granularity."""
+def check_options(quantizer: str, granularity: str, group_size: int = GROUP_SIZE) -> None:
+    """Refuse an unknown quantizer scheme or granularity, or a bad group size."""
     if quantizer not in SCHEMES:
         raise ValueError(f"Expected quantizer in {SCHEMES}; got {quantizer!r}.")
     if granularity not in GRANULARITIES:
         raise ValueError(f"Expected granularity in {GRANULARITIES}; got {granularity!r}.")
+    check_group_size(group_size)
+
+
+class Rounder:
+    """Quantize a layer's parameters with one scheme: ``rounder(W, names, bits)`` returns
+    ``name -> Q_bits(W[name])`` (each parameter on its own output-channel axis)."""
+
+    def __init__(self, quantizer: str, granularity: str, group_size: int,
+                 axes: Mapping[str, int]) -> None:
+        self.quantizer, self.granularity, self.group_size = quantizer, granularity, group_size
+        self.axes = dict(axes)
+
+    def __call__(self, W: Mapping[str, Any], names: Sequence[str], bits: int) -> dict[str, Any]:
+        return {n: quantize(W[n], bits, self.quantizer, self.granularity,
+                            axis=self.axes.get(n, 0), group_size=self.group_size)
+                for n in names}
+
+
+def axes_of(op: Any, channel_axes: Mapping[str, int] | None) -> dict[str, int]:
+    """Output-channel axes: ``channel_axes`` over the operator's own (torch: Conv1D is 1)."""
+    axes = dict(getattr(op, "channel_axes", None) or {})
+    if channel_axes is not None:
+        unknown = [n for n in channel_axes if n not in op.layout.names]
+        if unknown:
+            raise ValueError(f"Expected channel_axes keys among the quantized parameters "
+                             f"{list(op.layout.names)[:20]}; got unknown {unknown}.")
+        axes.update({str(k): int(v) for k, v in channel_axes.items()})
+    return axes
 
 
 def check_bit_list(bits: Any, quantizer: str) -> tuple[int, ...]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,13 @@ class QuantizationSensitivity:
     num_samples : int
     num_matvecs : dict[str, int]
         Operator products (columns) spent on ``"trace"``, ``"eigenvalue"`` and ``"direct"``.
+    interaction : numpy.ndarray of shape (L * B, L * B) or None
+        ``dW_a^T H dW_c`` for every pair of perturbations (row ``i * B + j``: layer ``i`` at
+        ``bits[j]``), from the direct products; its diagonal is ``2 * quadratic_term``. The
+        off-diagonal blocks between layers are the cross-layer terms that
+        :meth:`joint_prediction` adds.
+    group_size : int or None
+        Weights per group with ``granularity="group"``.
     """
 
     layers: tuple[str, ...]
@@ -73,6 +80,8 @@ class QuantizationSensitivity:
     trace_method: str = "xtrace"
     num_samples: int = 0
     num_matvecs: dict[str, int] = field(default_factory=dict)
+    interaction: np.ndarray | None = field(default=None, repr=False)
+    group_size: int | None = None
 
     def __post_init__(self) -> None:
         shape = (len(self.layers), len(self.bits))
@@ -88,6 +97,31 @@ class QuantizationSensitivity:
             object.__setattr__(self, name, value)
 
     # -- derived quantities ----------------------------------------------------------------
+    def joint_prediction(self, assignment: Mapping[str, int]) -> float:
+        """Second-order prediction of the loss increase with several layers quantized together.
+
+        ``sum_i g_i . dW_i + 1/2 sum_{i,j} dW_i^T H_ij dW_j`` over the layers of
+        ``assignment`` (``layer -> bits``; other layers stay in full precision): the
+        single-layer direct predictions plus the cross-layer terms. Exact for a loss
+        quadratic in the weights.
+
+        Raises
+        ------
+        ValueError
+            Without :attr:`interaction`, or for unknown layers or bit widths.
+        """
+        if self.interaction is None:
+            raise ValueError("Expected a sensitivity with its interaction matrix (from "
+                             "quantization_sensitivity); this one has none.")
+        rows = []
+        for layer, b in assignment.items():
+            if layer not in self.layers:
+                raise ValueError(f"Expected layers among {list(self.layers)}; got {layer!r}.")
+            rows.append(self.layers.index(layer) * len(self.bits) + self._bit_index(b))
+        flat = self.gradient_term.reshape(-1)
+        return float(flat[rows].sum() + 0.5 * self.interaction[np.ix_(rows, rows)].sum())
+
+
     @property
     def average_trace(self) -> np.ndarray:
         """``Tr(H_ii) / n_i``, shape ``(L,)`` (HAWQ-v2's average Hessian eigenvalue)."""
@@ -240,7 +274,8 @@ class QuantizationSensitivity:
             layers[-1]["per_bits"].append(per_bit)
         return {
             "bits": list(self.bits), "quantizer": self.quantizer,
-            "granularity": self.granularity, "metric": self.metric,
+            "granularity": self.granularity, "group_size": self.group_size,
+            "metric": self.metric,
             "curvature": self.curvature, "trace_method": self.trace_method,
             "loss": plain(self.loss), "num_samples": self.num_samples,
             "num_matvecs": dict(self.num_matvecs), "layers": layers,
@@ -308,6 +343,8 @@ class QuantizationMeasurement:
     loss : float
         The unquantized loss.
     quantizer, granularity : str
+    group_size : int or None
+        Weights per group with ``granularity="group"``.
     """
 
     layers: tuple[str, ...]
@@ -319,6 +356,7 @@ class QuantizationMeasurement:
     loss: float
     quantizer: str
     granularity: str
+    group_size: int | None = None
 
     @property
     def increase(self) -> np.ndarray:
@@ -340,6 +378,7 @@ class QuantizationMeasurement:
             "bits": list(self.bits),
             "quantizer": self.quantizer,
             "granularity": self.granularity,
+            "group_size": self.group_size,
             "loss": float(self.loss),
             "params": {k: list(v) for k, v in self.params.items()},
             "rows": self.rows(),

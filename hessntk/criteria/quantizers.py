@@ -2,9 +2,12 @@
 
 Round-to-nearest onto a uniform grid of ``b``-bit integers, returned dequantized ("fake
 quantization": the grid values in the array's own dtype and on its own backend: torch
-tensors, jax or numpy arrays give the same numbers), with one scale per tensor or per
-output channel (axis 0, the ``out_features`` / ``out_channels`` axis of ``nn.Linear`` and
-``nn.ConvNd`` weights).
+tensors, jax or numpy arrays give the same numbers), with one scale per tensor, per output
+channel (``axis``: 0 for the ``out_features`` / ``out_channels`` axis of ``nn.Linear``,
+``nn.ConvNd`` and ``nn.Embedding`` rows; 1 for Hugging Face ``Conv1D``, whose weight is
+``(in, out)``), or per group of ``group_size`` consecutive weights of one output channel (its
+other axes flattened in order, as GPTQ/AWQ-style per-group schemes do; a last group that is
+short is padded with zeros, which change no grid since both schemes contain 0).
 
 - ``"symmetric"``: ``Q(w) = s * clamp(round(w / s), -q, q)`` with ``q = 2**(b-1) - 1`` and
   ``s = max|w| / q``: ``2**b - 1`` levels, symmetric about an exact zero (``b >= 2``).
@@ -23,10 +26,12 @@ import numbers
 
 from hessntk.spectral._backend import Array, backend_of_array
 
-__all__ = ["GRANULARITIES", "SCHEMES", "check_bits", "grid", "num_levels", "quantize"]
+__all__ = ["GRANULARITIES", "GROUP_SIZE", "SCHEMES", "check_bits", "check_group_size", "grid",
+           "num_levels", "quantize"]
 
 SCHEMES = ("symmetric", "asymmetric")
-GRANULARITIES = ("tensor", "channel")
+GRANULARITIES = ("tensor", "channel", "group")
+GROUP_SIZE = 128
 MAX_BITS = 16
 
 
@@ -97,15 +102,69 @@ def _check_tensor(w: object) -> Array:
     return xp.detach(w)
 
 
-def _reduce_dims(w: Array, granularity: str, axis: int) -> tuple[int, ...]:
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"Expected granularity in {GRANULARITIES}; got {granularity!r}.")
-    if granularity == "tensor" or w.ndim < 2:
-        return tuple(range(w.ndim))
-    if not -w.ndim <= axis < w.ndim:
-        raise ValueError(f"Expected axis in [{-w.ndim}, {w.ndim}); got {axis}.")
-    axis %= w.ndim
-    return tuple(d for d in range(w.ndim) if d != axis)
+def check_group_size(group_size: object) -> int:
+    """Validate a group size (a positive integer) and return it."""
+    if isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral) or (
+            int(group_size) < 1):
+        raise ValueError(f"Expected group_size to be a positive integer; got {group_size!r}.")
+    return int(group_size)
+
+
+class _View:
+    """``w`` reshaped so that each grid is one slice over the last axis (or the whole array).
+
+    tensor: ``w`` itself, reduced over every axis; channel: ``w``, reduced over every axis but
+    ``axis``; group: ``(c, groups, group_size)`` with ``axis`` first, zero-padded.
+    """
+
+    def __init__(self, w: Array, granularity: str, axis: int, group_size: int) -> None:
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"Expected granularity in {GRANULARITIES}; got {granularity!r}.")
+        self.xp, self.w, self.granularity = backend_of_array(w), w, granularity
+        if granularity == "tensor" or w.ndim < 2:
+            self.x, self.dims = w, tuple(range(w.ndim))
+            return
+        if not -w.ndim <= axis < w.ndim:
+            raise ValueError(f"Expected axis in [{-w.ndim}, {w.ndim}); got {axis}.")
+        self.axis = axis % w.ndim
+        if granularity == "channel":
+            self.x, self.dims = w, tuple(d for d in range(w.ndim) if d != self.axis)
+            return
+        x = self.xp.moveaxis(w, self.axis, 0)
+        self.moved = tuple(x.shape)
+        c, r = self.moved[0], math.prod(self.moved[1:])
+        x = x.reshape(c, r)
+        g = check_group_size(group_size)
+        k = -(-r // g)
+        if k * g > r:
+            x = self.xp.concat([x, self.xp.zeros((c, k * g - r), x.dtype)], axis=1)
+        self.r = r
+        self.x, self.dims = x.reshape(c, k, g), (2,)
+
+    def restore(self, y: Array) -> Array:
+        """Undo the reshape: ``y`` has the view's shape; the result has ``w``'s."""
+        if self.x is self.w:
+            return y
+        y = y.reshape(self.moved[0], -1)[:, : self.r]
+        return self.xp.moveaxis(y.reshape(self.moved), 0, self.axis)
+
+
+def _grid(view: _View, b: int, scheme: str) -> tuple[Array, Array]:
+    xp, x, dims = view.xp, view.x, view.dims
+    if scheme == "symmetric":
+        amax = xp.amax(abs(x), dims) if dims else abs(x)
+        scale = amax / (2 ** (b - 1) - 1)
+        zero = scale * 0
+    else:
+        lo = xp.amin(x, dims) if dims else x
+        hi = xp.amax(x, dims) if dims else x
+        lo, hi = xp.clip(lo, None, 0), xp.clip(hi, 0, None)
+        scale = (hi - lo) / (2**b - 1)
+        zero = xp.round(-lo / xp.where(scale > 0, scale, 1.0))
+    scale = xp.where(scale > 0, scale, 1.0)
+    if x is view.w and len(dims) == x.ndim:
+        scale, zero = scale.reshape(()), zero.reshape(())
+    return scale, zero
 
 
 def grid(
@@ -115,19 +174,22 @@ def grid(
     granularity: str = "tensor",
     *,
     axis: int = 0,
+    group_size: int = GROUP_SIZE,
 ) -> tuple[Array, Array]:
     """Return the step ``s`` and integer zero point ``z`` of the grid that :func:`quantize` uses.
 
     Parameters
     ----------
-    w, bits, scheme, granularity, axis
+    w, bits, scheme, granularity, axis, group_size
         As for :func:`quantize`.
 
     Returns
     -------
     scale, zero_point : array
-        Broadcastable to ``w`` (shape ``()`` per tensor, ``(c, 1, ..., 1)`` per channel), in
-        ``w``'s dtype; ``zero_point`` is 0 for the symmetric scheme. A group of zeros gets
+        In ``w``'s dtype; ``zero_point`` is 0 for the symmetric scheme. Shape ``()`` per
+        tensor, broadcastable to ``w`` per channel (``(c, 1, ..., 1)`` for ``axis=0``), and
+        ``(c, groups, 1)`` per group (over the view of ``w`` with ``axis`` first and the
+        rest flattened). A group of zeros gets
         ``scale = 1`` (quantized exactly).
 
     Examples
@@ -136,25 +198,12 @@ def grid(
     >>> scale, zero = grid(np.array([-1.0, 0.5, 3.5]), 3)  # q = 3: step 3.5 / 3
     >>> round(float(scale), 6), float(zero)
     (1.166667, 0.0)
+    >>> grid(np.ones((4, 6)), 4, granularity="group", group_size=4)[0].shape  # 2 groups / row
+    (4, 2, 1)
     """
     w = _check_tensor(w)
-    xp = backend_of_array(w)
     b = check_bits(bits, scheme)
-    dims = _reduce_dims(w, granularity, axis)
-    if scheme == "symmetric":
-        amax = xp.amax(abs(w), dims) if dims else abs(w)
-        scale = amax / (2 ** (b - 1) - 1)
-        zero = scale * 0
-    else:
-        lo = xp.amin(w, dims) if dims else w
-        hi = xp.amax(w, dims) if dims else w
-        lo, hi = xp.clip(lo, None, 0), xp.clip(hi, 0, None)
-        scale = (hi - lo) / (2**b - 1)
-        zero = xp.round(-lo / xp.where(scale > 0, scale, 1.0))
-    scale = xp.where(scale > 0, scale, 1.0)
-    if granularity == "tensor" or w.ndim < 2:
-        scale, zero = scale.reshape(()), zero.reshape(())
-    return scale, zero
+    return _grid(_View(w, granularity, axis, group_size), b, scheme)
 
 
 def quantize(
@@ -164,6 +213,7 @@ def quantize(
     granularity: str = "tensor",
     *,
     axis: int = 0,
+    group_size: int = GROUP_SIZE,
 ) -> Array:
     """Round ``w`` to a uniform ``bits``-bit grid and return the grid values (dequantized).
 
@@ -175,11 +225,14 @@ def quantize(
         Bit width, ``1..16`` (``2..16`` for the symmetric scheme).
     scheme : {"symmetric", "asymmetric"}
         See the module docstring.
-    granularity : {"tensor", "channel"}
-        One grid per tensor, or one per slice along ``axis`` (output channels). Tensors with
-        fewer than two dimensions (biases) always use one grid.
+    granularity : {"tensor", "channel", "group"}
+        One grid per tensor, one per slice along ``axis`` (output channels), or one per
+        ``group_size`` consecutive weights of an output channel. Tensors with fewer than two
+        dimensions (biases) always use one grid.
     axis : int
-        The channel axis for ``granularity="channel"``.
+        The output-channel axis for "channel" and "group" (1 for Hugging Face ``Conv1D``).
+    group_size : int
+        Weights per group for "group" (default 128).
 
     Returns
     -------
@@ -204,11 +257,14 @@ def quantize(
     >>> np.round(quantize(w, 2, "asymmetric"), 4)  # 4 levels, step (0.7 + 1) / 3, zero 2
     array([-1.1333, -0.5667,  0.    ,  0.5667])
     """
-    scale, zero = grid(w, bits, scheme, granularity, axis=axis)
-    xp = backend_of_array(w)
-    w = xp.detach(w)
-    b = int(bits)
+    w = _check_tensor(w)
+    b = check_bits(bits, scheme)
+    view = _View(w, granularity, axis, group_size)
+    scale, zero = _grid(view, b, scheme)
+    xp, x = view.xp, view.x
     if scheme == "symmetric":
         q = 2 ** (b - 1) - 1
-        return xp.clip(xp.round(w / scale), -q, q) * scale
-    return (xp.clip(xp.round(w / scale) + zero, 0, 2**b - 1) - zero) * scale
+        y = xp.clip(xp.round(x / scale), -q, q) * scale
+    else:
+        y = (xp.clip(xp.round(x / scale) + zero, 0, 2**b - 1) - zero) * scale
+    return view.restore(y)

@@ -24,6 +24,7 @@ from hessntk._model import (
     ParamWatch,
     as_flat,
     call_model,
+    channel_axes,
     check_batch,
     check_eval_mode,
     check_finite,
@@ -101,6 +102,12 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         self._watch = ParamWatch(model, self.params, type(self).__name__)
 
     _own_loss_ok = False  # whether loss_fn=None (the model's own outputs.loss) is supported
+
+    @property
+    def channel_axes(self) -> dict[str, int]:
+        """The output-channel axis of each parameter, for per-channel and per-group
+        quantization grids: 1 for Hugging Face ``Conv1D`` weights, 0 otherwise."""
+        return channel_axes(self.model, self.layout.names)
 
     @property
     def num_loss_terms(self) -> int:

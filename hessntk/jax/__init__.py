@@ -10,7 +10,8 @@ criterion of :mod:`hessntk.criteria` runs on these operators unchanged:
 - :class:`RegulariserOperator`: the Hessian of a regulariser ``R(params)`` (a general IIC
   prior);
 - thin builders in front of the criteria: :func:`iic`, :func:`compare`,
-  :func:`quantization_sensitivity`, :func:`measure_quantization`, :func:`quantized_loss`.
+  :func:`quantization_sensitivity`, :func:`measure_quantization`, :func:`quantized_loss`,
+  :func:`mixed_precision`.
 
 ``params`` is any pytree of floating arrays (a dict, a list, or the arrays of an Equinox
 model: ``params, static = equinox.partition(model, equinox.is_inexact_array)``). Operators are
@@ -35,6 +36,7 @@ from hessntk.jax.criteria import (
     compare,
     iic,
     measure_quantization,
+    mixed_precision,
     quantization_sensitivity,
     quantized_loss,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "layer_name",
     "layer_operator",
     "measure_quantization",
+    "mixed_precision",
     "quantization_sensitivity",
     "quantized_loss",
 ]

@@ -21,13 +21,14 @@ from hessntk.criteria.bits import BitAllocation
 from hessntk.criteria.comparison import Comparison, rank_results
 from hessntk.criteria.iic import IICResult
 from hessntk.criteria.quantization_results import QuantizationMeasurement, QuantizationSensitivity
+from hessntk.criteria.quantizers import GROUP_SIZE
 from hessntk.jax._common import check_pairs
 from hessntk.jax.layers import Layers, layer_operator
 from hessntk.jax.ntk import GramOperator
 from hessntk.jax.regulariser import RegulariserOperator
 
-__all__ = ["compare", "iic", "measure_quantization", "quantization_sensitivity",
-           "quantized_loss"]
+__all__ = ["compare", "iic", "measure_quantization", "mixed_precision",
+           "quantization_sensitivity", "quantized_loss"]
 
 
 def iic(
@@ -198,10 +199,11 @@ def quantization_sensitivity(
     f : callable, optional
         The model, for GGN curvature.
     **options
-        ``bits``, ``quantizer``, ``granularity``, ``metric``, ``num_matvecs``, ``seed``,
-        ``trace_method``: as in :func:`hessntk.criteria.quantization_sensitivity`.
-        ``granularity="channel"`` quantizes per slice along axis 0 (the output axis of
-        ``(out, in)`` weights).
+        ``bits``, ``quantizer``, ``granularity``, ``group_size``, ``channel_axes``,
+        ``metric``, ``num_matvecs``, ``seed``, ``trace_method``: as in
+        :func:`hessntk.criteria.quantization_sensitivity`. ``granularity="channel"`` and
+        ``"group"`` take the output channels along axis 0 (the output axis of ``(out, in)``
+        weights) unless ``channel_axes`` says otherwise.
 
     Returns
     -------
@@ -232,7 +234,8 @@ def quantization_sensitivity(
                          "the loss on its outputs; the Hessian of loss_fn(params, batch) is the "
                          f"default. Got curvature={options['curvature']!r}.")
     criteria.quantization.check_options(options.get("quantizer", "symmetric"),
-                                        options.get("granularity", "tensor"))
+                                        options.get("granularity", "tensor"),
+                                        options.get("group_size", GROUP_SIZE))
     metric = options.get("metric", "both")
     if metric not in criteria.quantization.METRICS:
         raise ValueError(f"Expected metric in {criteria.quantization.METRICS}; got {metric!r}.")
@@ -254,7 +257,8 @@ def measure_quantization(
     """Quantize each layer alone and measure the full-data loss, per bit width.
 
     :func:`hessntk.criteria.measure_quantization` on :func:`~hessntk.jax.layer_operator`;
-    ``options``: ``quantizer``, ``granularity``. The parameters are never modified.
+    ``options``: ``quantizer``, ``granularity``, ``group_size``, ``channel_axes``. The
+    parameters are never modified.
 
     Returns
     -------
@@ -287,6 +291,32 @@ def quantized_loss(
         layers = {k: list(v) for k, v in assignment.params.items()}
     op = layer_operator(loss_fn, params, data, layers=layers, quantize_biases=quantize_biases)
     return criteria.quantized_loss(op, assignment=assignment, **options)
+
+
+def mixed_precision(
+    loss_fn: Callable[[Any, Any], jax.Array],
+    params: Any,
+    data: Any,
+    *,
+    layers: Layers = None,
+    quantize_biases: bool = False,
+    f: Callable[[Any, Any], Any] | None = None,
+    **options: Any,
+) -> BitAllocation:
+    """Per-layer bit widths chosen on the measured loss, never worse than uniform.
+
+    :func:`hessntk.criteria.mixed_precision` on :func:`~hessntk.jax.layer_operator`;
+    ``options``: the budget (``average_bits``, ``budget_bits`` or ``budget_bytes``),
+    ``choices``, ``quantizer``, ``granularity``, ``group_size``, ``channel_axes``. The
+    parameters are never modified.
+
+    Returns
+    -------
+    hessntk.criteria.BitAllocation
+    """
+    op = layer_operator(loss_fn, params, data, layers=layers, quantize_biases=quantize_biases,
+                        f=f)
+    return criteria.mixed_precision(op, **options)
 
 
 # -- helpers ---------------------------------------------------------------------------------

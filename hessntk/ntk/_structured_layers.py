@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hessntk._model import is_hf_conv1d
 from hessntk.ntk import _matmul_calls
 from hessntk.ntk._common import Problem
 
@@ -39,15 +40,8 @@ class Layer:
         return [k for k in (self.weight, self.bias) if k is not None]
 
 
-def _is_hf_conv1d(m: nn.Module) -> bool:
-    """A Hugging Face ``Conv1D`` (GPT-2's projections): ``z = x @ W + b``, ``W`` ``(in, out)``."""
-    cls = type(m)
-    return (cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
-            and hasattr(m, "nf") and "forward" in cls.__dict__)
-
-
 def _qualifies(m: nn.Module) -> str | None:
-    if _is_hf_conv1d(m):
+    if is_hf_conv1d(m):
         return "conv1d"
     for cls, kind in KINDS.items():
         if type(m).forward is cls.forward and isinstance(m, cls):

@@ -106,7 +106,7 @@ def measurement_table(meas: Any) -> str:
 
 
 def allocation_table(alloc: Any) -> str:
-    """The chosen bit widths of an allocation, its size and predicted increase."""
+    """The chosen bit widths of an allocation, its size, predicted (and measured) increase."""
     lines = [f"{'layer':<16}{'bits':>6}"]
     lines += [f"{(k or '<root>')[:16]:<16}{v:>6}" for k, v in alloc.bits.items()]
     lines.append(
@@ -114,6 +114,10 @@ def allocation_table(alloc: Any) -> str:
         f"{alloc.budget_bits:.6g}); predicted increase {alloc.predicted_increase:.4g} "
         f"({alloc.predictor})"
     )
+    if alloc.verified and alloc.uniform is not None:
+        lines.append(f"measured increase {alloc.measured_increase:.4g}; uniform "
+                     f"{alloc.uniform['bits']}-bit {alloc.uniform['measured_increase']:.4g}")
+    lines += list(alloc.notes)
     return "\n".join(lines)
 
 

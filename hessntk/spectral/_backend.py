@@ -62,6 +62,9 @@ class Backend:
     def concat(self, xs: list[Array], axis: int = 0) -> Array:
         return np.concatenate(xs, axis=axis)
 
+    def moveaxis(self, x: Array, source: int, destination: int) -> Array:
+        return np.moveaxis(x, source, destination)
+
     # -- linear algebra -----------------------------------------------------------------------
     def sum(self, x: Array, axis: int) -> Array:
         return x.sum(axis=axis)
@@ -147,6 +150,9 @@ class TorchBackend(Backend):
 
     def concat(self, xs: list[Array], axis: int = 0) -> Array:
         return self._torch.cat(xs, dim=axis)
+
+    def moveaxis(self, x: Array, source: int, destination: int) -> Array:
+        return self._torch.movedim(x, source, destination)
 
     def sum(self, x: Array, axis: int) -> Array:
         return x.sum(dim=axis)
@@ -244,6 +250,9 @@ class JaxBackend(Backend):
 
     def concat(self, xs: list[Array], axis: int = 0) -> Array:
         return self._jnp.concatenate(xs, axis=axis)
+
+    def moveaxis(self, x: Array, source: int, destination: int) -> Array:
+        return self._jnp.moveaxis(x, source, destination)
 
     def norm(self, x: Array, axis: int) -> Array:
         return self._jnp.sqrt((x * x).sum(axis=axis))

@@ -106,3 +106,64 @@ def test_refuses_integer_quantized_and_nonfinite_tensors():
     with pytest.raises(ValueError, match="granularity"):
         quantize(torch.ones(2, 2), 4, granularity="row")
     assert check_bits(8) == 8
+
+
+# -- per-group grids (issue 17) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group_size", [3, 4, 128])
+@pytest.mark.parametrize("shape", [(5, 7), (4, 3, 2, 2)], ids=str)
+@pytest.mark.parametrize("scheme,bits", [("symmetric", 2), ("symmetric", 4),
+                                         ("asymmetric", 1), ("asymmetric", 4)])
+def test_group_grids_half_a_step_and_idempotent(scheme, bits, shape, group_size):
+    w = _weights(shape)
+    kw = dict(granularity="group", group_size=group_size)
+    q = quantize(w, bits, scheme, **kw)
+    scale, _ = grid(w, bits, scheme, **kw)
+    rows = w.reshape(shape[0], -1)
+    k = -(-rows.shape[1] // group_size)
+    assert scale.shape == (shape[0], k, 1) and q.shape == w.shape and q.dtype == w.dtype
+    step = scale.expand(-1, -1, group_size).reshape(shape[0], -1)[:, : rows.shape[1]]
+    assert bool(((q.reshape(shape[0], -1) - rows).abs() <= step / 2 * (1 + 1e-12)).all())
+    assert_close(quantize(q, bits, scheme, **kw), q, rtol=1e-12)
+
+
+def test_group_grids_equal_quantizing_each_group_alone():
+    w = _weights((5, 10))
+    q = quantize(w, 3, "asymmetric", "group", group_size=4)  # groups 0:4, 4:8, 8:10 (short)
+    for i in range(5):
+        for lo, hi in ((0, 4), (4, 8), (8, 10)):
+            assert torch.equal(q[i, lo:hi], quantize(w[i, lo:hi], 3, "asymmetric"))
+    # groups as long as a row are the per-channel grids; smaller groups fit better
+    assert torch.equal(quantize(w, 3, granularity="group", group_size=10),
+                       quantize(w, 3, granularity="channel"))
+    err = [(quantize(w, 3, granularity="group", group_size=g) - w).square().sum()
+           for g in (10, 5, 2)]
+    assert err[0] > err[1] > err[2]
+
+
+def test_output_channel_axis_one_for_conv1d_weights():
+    w = _weights((6, 4)).T.contiguous()  # (in, out), as Hugging Face Conv1D stores it
+    for granularity in ("channel", "group"):
+        kw = dict(granularity=granularity, group_size=4)
+        assert torch.equal(quantize(w, 4, axis=1, **kw), quantize(w.T, 4, **kw).T)
+
+
+def test_group_grids_on_every_backend():
+    np = pytest.importorskip("numpy")
+    w = _weights((4, 9))
+    ref = quantize(w, 3, "asymmetric", "group", group_size=4).numpy()
+    np.testing.assert_array_equal(quantize(w.numpy(), 3, "asymmetric", "group", group_size=4),
+                                  ref)
+    jnp = pytest.importorskip("jax.numpy")
+    from tests.jax.models import float64
+
+    with float64():
+        out = quantize(jnp.asarray(w.numpy()), 3, "asymmetric", "group", group_size=4)
+        np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])
+def test_bad_group_size(bad):
+    with pytest.raises(ValueError, match="group_size"):
+        quantize(_weights((3, 8)), 4, granularity="group", group_size=bad)

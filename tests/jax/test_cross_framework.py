@@ -295,3 +295,16 @@ def test_ggn_quantization_sensitivity(jax_mlp, torch_mlp):
     assert sj.curvature == st.curvature == "ggn"
     for term in ("quadratic_term", "gradient_term", "trace", "top_eigenvalue"):
         assert_close(getattr(sj, term), getattr(st, term), rtol=RTOL)
+
+
+def test_mixed_precision_and_group_grids(jax_mlp, torch_mlp):
+    params, data = jax_mlp
+    net, tdata = torch_mlp
+    kw = dict(average_bits=3, choices=(2, 3, 4), granularity="group", group_size=3)
+    aj = hj.mixed_precision(mlp_loss, params, data, **kw)
+    at = criteria.mixed_precision(net, nn.CrossEntropyLoss(), tdata, **kw)
+    assert list(aj.bits.values()) == list(at.bits.values())
+    assert aj.verified and at.verified
+    assert_close(aj.measured_increase, at.measured_increase, rtol=RTOL)
+    assert_close(aj.uniform["measured_increase"], at.uniform["measured_increase"], rtol=RTOL)
+    assert aj.measured_increase <= aj.uniform["measured_increase"]
