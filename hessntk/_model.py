@@ -45,6 +45,28 @@ __all__ = [
     "to_device",
 ]
 
+def _load_forward_ad_quietly() -> None:
+    """Load torch's forward-mode AD decompositions now, without their deprecation noise.
+
+    On its first forward-mode product in a process, torch scripts its jvp decompositions
+    with ``torch.jit.script``, which warns (a DeprecationWarning in torch 2.13, a
+    FutureWarning that every user sees in 2.14). hessntk's calls should never print
+    third-party noise: it is loaded here once, with those warnings silenced (0.2 s).
+    """
+    import warnings
+
+    try:
+        from torch.autograd.forward_ad import _maybe_load_decompositions
+    except ImportError:  # pragma: no cover - another torch layout: nothing to silence
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        _maybe_load_decompositions()
+
+
+_load_forward_ad_quietly()
+
 ParamSpec = (
     None
     | str

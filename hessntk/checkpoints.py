@@ -8,6 +8,7 @@ command line.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 
 import torch
@@ -50,7 +51,10 @@ def load_checkpoint(source: Checkpoint) -> dict[str, torch.Tensor]:
             except Exception as err:  # noqa: BLE001 - any unpickling failure means refuse
                 raise ValueError(
                     f"Could not load {path!r} with torch.load(weights_only=True): it is not a "
-                    f"plain tensor checkpoint (untrusted pickles are refused). {err}"
+                    "plain tensor checkpoint (pickles of other objects are refused: loading "
+                    f"them can run arbitrary code; {_unpickling_reason(err)}). If it holds a "
+                    "whole model (torch.save(model, ...)), save its weights instead: "
+                    "torch.save(model.state_dict(), path), or a .safetensors file."
                 ) from err
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
@@ -85,3 +89,13 @@ def load_into(build_model: Callable[[], nn.Module], source: Checkpoint, name: st
             raise FloatingPointError(f"checkpoint {name!r} has {bad} non-finite value(s) of "
                                      f"{tensor.numel()} in {key!r}")
     return model.eval()
+
+
+def _unpickling_reason(err: BaseException) -> str:
+    """The gist of torch's weights-only refusal, without its advice and terminal colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it needs {found.group(1)}"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first[:200]

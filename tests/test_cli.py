@@ -512,3 +512,61 @@ def test_compare_ranks_a_non_finite_checkpoint_last_and_names_it(tmp_path, check
     rows = _strict_json((out / "report.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["late.pth", "diverged.pt"]
     assert rows[1]["value"] is None and not rows[1]["valid"]
+
+
+# -- issue 18: help, CLI words, allocation from the command line ---------------------------------
+
+
+def test_every_option_states_its_default_and_seed_says_what_it_seeds():
+    import argparse
+
+    from hessntk.cli.parser import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    seeds = set()
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if action.option_strings and not isinstance(action, argparse._HelpAction):
+                assert action.help and "default" in action.help, (name, action.option_strings)
+                if "--seed" in action.option_strings:
+                    seeds.add(action.help)
+                    assert "training" not in action.help or name == "demo"
+    assert len(seeds) == len(sub.choices)
+
+
+def test_quantization_average_bits_chooses_widths_checked_against_uniform(tmp_path, checkpoints,
+                                                                           capsys):
+    out = tmp_path / "q"
+    assert main(["quantization", ENTRY, "--checkpoint", str(checkpoints["late"]), "--bits", "2",
+                 "3", "4", "--granularity", "group", "--group-size", "8", "--average-bits", "3",
+                 "--out", str(out), *FAST]) == 0
+    text = capsys.readouterr().out
+    assert "Mixed-precision allocation (checked on the measured loss)" in text
+    alloc = _strict_json((out / "report.json").read_text())["quantization"]["allocation"]
+    assert alloc["verified"] and alloc["size_bits"] <= alloc["budget_bits"]
+    assert alloc["measured_increase"] <= alloc["uniform"]["measured_increase"]
+    assert main(["quantization", ENTRY, "--bits", "2", "4", "--bit-budget", "10",
+                 "--out", str(tmp_path / "low"), *FAST]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert line.startswith("hessntk: error: --bit-budget: ") and "--bits 2 4" in line
+
+
+def test_library_advice_is_put_in_command_line_words(tmp_path, checkpoints):
+    assert main(["iic", ENTRY, "--checkpoint", str(checkpoints["early"]), "--out",
+                 str(tmp_path), "--quiet", *FAST]) == 0
+    notes = " ".join(json.loads((tmp_path / "report.json").read_text())["notes"])
+    assert "--soft KAPPA" in notes and "soft=kappa" not in notes
+
+
+def test_a_pickled_whole_model_is_told_to_save_a_state_dict(tmp_path, capsys):
+    sys.path.insert(0, str(MODELS.parent))
+    try:
+        import cli_models
+    finally:
+        sys.path.remove(str(MODELS.parent))
+    torch.save(cli_models.model(), tmp_path / "whole.pt")
+    assert main(["spectrum", ENTRY, "--checkpoint", str(tmp_path / "whole.pt"), "--out",
+                 str(tmp_path / "o"), *FAST]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "torch.save(model.state_dict(), path)" in line and "\x1b[" not in line
+    assert "it needs torch.nn.modules.container.Sequential" in line

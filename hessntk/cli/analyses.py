@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hessntk.cli.text import fmt, one_line, pm, timed
+from hessntk.cli.text import CLIError, cli_words, fmt, one_line, pm, timed
 
 #: Confidence of the intervals in summaries.
 CONFIDENCE = 0.95
@@ -229,7 +229,7 @@ def iic_analysis(report: Any, problem: Any, options: dict[str, Any],
     for message in dict.fromkeys(one_line(w.message) for w in caught):
         report.notes.append(f"IIC: {message}")
     if not math.isfinite(res.value):  # never a silent nan: say why and what to try
-        why = "; ".join(res.reasons) or "a term is not finite"
+        why = cli_words("; ".join(res.reasons)) or "a term is not finite"
         hint = "" if options.get("soft") else " Try --soft KAPPA (a finite noise precision)."
         report.notes.append(f"IIC: the value is undefined ({res.value}): {why}.{hint}")
     out = res.to_dict()
@@ -237,7 +237,8 @@ def iic_analysis(report: Any, problem: Any, options: dict[str, Any],
     if res.eigenvalues is not None:
         out["eigenvalues"] = res.eigenvalues
     rows = [
-        ("IIC", fmt(res.value), "valid" if res.valid else "NOT valid: " + "; ".join(res.reasons)),
+        ("IIC", fmt(res.value), "valid" if res.valid else "NOT valid: " + cli_words(
+            "; ".join(res.reasons))),
         ("log(R* - R0)", fmt(res.regularization), "regularization"),
         ("(1/N) log det K_H", pm(res.sharpness, res.sharpness_stderr),
          f"sharpness ({res.method}{', soft ' + fmt(res.soft) if res.soft else ''})"),
@@ -274,14 +275,16 @@ def quantization_analysis(report: Any, problem: Any, args: argparse.Namespace,
     op = layer_operator(problem.model, problem.loss_fn, problem.data, curvature=curvature,
                         **problem.outputs)
     bits = tuple(args.bits)
+    scheme = {"quantizer": args.quantizer, "granularity": args.granularity,
+              "group_size": getattr(args, "group_size", 128)}
     sens = timed(timings, "quantization", lambda: quantization_sensitivity(
-        op, bits=bits, quantizer=args.quantizer, granularity=args.granularity,
-        metric=args.metric, num_matvecs=args.trace_matvecs, seed=args.seed))
+        op, bits=bits, metric=args.metric, num_matvecs=args.trace_matvecs, seed=args.seed,
+        **scheme))
     out: dict[str, Any] = {"sensitivity": sens.to_dict()}
     meas = None
     if args.measure:
         meas = timed(timings, "quantization_measured", lambda: measure_quantization(
-            op, bits=bits, quantizer=args.quantizer, granularity=args.granularity))
+            op, bits=bits, **scheme))
         out["measured"] = meas.to_dict()
         out["rank_correlation"] = {p: {str(b): r for b, r in v.items()}
                                    for p, v in sens.rank_correlation(meas).items()}
@@ -312,4 +315,34 @@ def quantization_analysis(report: Any, problem: Any, args: argparse.Namespace,
     report.add_plot("quantization_sensitivity.png", make,
                     "Predicted loss increase of quantizing each layer alone (bars) and the "
                     "measured increase (markers)")
+    budget = {"average_bits": getattr(args, "average_bits", None),
+              "budget_bits": getattr(args, "bit_budget", None)}
+    if any(v is not None for v in budget.values()):
+        out["allocation"] = _allocation(report, op, bits, scheme, budget, timings)
     return out
+
+
+def _allocation(report: Any, op: Any, bits: tuple[int, ...], scheme: dict[str, Any],
+                budget: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    """Per-layer widths for the budget, measured against uniform (``mixed_precision``)."""
+    from hessntk.criteria import mixed_precision
+
+    given = {k: v for k, v in budget.items() if v is not None}
+    flag = {"average_bits": "--average-bits", "budget_bits": "--bit-budget"}[next(iter(given))]
+    try:
+        alloc = timed(timings, "quantization_allocation", lambda: mixed_precision(
+            op, choices=bits, **given, **scheme))
+    except ValueError as err:  # a budget below the smallest width, in the CLI's words
+        raise CLIError(f"{flag}: {one_line(err)} (the widths are --bits "
+                       f"{' '.join(map(str, bits))})") from err
+    rows = [(f"layer {layer or '<root>'}", f"{b} bits", "") for layer, b in alloc.bits.items()]
+    rows += [
+        ("size", f"{alloc.average_bits:.3g} bits/weight",
+         f"{alloc.size_bits} bits of {alloc.budget_bits:.6g} allowed"),
+        ("measured increase", fmt(alloc.measured_increase),
+         f"every layer quantized together; uniform {alloc.uniform['bits']}-bit: "
+         f"{fmt(alloc.uniform['measured_increase'])}"),
+    ]
+    rows += [("note", note, "") for note in alloc.notes]
+    report.add_section("Mixed-precision allocation (checked on the measured loss)", rows)
+    return alloc.to_dict()

@@ -17,7 +17,7 @@ from hessntk.cli.analyses import (
     ntk_analysis,
     quantization_analysis,
 )
-from hessntk.cli.text import fmt, timed
+from hessntk.cli.text import cli_words, fmt, timed
 from hessntk.report import to_jsonable
 
 __all__ = ["cmd_compare", "cmd_iic", "cmd_quantization", "cmd_spectrum"]
@@ -155,7 +155,7 @@ def cmd_compare(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]
         ("checkpoints", str(len(rows)), f"{store.reused} reused from {store.path}"
          if store.reused else "all evaluated in this run"),
     ])
-    report.add_table("Ranking", table)
+    report.add_table("Ranking", cli_words(table))
     ranking_csv(rows, report.folder / "ranking.csv")
     report.add_plot("ranking.png", lambda: plot_ranking(rows),
                     "IIC per checkpoint, best on top (hollow markers: not theory-valid)")

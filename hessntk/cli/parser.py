@@ -50,6 +50,16 @@ def _prior(text: str) -> str | float:
 
 
 
+#: ``--seed`` of each command: what it seeds.
+SEED_HELP = {
+    "demo": "seed of the demo's data split and training, and of the probes",
+    "spectrum": "seed of the eigsh start vector and of the trace and SLQ probes",
+    "iic": "seed of the SLQ probes (method slq)",
+    "compare": "seed of the SLQ probes, the same for every checkpoint",
+    "quantization": "seed of the block-trace probes and eigsh start vectors",
+}
+
+
 def _model_options(sub: argparse.ArgumentParser) -> None:
     """How to read the user's model: its loss and its output tensor."""
     g = sub.add_argument_group("model")
@@ -66,11 +76,13 @@ def _common(sub: argparse.ArgumentParser, command: str) -> None:
     g.add_argument("--out", default=f"hessntk-{command}", metavar="DIR",
                    help="report folder (default: %(default)s)")
     g.add_argument("--json", action="store_true",
-                   help="print the report JSON on stdout instead of the summary")
+                   help="print the report JSON on stdout instead of the summary (default: "
+                   "off)")
     g.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress bars and no summary (errors only)")
+                   help="no progress bars and no summary, errors only (default: off)")
     g.add_argument("--seed", type=int, default=0,
-                   help="seed of training (demo), probes and bootstraps (default: 0)")
+                   help=SEED_HELP.get(command, "seed of the random probes and start vectors")
+                   + " (default: %(default)s)")
     g.add_argument("--device", default=None, metavar="DEV",
                    help="cpu, cuda or cuda:N (default: the model's own)")
     g.add_argument("--dtype", choices=("float32", "float64"), default=None,
@@ -78,7 +90,8 @@ def _common(sub: argparse.ArgumentParser, command: str) -> None:
     g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="CPU threads of torch and BLAS (default: 1 for the demo, else "
                    "torch's choice)")
-    g.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    g.add_argument("--debug", action="store_true",
+                   help="show tracebacks on errors (default: off)")
 
 
 def _hessian_options(sub: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
@@ -103,19 +116,24 @@ def _hessian_options(sub: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
     g.add_argument("--trace-matvecs", type=_positive_int, default=defaults.get("trace_matvecs"),
                    metavar="N", help="products of the trace estimates" + default("trace_matvecs"))
     g.add_argument("--resume", action="store_true",
-                   help="reuse the partial results saved in --out by an interrupted run")
+                   help="reuse the partial results saved in --out by an interrupted run "
+                   "(default: off, start afresh)")
 
 
 def _iic_group(sub: argparse.ArgumentParser) -> None:
     g = sub.add_argument_group("IIC")
     g.add_argument("--observations", choices=("auto", "outputs", "logits", "probabilities"),
                    default="auto", help="constraints: auto = logits for a classification loss "
-                   "(cross-entropy, NLL, integer targets), else outputs")
+                   "(cross-entropy, NLL, integer targets), else outputs (default: %(default)s)")
     g.add_argument("--prior", type=_prior, default="init",
-                   help="Gaussian prior: 'init' (fan-in variances) or a variance")
-    g.add_argument("--soft", type=_positive_float, default=None,
-                   help="finite-penalty IIC with noise precision SOFT")
-    g.add_argument("--method", choices=("auto", "exact", "slq"), default="auto")
+                   help="Gaussian prior: 'init' (the initialisation's fan-in variances) or a "
+                   "variance (default: %(default)s)")
+    g.add_argument("--soft", type=_positive_float, default=None, metavar="KAPPA",
+                   help="finite-penalty IIC with noise precision KAPPA, for a model that does "
+                   "not interpolate exactly (default: off, the hard-constraint IIC)")
+    g.add_argument("--method", choices=("auto", "exact", "slq"), default="auto",
+                   help="log-determinant of the NTK Gram: exact (dense eigenvalues), slq "
+                   "(matrix-free), auto = exact up to 4096 constraints (default: %(default)s)")
     g.add_argument("--probes", type=_positive_int, default=16, metavar="N",
                    help="SLQ probes, method slq (default: %(default)s)")
     g.add_argument("--steps", type=_positive_int, default=100, metavar="N",
@@ -129,14 +147,32 @@ def _quant_group(sub: argparse.ArgumentParser, demo: bool = False) -> None:
                                                                        if demo else ")"))
     if demo:
         return
-    g.add_argument("--quantizer", choices=("symmetric", "asymmetric"), default="symmetric")
-    g.add_argument("--granularity", choices=("tensor", "channel"), default="tensor")
-    g.add_argument("--metric", choices=("trace", "eigenvalue", "both"), default="both")
+    g.add_argument("--quantizer", choices=("symmetric", "asymmetric"), default="symmetric",
+                   help="round-to-nearest grid: symmetric about 0, or asymmetric (affine, a "
+                   "zero point) (default: %(default)s)")
+    g.add_argument("--granularity", choices=("tensor", "channel", "group"), default="tensor",
+                   help="one grid per weight tensor, per output channel, or per --group-size "
+                   "weights of an output channel (default: %(default)s)")
+    g.add_argument("--group-size", type=_positive_int, default=128, metavar="N",
+                   help="weights per group with --granularity group (default: %(default)s)")
+    g.add_argument("--metric", choices=("trace", "eigenvalue", "both"), default="both",
+                   help="curvature summaries next to the direct second-order prediction: "
+                   "block traces (HAWQ-v2), top block eigenvalues (HAWQ-v1) or both "
+                   "(default: %(default)s)")
     g.add_argument("--trace-matvecs", type=_positive_int, default=100, metavar="N",
                    help="products of the block-trace estimate (default: %(default)s)")
-    g.add_argument("--curvature", choices=("hessian", "ggn"), default="hessian")
+    g.add_argument("--curvature", choices=("hessian", "ggn"), default="hessian",
+                   help="Hessian of the loss, or its Gauss-Newton part (GGN, positive "
+                   "semi-definite) (default: %(default)s)")
     g.add_argument("--no-measure", dest="measure", action="store_false",
-                   help="skip measuring the loss of each quantized layer")
+                   help="skip measuring the loss of each quantized layer (default: measure)")
+    budget = g.add_mutually_exclusive_group()
+    budget.add_argument("--average-bits", type=_positive_float, default=None, metavar="B",
+                        help="choose per-layer widths among --bits for this average bits per "
+                        "weight, checked on the measured loss against uniform (default: off)")
+    budget.add_argument("--bit-budget", type=_positive_float, default=None, metavar="BITS",
+                        help="the same for a total of BITS bits over the quantized weights "
+                        "(default: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Train an MLP on sklearn's load_digits (seeded, seconds) "
                           "and report its Hessian spectrum, NTK Gram spectrum, IIC and "
                           "per-layer quantization sensitivity.")
-    demo.add_argument("--quick", action="store_true", help="tiny settings (a few seconds)")
+    demo.add_argument("--quick", action="store_true",
+                      help="tiny settings, a few seconds (default: off)")
     demo.add_argument("--n-train", type=_positive_int, default=None, metavar="N",
                       help="training images (default: 300; --quick: 100)")
     demo.add_argument("--width", type=_positive_int, default=None, metavar="N",
@@ -175,13 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
                               "traces, SLQ density and lower-tail exponent; with --ntk-samples "
                               "also the NTK Gram spectrum.")
     spectrum.add_argument("model", metavar="MODEL", help="module:function or file.py:function")
-    spectrum.add_argument("--checkpoint", metavar="FILE", help=".pt/.pth/.safetensors weights")
-    spectrum.add_argument("--curvature", choices=("hessian", "ggn"), default="hessian")
+    spectrum.add_argument("--checkpoint", metavar="FILE",
+                          help=".pt/.pth/.safetensors weights (default: as built)")
+    spectrum.add_argument("--curvature", choices=("hessian", "ggn"), default="hessian",
+                          help="Hessian of the loss, or its Gauss-Newton part (GGN, positive "
+                          "semi-definite) (default: %(default)s)")
     spectrum.add_argument("--ntk-samples", type=_nonneg_int, default=0, metavar="N",
                           help="samples of the NTK Gram (default 0: no NTK)")
     spectrum.add_argument("--ntk-outputs", default="auto",
                           choices=("auto", "raw", "logits", "probabilities", "simplex"),
-                          help="NTK outputs: auto = logits for classification, else raw")
+                          help="NTK outputs: auto = logits for classification, else raw "
+                          "(default: %(default)s)")
     _hessian_options(spectrum, {"k": 5, "probes": 8, "steps": 60, "probes_per_group": 4,
                                 "trace_matvecs": 60})
     _model_options(spectrum)
@@ -190,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     iic_p = sub.add_parser("iic", help="Interpolating Information Criterion of your model",
                            description="The IIC with every term and validity diagnostics.")
     iic_p.add_argument("model", metavar="MODEL", help="module:function or file.py:function")
-    iic_p.add_argument("--checkpoint", metavar="FILE", help=".pt/.pth/.safetensors weights")
+    iic_p.add_argument("--checkpoint", metavar="FILE",
+                       help=".pt/.pth/.safetensors weights (default: as built)")
     _iic_group(iic_p)
     _model_options(iic_p)
     _common(iic_p, "iic")
@@ -202,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_p.add_argument("checkpoints", metavar="CHECKPOINT", nargs="+",
                        help=".pt/.pth/.safetensors files")
     cmp_p.add_argument("--resume", action="store_true",
-                       help="reuse checkpoints already evaluated in --out")
+                       help="reuse checkpoints already evaluated in --out (default: off)")
     _iic_group(cmp_p)
     _model_options(cmp_p)
     _common(cmp_p, "compare")
@@ -211,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Predicted (Hessian) and measured loss increase of "
                          "quantizing each layer alone, per bit width.")
     q_p.add_argument("model", metavar="MODEL", help="module:function or file.py:function")
-    q_p.add_argument("--checkpoint", metavar="FILE", help=".pt/.pth/.safetensors weights")
+    q_p.add_argument("--checkpoint", metavar="FILE",
+                     help=".pt/.pth/.safetensors weights (default: as built)")
     _quant_group(q_p)
     _model_options(q_p)
     _common(q_p, "quantization")

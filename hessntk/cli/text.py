@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CLIError", "fmt", "one_line", "pm", "settings", "timed", "versions"]
+__all__ = ["CLIError", "cli_words", "fmt", "one_line", "pm", "settings", "timed", "versions"]
 
 
 class CLIError(Exception):
@@ -33,8 +34,36 @@ def pm(value: float, stderr: float | None) -> str:
     return f"{fmt(value)} +- {stderr:.2g}"
 
 
-def one_line(err: BaseException, limit: int = 600) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
+#: Python-API advice in library messages, and its words on the command line.
+CLI_WORDS = (
+    (re.compile(r"\bsoft=kappa\b"), "--soft KAPPA"),
+    (re.compile(r"\bsoft=\.\.\."), "--soft KAPPA"),
+    (re.compile(r"\bscheme='asymmetric'"), "--quantizer asymmetric"),
+    (re.compile(r"\bquantizer='(\w+)'"), r"--quantizer \1"),
+    (re.compile(r"\bgranularity='(\w+)'"), r"--granularity \1"),
+    (re.compile(r"\bmethod='(exact|slq|auto)'"), r"--method \1"),
+    (re.compile(r"\bobservations='(\w+)'"), r"--observations \1"),
+    (re.compile(r"\bprior='init'"), "--prior init"),
+    (re.compile(r"\b(?:model\.double\(\)|dtype=torch\.float64)"), "--dtype float64"),
+)
+
+
+def cli_words(text: str) -> str:
+    """``text`` with the library's Python-API advice put in command-line flags.
+
+    Examples
+    --------
+    >>> cli_words("not interpolating; try soft=kappa")
+    'not interpolating; try --soft KAPPA'
+    """
+    for pattern, flag in CLI_WORDS:
+        text = pattern.sub(flag, text)
+    return text
+
+
+def one_line(err: BaseException | str, limit: int = 600) -> str:
+    """``err`` as one line in the command line's words (at most ``limit`` characters)."""
+    text = cli_words(" ".join(str(err).split())) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
