@@ -144,6 +144,14 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
               f"{sizes[layer]} parameters") for layer, e in layers.items()]
     report.add_section(f"{name} of the mean loss ({n} parameters, {op.num_samples} samples)",
                        rows)
+    report.add_summary(
+        f"{name}: top eigenvalue {fmt(float(top.eigenvalues[0]))} ("
+        + ("converged" if top.converged else "NOT converged: raise --k's budget or --tol")
+        + f"); trace {pm(tr.value, tr.stderr)}; the fraction of negative eigenvalues lies in "
+        f"[{neg_lo:.3f}, {neg_hi:.3f}]"
+        + (f" ({CONFIDENCE:.0%})" if dens.num_probes > 1 else " (1 probe: no probe noise)")
+        + ("; a wide interval means the spectrum near 0 is not resolved by "
+           f"{steps} steps" if neg_hi - neg_lo > 0.2 else "") + ".")
     report.add_plot("hessian_esd.png", lambda: plot_hessian_esd(
         dens, top.eigenvalues, smoothing=SMOOTHING, title=f"{name} spectral density (SLQ, "
         f"{dens.num_probes} probes x {steps} steps)"), f"{name} eigenvalue density (SLQ, each "
@@ -199,6 +207,10 @@ def ntk_analysis(report: Any, model: Any, inputs: Any, outputs: str,
         ("trace", fmt(float(lam.sum())), "exact (dense eigenvalues)"),
         ("lower-tail exponent", *tail_text),
     ])
+    report.add_summary(
+        f"NTK Gram ({lam.size} x {lam.size}): exact eigenvalues in [{lam.min():.3g}, "
+        f"{lam.max():.3g}]; {below} at or below the floor {floor:.2g} are zero at this "
+        f"precision ({exact_zeros} structural); lower-tail exponent {tail_text[0]}.")
     report.add_plot("ntk_cdf.png", lambda: plot_ntk_cdf(
         lam, fit, title=f"NTK Gram eigenvalues ({outputs}, {lam.size} x {lam.size})"),
         "NTK Gram eigenvalue CDF on log-log axes with the lower-tail power-law fit")
@@ -254,6 +266,10 @@ def iic_analysis(report: Any, problem: Any, options: dict[str, Any],
         rows.append(("tail exponent of K_H", pm(res.tail.alpha, res.tail.stderr),
                      f"cutoff {res.tail.cutoff:.3g}"))
     report.add_section(f"IIC ({res.observations}, prior {res.prior}, lower is better)", rows)
+    report.add_summary(f"IIC {fmt(res.value)}: " + (
+        "theory-valid (the model interpolates and the kernel is non-singular)." if res.valid
+        else "NOT theory-valid: " + cli_words("; ".join(res.reasons) or "a term is not "
+                                              "finite") + "."))
     if res.eigenvalues is not None and res.tail is not None and res.tail.x is not None:
         report.add_plot("iic_kernel_cdf.png", lambda: plot_ntk_cdf(
             res.eigenvalues, res.tail, title=f"Spectrum of K_H = J S J^T ({res.observations}, "
@@ -288,6 +304,7 @@ def quantization_analysis(report: Any, problem: Any, args: argparse.Namespace,
         out["measured"] = meas.to_dict()
         out["rank_correlation"] = {p: {str(b): r for b, r in v.items()}
                                    for p, v in sens.rank_correlation(meas).items()}
+    labels = layer_labels(problem.model, sens.layers)
     low = sens.bits[0]
     j = sens.bits.index(low)
     pred = sens.predictions("direct")[:, j]
@@ -297,7 +314,7 @@ def quantization_analysis(report: Any, problem: Any, args: argparse.Namespace,
         note = f"{int(sens.num_params[i])} weights; avg tr H {fmt(sens.average_trace[i])}"
         if meas is not None:
             note = f"measured {fmt(meas.increase[i, j])}; " + note
-        rows.append((f"layer {layer or '<root>'} at {low} bits", fmt(pred[i]), note))
+        rows.append((f"layer {labels[layer]} at {low} bits", fmt(pred[i]), note))
     if meas is not None and len(sens.layers) >= 3:  # with two layers rho is always +-1
         for p, by_bits in out["rank_correlation"].items():
             rows.append((f"Spearman rho ({p})", ", ".join(
@@ -305,11 +322,26 @@ def quantization_analysis(report: Any, problem: Any, args: argparse.Namespace,
                 "predicted vs measured ranking over layers"))
     report.add_section(f"Quantization sensitivity (predicted loss increase, {args.quantizer}, "
                        f"{args.granularity}; most sensitive first)", rows)
-    report.add_table("Quantization sensitivity per layer and bit width", sens.table())
+    table_rows = [{**r, "layer": labels[r["layer"]]} for r in sens.rows()]
+    if meas is not None:
+        for r in table_rows:
+            i, k = list(labels.values()).index(r["layer"]), meas.bits.index(r["bits"])
+            r["measured_increase"] = float(meas.increase[i, k])
+    report.add_table("Quantization sensitivity per layer and bit width", sens.table(),
+                     rows=table_rows, csv="quantization_sensitivity.csv",
+                     columns=["layer", "bits", "num_params", "error", "gradient_term",
+                              "quadratic_term", "predicted_direct", "predicted_trace",
+                              "predicted_eigenvalue", "measured_increase"])
+    most = sens.ranking("direct", low)[0]
+    report.add_summary(
+        f"Quantization: the most sensitive layer at {low} bits is {labels[most]} (direct "
+        "second-order prediction" + (", checked by measurement" if meas is not None else "")
+        + "); the quadratic model under-predicts low-bit damage, so trust measured values "
+        "at 2-3 bits.")
 
     def make() -> Any:
         fig, ax = _figure(max(6.0, 1.2 * len(sens.layers) + 2.0), 4.0)
-        sens.plot(ax=ax, measured=meas)
+        sens.plot(ax=ax, measured=meas, labels=labels)
         return fig
 
     report.add_plot("quantization_sensitivity.png", make,
@@ -319,6 +351,18 @@ def quantization_analysis(report: Any, problem: Any, args: argparse.Namespace,
               "budget_bits": getattr(args, "bit_budget", None)}
     if any(v is not None for v in budget.values()):
         out["allocation"] = _allocation(report, op, bits, scheme, budget, timings)
+    return out
+
+
+def layer_labels(model: Any, layers: Any) -> dict[str, str]:
+    """``layer -> "name (ModuleType)"`` for tables and plots (``<root>`` for the model)."""
+    out = {}
+    for layer in layers:
+        try:
+            kind = type(model.get_submodule(layer)).__name__
+        except AttributeError:  # an explicit group of parameters, not a module
+            kind = "group"
+        out[layer] = f"{layer or '<root>'} ({kind})"
     return out
 
 
@@ -345,4 +389,8 @@ def _allocation(report: Any, op: Any, bits: tuple[int, ...], scheme: dict[str, A
     ]
     rows += [("note", note, "") for note in alloc.notes]
     report.add_section("Mixed-precision allocation (checked on the measured loss)", rows)
+    report.add_summary(
+        f"Mixed precision at {alloc.average_bits:.3g} bits/weight: measured loss increase "
+        f"{fmt(alloc.measured_increase)} against {fmt(alloc.uniform['measured_increase'])} for "
+        f"uniform {alloc.uniform['bits']}-bit (every layer quantized together).")
     return alloc.to_dict()

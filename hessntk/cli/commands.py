@@ -109,7 +109,7 @@ def _checkpoint_names(paths: Sequence[str]) -> list[str]:
 def cmd_compare(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
     """Rank checkpoints by the IIC with :func:`hessntk.criteria.compare`, resumably."""
     from hessntk import criteria
-    from hessntk.report import file_digest, plot_ranking, ranking_csv, ranking_table
+    from hessntk.report import file_digest, plot_ranking, ranking_table
 
     report, store, timings = ctx["report"], ctx["store"], ctx["timings"]
     names = _checkpoint_names(args.checkpoints)
@@ -155,8 +155,19 @@ def cmd_compare(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]
         ("checkpoints", str(len(rows)), f"{store.reused} reused from {store.path}"
          if store.reused else "all evaluated in this run"),
     ])
-    report.add_table("Ranking", cli_words(table))
-    ranking_csv(rows, report.folder / "ranking.csv")
+    report.add_table("Ranking", cli_words(table), rows=[
+        {**r, "reasons": [cli_words(str(x)) for x in r["reasons"]]} for r in rows],
+        csv="ranking.csv", columns=["rank", "name", "value", "regularization", "sharpness",
+                                    "curvature", "correction", "valid", "reasons"])
+    valid = [r for r in rows if r["valid"]]
+    report.add_summary(f"Best checkpoint: {best['name']} (IIC {fmt(best['value'])}"
+                       + (")." if best["valid"] else ", not theory-valid).")
+                       + f" {len(valid)} of {len(rows)} checkpoints have a theory-valid IIC; "
+                       "lower is better, and only valid values are comparable.")
+    for r in rows:
+        if not r["valid"]:
+            report.add_summary(f"{r['name']} is not valid: "
+                               + cli_words("; ".join(map(str, r["reasons"])) or "undefined"))
     report.add_plot("ranking.png", lambda: plot_ranking(rows),
                     "IIC per checkpoint, best on top (hollow markers: not theory-valid)")
     return {"settings_iic": options, "rows": rows, "results": results, "table": table,

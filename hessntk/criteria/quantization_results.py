@@ -314,16 +314,19 @@ class QuantizationSensitivity:
         *,
         predictor: str = "direct",
         measured: QuantizationMeasurement | None = None,
+        labels: Mapping[str, str] | None = None,
         path: str | os.PathLike | None = None,
     ) -> Any:
         """Bar chart of the predicted loss increase per layer and bit width (symlog scale).
 
         See :func:`hessntk.report.plots.plot_quantization`; ``measured`` overlays the measured
-        increases, ``path`` saves the figure. Returns the matplotlib figure.
+        increases, ``labels`` names the layers, ``path`` saves the figure. Returns the
+        matplotlib figure.
         """
         from hessntk.report.plots import plot_quantization
 
-        return plot_quantization(self, ax, predictor=predictor, measured=measured, path=path)
+        return plot_quantization(self, ax, predictor=predictor, measured=measured,
+                                 labels=labels, path=path)
 
 
 @dataclass(frozen=True, eq=False)

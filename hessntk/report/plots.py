@@ -218,7 +218,8 @@ def _finish(ax: Any, path: str | os.PathLike | None) -> Any:
 
 
 def plot_quantization(sens: Any, ax: Any = None, *, predictor: str = "direct",
-                      measured: Any = None, path: str | os.PathLike | None = None) -> Any:
+                      measured: Any = None, labels: Mapping[str, str] | None = None,
+                      path: str | os.PathLike | None = None) -> Any:
     """Bar chart of a sensitivity's predicted loss increase per layer and bit width (symlog).
 
     Parameters
@@ -228,6 +229,8 @@ def plot_quantization(sens: Any, ax: Any = None, *, predictor: str = "direct",
     predictor : {"direct", "trace", "eigenvalue"}
     measured : hessntk.criteria.QuantizationMeasurement, optional
         Overlay the measured increases as black markers.
+    labels : dict, optional
+        ``layer -> tick label`` (e.g. with the module type, ``"0 (Linear)"``).
     path : str or path, optional
         Save the figure there.
 
@@ -237,6 +240,7 @@ def plot_quantization(sens: Any, ax: Any = None, *, predictor: str = "direct",
     """
     if ax is None:
         _, ax = _pyplot().subplots(figsize=(max(5.0, 1.2 * len(sens.layers)), 3.5))
+    labels = dict(labels or {})
     pred = sens.predictions(predictor)
     x = np.arange(len(sens.layers))
     width = 0.8 / len(sens.bits)
@@ -246,13 +250,36 @@ def plot_quantization(sens: Any, ax: Any = None, *, predictor: str = "direct",
         if measured is not None and b in measured.bits:
             y = measured.increase[:, measured.bits.index(b)]
             ax.plot(pos, y, "k_", markersize=10, label="measured" if j == 0 else None)
-    positive = np.abs(pred[np.isfinite(pred) & (pred != 0)])
-    ax.set_yscale("symlog", linthresh=float(positive.min()) if positive.size else 1e-12)
-    ax.set_xticks(x, [name or "<root>" for name in sens.layers], rotation=30)
+    values = pred if measured is None else np.concatenate([pred.ravel(),
+                                                           measured.increase.ravel()])
+    positive = np.abs(values[np.isfinite(values) & (values != 0)])
+    linthresh = float(positive.min()) if positive.size else 1e-12
+    ax.set_yscale("symlog", linthresh=linthresh)
+    _sparse_symlog_ticks(ax, linthresh, float(positive.max()) if positive.size else 1.0)
+    ax.set_xticks(x, [labels.get(name, name or "<root>") for name in sens.layers],
+                  rotation=30, ha="right")
     ax.set_ylabel("loss increase")
     ax.set_title("Predicted loss increase of quantizing one layer")
     ax.legend(fontsize="small")
     return _finish(ax, path)
+
+
+def _sparse_symlog_ticks(ax: Any, linthresh: float, top: float, most: int = 4) -> None:
+    """At most ``most`` labelled decades on each side of a symlog axis (no overlapping)."""
+    lo, hi = math.floor(math.log10(linthresh)), math.ceil(math.log10(max(top, linthresh)))
+    step = max(1, math.ceil((hi - lo + 1) / most))
+    decades = [10.0 ** d for d in range(hi, lo - 1, -step)]
+    ymin, ymax = ax.get_ylim()
+    ticks = [0.0] + [t for t in decades if t <= ymax * 1.01] + [
+        -t for t in decades if -t >= ymin * 1.01]
+    ax.set_yticks(sorted(ticks))
+    ax.yaxis.set_minor_locator(_null_locator())
+
+
+def _null_locator() -> Any:
+    from matplotlib.ticker import NullLocator
+
+    return NullLocator()
 
 
 def plot_frontier(alloc: Any, ax: Any = None, *, path: str | os.PathLike | None = None) -> Any:
