@@ -570,3 +570,19 @@ def test_a_pickled_whole_model_is_told_to_save_a_state_dict(tmp_path, capsys):
     line = _one_line_error(capsys.readouterr().err)
     assert "torch.save(model.state_dict(), path)" in line and "\x1b[" not in line
     assert "it needs torch.nn.modules.container.Sequential" in line
+
+
+def test_spectrum_per_layer_and_smoothing(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main([*SPECTRUM, "--per-layer", "--smoothing", "0.25", "--out", str(out)]) == 0
+    assert "Per-layer spectra (diagonal blocks" in capsys.readouterr().out
+    doc = _strict_json((out / "report.json").read_text())
+    layers = doc["hessian"]["layers"]
+    assert set(layers) == {"0", "2"} and layers["2"]["n"] == 170
+    lo, hi = layers["0"]["negative_mass"]["interval"]
+    assert 0 <= lo <= hi <= 1
+    smoothed = doc["hessian"]["density"]["smoothed"]
+    assert smoothed["smoothing"] == 0.25 and len(smoothed["x"]) == len(smoothed["mass"])
+    assert "sd 0.25" in doc["plots"]["hessian_esd.png"]
+    with pytest.raises(SystemExit):  # argparse: expected a positive number
+        main([*SPECTRUM, "--smoothing", "0", "--out", str(tmp_path / "z")])

@@ -59,7 +59,7 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
     """
     from hessntk import hessian
     from hessntk.criteria import lower_tail_exponent
-    from hessntk.report import fingerprint, plot_hessian_esd
+    from hessntk.report import fingerprint, plot_hessian_esd, smoothed_density
     from hessntk.spectral import slq
 
     model, loss_fn, data = problem.model, problem.loss_fn, problem.data
@@ -152,12 +152,52 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
         + (f" ({CONFIDENCE:.0%})" if dens.num_probes > 1 else " (1 probe: no probe noise)")
         + ("; a wide interval means the spectrum near 0 is not resolved by "
            f"{steps} steps" if neg_hi - neg_lo > 0.2 else "") + ".")
+    smoothing = getattr(args, "smoothing", SMOOTHING)
+    curve = smoothed_density(dens, smoothing, top.eigenvalues)
+    out["density"]["smoothed"] = {"smoothing": smoothing, "axis_linear_below": curve["lin"],
+                                  "x": curve["x"], "mass": curve["mass"]}
+    blocks = None
+    if getattr(args, "per_layer", False):
+        blocks = _per_layer(report, op, model, args, steps, timings)
+        out["layers"] = {layer: _density_dict(d) for layer, d in blocks.items()}
     report.add_plot("hessian_esd.png", lambda: plot_hessian_esd(
-        dens, top.eigenvalues, smoothing=SMOOTHING, title=f"{name} spectral density (SLQ, "
-        f"{dens.num_probes} probes x {steps} steps)"), f"{name} eigenvalue density (SLQ, each "
-        f"quadrature node smoothed by a Gaussian of sd {SMOOTHING:g} on the symmetric-log axis), "
-        "with the top eigenvalues from eigsh")
+        dens, top.eigenvalues, smoothing=smoothing, layers=blocks,
+        title=f"{name} spectral density (SLQ, {dens.num_probes} probes x {steps} steps)"),
+        f"{name} eigenvalue density (SLQ, each quadrature node smoothed by a Gaussian of sd "
+        f"{smoothing:g} on the symmetric-log axis), with the top eigenvalues from eigsh"
+        + ("; lines: each layer's block, scaled by its share of the parameters"
+           if blocks else ""))
     return out
+
+
+def _density_dict(d: Any) -> dict[str, Any]:
+    neg = d.cdf(-d.rounding_level)
+    lo, hi = ((float(b[0]) for b in neg.interval(CONFIDENCE)) if d.num_probes > 1
+              else (float(neg.lower[0]), float(neg.upper[0])))
+    return {"n": d.n, "min": float(d.nodes.min()), "max": float(d.nodes.max()),
+            "negative_mass": {"interval": [lo, hi], "value": float(neg.value[0])},
+            "trace": {"value": d.trace().value, "stderr": d.trace().stderr},
+            "nodes": d.nodes, "weights": d.weights}
+
+
+def _per_layer(report: Any, op: Any, model: Any, args: argparse.Namespace, steps: int,
+               timings: dict[str, float]) -> dict[str, Any]:
+    """The SLQ density of each layer's diagonal block (``--per-layer``)."""
+    from hessntk.hessian import block_density
+
+    blocks = timed(timings, "hessian_layer_slq", lambda: block_density(
+        op, num_probes=args.probes, num_matvecs=steps, seed=args.seed))
+    labels = layer_labels(model, blocks)
+    rows = []
+    for layer, d in blocks.items():
+        info = _density_dict(d)
+        lo, hi = info["negative_mass"]["interval"]
+        rows.append((f"layer {labels[layer]}", f"[{d.nodes.min():.3g}, {d.nodes.max():.3g}]",
+                     f"{d.n} parameters; negative fraction in [{lo:.3f}, {hi:.3f}]; SLQ trace "
+                     + pm(info["trace"]["value"], info["trace"]["stderr"])))
+    report.add_section(f"Per-layer spectra (diagonal blocks, {args.probes} probes x "
+                       f"{steps} steps)", rows)
+    return blocks
 
 
 def ntk_analysis(report: Any, model: Any, inputs: Any, outputs: str,

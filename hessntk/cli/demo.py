@@ -49,7 +49,10 @@ def _train(width: int, train: tuple[Any, Any], seed: int, max_steps: int = 3000)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     loss_fn = nn.CrossEntropyLoss()
     step = 0
-    for step in progress(range(max_steps), "training"):  # noqa: B007 - reported below
+    # No total: training stops early at interpolation, so a bar to max_steps would stall.
+    steps = progress(iter(range(max_steps)), f"training (until interpolation, <= {max_steps} "
+                     "steps)", min_total=0)
+    for step in steps:  # noqa: B007 - reported below
         opt.zero_grad()
         out = net(X)
         loss = loss_fn(out, y)

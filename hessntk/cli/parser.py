@@ -118,6 +118,13 @@ def _hessian_options(sub: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
     g.add_argument("--resume", action="store_true",
                    help="reuse the partial results saved in --out by an interrupted run "
                    "(default: off, start afresh)")
+    g.add_argument("--smoothing", type=_positive_float, default=0.4, metavar="SD",
+                   help="width of the plotted and saved smoothed density: the sd of a "
+                   "Gaussian per quadrature node on the symmetric-log axis, a factor exp(SD) "
+                   "in |eigenvalue| (default: %(default)s)")
+    g.add_argument("--per-layer", action="store_true",
+                   help="also the SLQ spectrum of each layer's diagonal block, with the same "
+                   "probes and steps (default: off)")
 
 
 def _iic_group(sub: argparse.ArgumentParser) -> None:

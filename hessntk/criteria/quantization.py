@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from hessntk._progress import progress
 from hessntk.criteria._arrays import f64, host
 from hessntk.criteria.bits import BitAllocation
 from hessntk.criteria.quantization_results import QuantizationMeasurement, QuantizationSensitivity
@@ -312,12 +313,13 @@ def measure_quantization(
     W = layout.unravel(op.theta())
     L, B = len(groups), len(bits)
     error, losses = np.zeros((L, B)), np.zeros((L, B))
-    for i, (layer, names) in enumerate(groups.items()):
-        for j, b in enumerate(bits):
-            values = rounder(W, names, b)
-            error[i, j] = sum(_sqdist(op, values[n], W[n]) for n in names)
-            losses[i, j] = _loss_at(op, layout.flatten({**W, **values}),
-                                    f"layer {layer or '<root>'!r} quantized to {b} bits")
+    pairs = [(i, layer, names, j, b) for i, (layer, names) in enumerate(groups.items())
+             for j, b in enumerate(bits)]
+    for i, layer, names, j, b in progress(pairs, "quantized layers measured"):
+        values = rounder(W, names, b)
+        error[i, j] = sum(_sqdist(op, values[n], W[n]) for n in names)
+        losses[i, j] = _loss_at(op, layout.flatten({**W, **values}),
+                                f"layer {layer or '<root>'!r} quantized to {b} bits")
     return QuantizationMeasurement(
         layers=tuple(groups), params={k: tuple(v) for k, v in groups.items()},
         num_params=_num_params(layout, groups), bits=bits, error=error, quantized_loss=losses,

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from hessntk._model import batch_size, check_finite
+from hessntk._progress import progress
 from hessntk.ntk._common import (
     OutputsSpec,
     Problem,
@@ -83,7 +84,7 @@ def jacobian_chunks(
     per_sample = torch.func.vmap(
         torch.func.jacrev(single, has_aux=True), in_dims=(None, in_dims_tree(inputs))
     )
-    for start in range(0, n, chunk_size):
+    for start in progress(range(0, n, chunk_size), "NTK Jacobian chunks"):
         sl = slice(start, min(start + chunk_size, n))
         x = slice_tree(inputs, sl)
         if problem.jacobian_path != "batched":

@@ -30,6 +30,7 @@ from hessntk.report.plots import (
     plot_sensitivity,
     plot_tail,
     save_figure,
+    smoothed_density,
 )
 from hessntk.report.store import PartialStore, ResumeError, SLQGroups
 from hessntk.report.tables import ranking_csv, ranking_table
@@ -55,5 +56,6 @@ __all__ = [
     "ranking_csv",
     "ranking_table",
     "save_figure",
+    "smoothed_density",
     "to_jsonable",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "plot_density",
     "plot_frontier",
     "plot_hessian_esd",
+    "smoothed_density",
     "plot_ntk_cdf",
     "plot_quantization",
     "plot_ranking",
@@ -48,57 +49,91 @@ def _figure(width: float = 6.0, height: float = 4.0) -> tuple[Any, Any]:
     return fig, fig.subplots()
 
 
+def smoothed_density(density: Any, smoothing: float = 0.4, extra: Sequence[float] = (),
+                     num_points: int = 1200) -> dict[str, Any]:
+    """An SLQ density smoothed on a symmetric-log eigenvalue axis (what the plots draw).
+
+    The axis is ``u = sign(lambda) log(1 + |lambda| / lin)``, ``lin`` a power of ten near
+    ``1e-3 max |lambda|`` (of the nodes and ``extra`` values), linear within ``lin`` of zero.
+    Each quadrature node becomes a Gaussian of standard deviation ``smoothing`` in ``u`` (a
+    factor ``exp(smoothing)`` in ``|lambda|`` away from zero).
+
+    Returns
+    -------
+    dict
+        ``x`` (eigenvalues of the grid), ``mass`` (fraction of eigenvalues per ``smoothing``
+        of the axis), ``lin``, ``smoothing`` and ``floor`` (a tenth of one eigenvalue's
+        smoothed peak: below it nothing is resolved).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessntk.spectral import aslinearoperator, slq
+    >>> d = slq(aslinearoperator(np.diag(np.linspace(-1.0, 2.0, 50))), num_probes=2,
+    ...         num_matvecs=10)
+    >>> curve = smoothed_density(d, 0.5)
+    >>> curve["x"].shape, bool(curve["mass"].max() < 1)
+    ((1200,), True)
+    """
+    smoothing = positive(smoothing, "smoothing")
+    keep = density.weights > 0
+    x = density.nodes[keep]
+    w = density.weights[keep] / density.num_probes
+    scale = float(max(np.abs(x).max(), *(abs(t) for t in extra), np.finfo(float).tiny))
+    lin = 10.0 ** math.floor(math.log10(1e-3 * scale))  # a power of ten: clean ticks
+    pts = np.concatenate([x, np.asarray(extra, dtype=np.float64)])
+    u = _symlog(pts, lin)
+    grid = np.linspace(float(u.min()) - 3 * smoothing, float(u.max()) + 3 * smoothing,
+                       num_points)
+    z = (grid[:, None] - _symlog(x, lin)[None, :]) / smoothing
+    mass = (np.exp(-0.5 * z * z) * w).sum(1) / math.sqrt(2 * math.pi)
+    return {"x": np.sign(grid) * lin * np.expm1(np.abs(grid)), "mass": mass, "lin": lin,
+            "smoothing": smoothing, "floor": 0.1 / (density.n * math.sqrt(2 * math.pi)),
+            "nodes": x}
+
+
+def _symlog(v: np.ndarray, lin: float) -> np.ndarray:
+    return np.sign(v) * np.log1p(np.abs(v) / lin)
+
+
 def plot_hessian_esd(
     density: Any, top: Sequence[float] = (), *, smoothing: float = 0.4,
-    title: str = "Hessian spectral density (SLQ)",
+    title: str = "Hessian spectral density (SLQ)", layers: Mapping[str, Any] | None = None,
 ) -> Any:
     """Plot an SLQ spectral density, smoothed, on a symmetric-log eigenvalue axis.
 
-    Hessian spectra mix a few large outliers, a bulk near zero and small negative values; a
-    symmetric-log axis ``u = sign(lambda) log(1 + |lambda| / lin)`` (``lin`` a power of ten
-    near ``1e-3 max |lambda|``) shows all three. The quadrature nodes are point masses, whose
-    spikes are artefacts of the rule, not structure of the spectrum; each is drawn as a Gaussian
-    of standard deviation ``smoothing`` in ``u`` (a factor ``exp(smoothing)`` in ``|lambda|``
-    away from zero), stated in the legend, and the nodes are shown as a rug below. The height
-    is the fraction of eigenvalues per ``smoothing`` of the axis, drawn down to a tenth of
-    one eigenvalue's peak. ``top`` eigenvalues (e.g. from ``eigsh``) are drawn as lines.
+    Hessian spectra mix a few large outliers, a bulk near zero and small negative values; the
+    symmetric-log axis of :func:`smoothed_density` shows all three. The quadrature nodes are
+    point masses, whose spikes are artefacts of the rule, not structure of the spectrum; each
+    is drawn as a Gaussian of standard deviation ``smoothing`` on that axis, stated in the
+    legend, with the nodes as a rug below. The height is the fraction of eigenvalues per
+    ``smoothing`` of the axis, drawn down to a tenth of one eigenvalue's peak. ``top``
+    eigenvalues (e.g. from ``eigsh``) are drawn as lines; ``layers`` (``name -> density`` of
+    diagonal blocks) are drawn as lines over the whole.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
-    smoothing = positive(smoothing, "smoothing")
     fig, ax = _figure()
-    keep = density.weights > 0
-    x = density.nodes[keep]
-    w = density.weights[keep] / density.num_probes
-    scale = float(max(np.abs(x).max(), *(abs(t) for t in top), np.finfo(float).tiny))
-    lin = 10.0 ** math.floor(math.log10(1e-3 * scale))  # a power of ten: clean ticks
-
-    def fwd(v: np.ndarray) -> np.ndarray:
-        return np.sign(v) * np.log1p(np.abs(v) / lin)
-
-    def inv(t: np.ndarray) -> np.ndarray:
-        return np.sign(t) * lin * np.expm1(np.abs(t))
-
-    pts = np.concatenate([x, np.asarray(top, dtype=np.float64)])
-    lo, hi = float(fwd(pts.min())) - 3 * smoothing, float(fwd(pts.max())) + 3 * smoothing
-    grid = np.linspace(lo, hi, 1200)
-    z = (grid[:, None] - fwd(x)[None, :]) / smoothing
-    mass = (np.exp(-0.5 * z * z) * w).sum(1) / math.sqrt(2 * math.pi)  # per `smoothing` of u
-    # Below a tenth of one eigenvalue's smoothed peak nothing is drawn.
-    floor = 0.1 / (density.n * math.sqrt(2 * math.pi))
-    ax.fill_between(inv(grid), np.where(mass >= floor, mass, np.nan), floor, alpha=0.6,
+    curve = smoothed_density(density, smoothing, top)
+    floor, mass = curve["floor"], curve["mass"]
+    ax.fill_between(curve["x"], np.where(mass >= floor, mass, np.nan), floor, alpha=0.6,
                     label=f"SLQ, Gaussian smoothing sd {smoothing:g} on this axis "
                           f"(x{math.exp(smoothing):.2g} in |eigenvalue|)")
-    ax.plot(x, np.full(x.size, floor), "|", color="k", ms=6, alpha=0.3,
-            label="quadrature nodes")
+    for name, block in (layers or {}).items():
+        part = smoothed_density(block, smoothing, top)
+        share = block.n / density.n  # a block's fraction of all eigenvalues
+        y = part["mass"] * share
+        ax.plot(part["x"], np.where(y >= floor, y, np.nan), lw=1, label=f"layer {name}")
+    ax.plot(curve["nodes"], np.full(curve["nodes"].size, floor), "|", color="k", ms=6,
+            alpha=0.3, label="quadrature nodes")
     for i, t in enumerate(top):
         ax.axvline(t, color="C3", ls="--", lw=0.8, label="top eigenvalues" if i == 0 else None)
-    ax.set_xscale("symlog", linthresh=lin)
+    ax.set_xscale("symlog", linthresh=curve["lin"])
     ax.set_yscale("log")
     ax.set_ylim(floor * 0.7, max(float(mass.max()), floor) * 3)
-    ax.set_xlabel(f"eigenvalue (symmetric log axis, linear below {lin:.1g})")
+    ax.set_xlabel(f"eigenvalue (symmetric log axis, linear below {curve['lin']:.1g})")
     ax.set_ylabel(f"fraction of eigenvalues per {smoothing:g} of the axis")
     ax.set_title(title)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=7, ncol=2)
