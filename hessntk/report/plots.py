@@ -301,7 +301,9 @@ def plot_quantization(sens: Any, ax: Any = None, *, predictor: str = "direct",
 
 def _sparse_symlog_ticks(ax: Any, linthresh: float, top: float, most: int = 4) -> None:
     """At most ``most`` labelled decades on each side of a symlog axis (no overlapping)."""
-    lo, hi = math.floor(math.log10(linthresh)), math.ceil(math.log10(max(top, linthresh)))
+    # decades from the top down, none within 10x of linthresh (they would crowd the zero tick)
+    lo = math.floor(math.log10(linthresh)) + 1
+    hi = max(math.ceil(math.log10(max(top, linthresh))), lo)
     step = max(1, math.ceil((hi - lo + 1) / most))
     decades = [10.0 ** d for d in range(hi, lo - 1, -step)]
     ymin, ymax = ax.get_ylim()
