@@ -80,7 +80,8 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
            "dtype": str(op.dtype), "device": str(op.device)}
     dens = timed(timings, "hessian_slq", lambda: slq(
         op, num_probes=args.probes, num_matvecs=steps, seed=args.seed,
-        probes_per_group=args.probes_per_group, store=store.slq_groups(curvature, key)))
+        probes_per_group=args.probes_per_group, store=store.slq_groups(curvature, key),
+        reorth=getattr(args, "reorth", "full")))
     # Eigenvalues below zero beyond the nodes' rounding level (zeros are not negative).
     negative = dens.cdf(-dens.rounding_level)
     if dens.num_probes > 1:

@@ -215,6 +215,7 @@ def density(
     output_key: str | int | None = None,
     outputs_fn: Callable[[Any], torch.Tensor] | None = None,
     allow_train_mode: bool = False,
+    reorth: str = "full",
 ) -> SpectralDensity:
     """Estimate the spectral density of the loss Hessian (or GGN) by SLQ.
 
@@ -235,6 +236,9 @@ def density(
     seed : int
     params, output_key, outputs_fn, allow_train_mode
         Operator options.
+    reorth : {"full", "none"}
+        Lanczos reorthogonalisation (see :func:`hessntk.spectral.slq`): "none" for models
+        whose ``8 n m`` bytes of basis per probe do not fit.
 
     Returns
     -------
@@ -254,7 +258,8 @@ def density(
         model, loss_fn, data, curvature, params, None, output_key, outputs_fn,
         allow_train_mode,
     )  # fmt: skip
-    return slq(op, num_probes=num_probes, num_matvecs=min(num_matvecs, op.shape[0]), seed=seed)
+    return slq(op, num_probes=num_probes, num_matvecs=min(num_matvecs, op.shape[0]), seed=seed,
+               reorth=reorth)
 
 
 def block_top_eigenvalues(

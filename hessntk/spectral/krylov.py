@@ -80,13 +80,22 @@ def lanczos(
     seed: Seed = 0,
     return_basis: bool = False,
     max_steps: Any = None,
+    reorth: str = "full",
 ) -> Tridiagonal:
-    """Run Lanczos with full reorthogonalisation from one or several start vectors.
+    """Run Lanczos from one or several start vectors, with or without reorthogonalisation.
 
     All probes advance in lockstep: each step is one ``op.matmat`` over the probes that have
     not broken down. Products run in the operator's dtype; the coefficients and the
     reorthogonalisation (classical Gram-Schmidt, twice) are float64 on the operator's device.
     A breakdown (invariant Krylov space) stops that probe early: its quadrature is exact.
+
+    ``reorth="none"`` keeps only the three-term recurrence: two vectors per probe instead of
+    the ``m`` of the basis, and no ``O(m n)`` work per step. The basis then loses
+    orthogonality as Ritz values converge and "ghost" copies of them appear, which shifts
+    weight between copies of one eigenvalue but keeps Gauss quadrature of smooth functions
+    accurate (Greenbaum 1989; Knizhnerman 1996): fine for densities and traces of smooth
+    functions (tested against exact spectra), not for eigenvectors, single eigenvalues or
+    breakdown detection (a lost-orthogonality probe never breaks down).
 
     Parameters
     ----------
@@ -105,6 +114,9 @@ def lanczos(
     max_steps : sequence of int, optional
         Steps of each probe, at most ``num_matvecs`` (e.g. the size of the subspace a probe
         lives in: :func:`hessntk.spectral.block_slq`). Default ``num_matvecs`` for all.
+    reorth : {"full", "none"}
+        Full reorthogonalisation against the stored basis (memory ``8 n m`` bytes per probe),
+        or none (memory ``16 n`` bytes per probe).
 
     Returns
     -------
@@ -130,11 +142,16 @@ def lanczos(
     m = _check_num_matvecs(num_matvecs, n)
     xp = op._xp
     refuse_low_precision(xp.eps(op.dtype), op.dtype, "Lanczos and SLQ")
+    if reorth not in REORTH:
+        raise ValueError(f"Expected reorth in {REORTH}; got {reorth!r}.")
+    full = reorth == "full"
     V0 = _start_vectors(op, v0, num_probes, seed)
     k = V0.shape[1]
-    basis = xp.zeros((k, m, n))
+    basis = xp.zeros((k, m, n)) if full or return_basis else None
     q = xp.transpose(V0)  # (k, n), float64
     q = q / xp.norm(q, axis=1)[:, None]
+    first = q  # for the symmetry check of the second step
+    q_prev = None  # the previous Lanczos vector of each active probe
     alpha = np.zeros((k, m))
     beta = np.zeros((k, m))
     num_steps = np.zeros(k, dtype=np.int64)
@@ -152,20 +169,21 @@ def lanczos(
         b_prev = xp.from_numpy(beta[active, j - 1] if j > 0 else np.zeros(len(active)),
                                xp.float64)
         if j == 1:
-            first = basis[slice(None) if len(active) == k else xp.from_numpy(active), 0]
             check_symmetry_step(op, xp.to_numpy(xp.sum(first * w, axis=1)), beta[active, 0],
                                 norm_est[active], "Lanczos")
-        if xp.name == "jax" and len(active) == k:
+        if full and xp.name == "jax" and len(active) == k:
             basis, a, w, b = xp.lanczos_step(basis, q, w, b_prev, j)
         else:
             # Index the stored basis by a slice while every probe is active (a view, no copy).
             rows = slice(None) if len(active) == k else xp.from_numpy(active)
-            basis = xp.set_index(basis, (rows, j), q)
+            if basis is not None:
+                basis = xp.set_index(basis, (rows, j), q)
             a = xp.sum(q * w, axis=1)
             w = w - a[:, None] * q
             if j > 0:
-                w = w - b_prev[:, None] * basis[rows, j - 1]
-            w = _reorthogonalise(xp, basis[rows, : j + 1], w)
+                w = w - b_prev[:, None] * (basis[rows, j - 1] if full else q_prev)
+            if full:
+                w = _reorthogonalise(xp, basis[rows, : j + 1], w)
             b = xp.norm(w, axis=1)
         alpha[active, j] = xp.to_numpy(a)
         b_host = xp.to_numpy(b)
@@ -181,6 +199,8 @@ def lanczos(
         if not keep.any():
             break
         keep_dev = xp.from_numpy(np.flatnonzero(keep))
+        q_prev = q[keep_dev]
+        first = first[keep_dev] if j == 0 else first
         q = w[keep_dev] / b[keep_dev][:, None]
         active = active[keep]
     return Tridiagonal(
@@ -191,6 +211,10 @@ def lanczos(
         num_matvecs=total,
         basis=basis if return_basis else None,
     )
+
+
+#: Reorthogonalisation options of :func:`lanczos` and :func:`hessntk.spectral.slq`.
+REORTH = ("full", "none")
 
 
 def check_symmetry_step(op: LinearOperator, uAw: np.ndarray, wAu: np.ndarray,
