@@ -3,7 +3,8 @@
 Run: ``python benchmarks/bench_slq_overhead.py [--probes 10 --steps 100 --threads 2]``. The
 Hessian of the MLP 64-512-512-10 (301k parameters, float32) on 512 ``load_digits`` images
 (issue 16's setting); prints the time of ``steps`` products of ``probes`` vectors alone, and
-``slq`` with ``reorth="full"`` and ``"none"``, as ratios to it, plus basis bytes per probe.
+``slq`` with ``reorth="full"`` (float64 and float32 basis) and ``"none"``, as ratios to it,
+plus basis bytes per probe.
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ def main() -> None:
     products = time.perf_counter() - t0
     print(f"n = {n}, {k} probes x {m} steps; products alone: {products:.2f} s "
           f"({1e3 * products / (k * m):.1f} ms per vector)")
-    for reorth in ("full", "none"):
+    for reorth, basis in (("full", "float64"), ("full", "operator"), ("none", "float64")):
         t0 = time.perf_counter()
-        d = slq(op, num_probes=k, num_matvecs=m, seed=0, reorth=reorth)
+        d = slq(op, num_probes=k, num_matvecs=m, seed=0, reorth=reorth, basis_dtype=basis)
         wall = time.perf_counter() - t0
-        per_probe = 8 * n * (m if reorth == "full" else 2)
-        print(f"slq reorth={reorth:<5} {wall:6.2f} s = {wall / products:.2f} x products; basis "
+        per_probe = (8 if basis == "float64" else 4) * n * m if reorth == "full" else 16 * n
+        print(f"slq reorth={reorth:<5} basis {basis:<8} {wall:6.2f} s = {wall / products:.2f} x "
+              "products; basis "
               f"{per_probe / 2**20:.0f} MiB per probe; trace {d.trace().value:.4g}, "
               f"nodes [{np.min(d.nodes):.3g}, {np.max(d.nodes):.3g}]")
 

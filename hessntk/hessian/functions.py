@@ -216,6 +216,7 @@ def density(
     outputs_fn: Callable[[Any], torch.Tensor] | None = None,
     allow_train_mode: bool = False,
     reorth: str = "full",
+    basis_dtype: str = "float64",
 ) -> SpectralDensity:
     """Estimate the spectral density of the loss Hessian (or GGN) by SLQ.
 
@@ -239,6 +240,8 @@ def density(
     reorth : {"full", "none"}
         Lanczos reorthogonalisation (see :func:`hessntk.spectral.slq`): "none" for models
         whose ``8 n m`` bytes of basis per probe do not fit.
+    basis_dtype : {"float64", "operator"}
+        The stored basis in float64 or in the model's dtype (half the memory for float32).
 
     Returns
     -------
@@ -259,7 +262,7 @@ def density(
         allow_train_mode,
     )  # fmt: skip
     return slq(op, num_probes=num_probes, num_matvecs=min(num_matvecs, op.shape[0]), seed=seed,
-               reorth=reorth)
+               reorth=reorth, basis_dtype=basis_dtype)
 
 
 def block_top_eigenvalues(

@@ -81,6 +81,7 @@ def lanczos(
     return_basis: bool = False,
     max_steps: Any = None,
     reorth: str = "full",
+    basis_dtype: str = "float64",
 ) -> Tridiagonal:
     """Run Lanczos from one or several start vectors, with or without reorthogonalisation.
 
@@ -117,6 +118,10 @@ def lanczos(
     reorth : {"full", "none"}
         Full reorthogonalisation against the stored basis (memory ``8 n m`` bytes per probe),
         or none (memory ``16 n`` bytes per probe).
+    basis_dtype : {"float64", "operator"}
+        Precision of the stored basis: float64, or the operator's dtype (half the memory
+        and reads for a float32 operator; the coefficients, the recurrence and the current
+        vectors stay float64, and the basis is as orthogonal as the products are accurate).
 
     Returns
     -------
@@ -144,10 +149,11 @@ def lanczos(
     refuse_low_precision(xp.eps(op.dtype), op.dtype, "Lanczos and SLQ")
     if reorth not in REORTH:
         raise ValueError(f"Expected reorth in {REORTH}; got {reorth!r}.")
+    stored = basis_storage(op, basis_dtype)
     full = reorth == "full"
     V0 = _start_vectors(op, v0, num_probes, seed)
     k = V0.shape[1]
-    basis = xp.zeros((k, m, n)) if full or return_basis else None
+    basis = xp.zeros((k, m, n), stored) if full or return_basis else None
     q = xp.transpose(V0)  # (k, n), float64
     q = q / xp.norm(q, axis=1)[:, None]
     first = q  # for the symmetry check of the second step
@@ -171,17 +177,18 @@ def lanczos(
         if j == 1:
             check_symmetry_step(op, xp.to_numpy(xp.sum(first * w, axis=1)), beta[active, 0],
                                 norm_est[active], "Lanczos")
-        if full and xp.name == "jax" and len(active) == k:
+        if full and xp.name == "jax" and len(active) == k and basis_dtype == "float64":
             basis, a, w, b = xp.lanczos_step(basis, q, w, b_prev, j)
         else:
             # Index the stored basis by a slice while every probe is active (a view, no copy).
             rows = slice(None) if len(active) == k else xp.from_numpy(active)
             if basis is not None:
-                basis = xp.set_index(basis, (rows, j), q)
+                basis = xp.set_index(basis, (rows, j), q if stored == xp.float64 else
+                                     xp.cast(q, stored))
             a = xp.sum(q * w, axis=1)
             w = w - a[:, None] * q
             if j > 0:
-                w = w - b_prev[:, None] * (basis[rows, j - 1] if full else q_prev)
+                w = w - b_prev[:, None] * q_prev
             if full:
                 w = _reorthogonalise(xp, basis[rows, : j + 1], w)
             b = xp.norm(w, axis=1)
@@ -283,6 +290,22 @@ def _apply(op: LinearOperator, q: Array, step: int, active: np.ndarray) -> Array
     return xp.transpose(matmat_float64(op, xp.transpose(q), where))
 
 
+BASIS_DTYPES = ("float64", "operator")
+
+
+def basis_storage(op: LinearOperator, basis_dtype: str) -> Any:
+    """The dtype a Lanczos basis is stored in (``basis_dtype`` of :func:`lanczos`)."""
+    if basis_dtype not in BASIS_DTYPES:
+        raise ValueError(f"Expected basis_dtype in {BASIS_DTYPES}; got {basis_dtype!r}.")
+    return op._xp.float64 if basis_dtype == "float64" else op.dtype
+
+
+def itemsize(dtype: Any) -> int:
+    """Bytes per element of a numpy, torch or jax dtype."""
+    size = getattr(dtype, "itemsize", None)
+    return int(size) if isinstance(size, int) else int(np.dtype(dtype).itemsize)
+
+
 def _reorthogonalise(xp: Any, Q: Array, w: Array) -> Array:
     """Remove from each row ``w[i]`` its components along ``Q[i]`` (k, j, n).
 
@@ -292,9 +315,12 @@ def _reorthogonalise(xp: Any, Q: Array, w: Array) -> Array:
     the stored basis is read contiguously.
     """
     before = xp.to_numpy(xp.norm(w, axis=1))
+    low = Q.dtype != w.dtype  # a basis stored in the operator's (lower) precision
     for sweep in range(2):
-        coeffs = w[:, None, :] @ xp.transpose(Q)  # (k, 1, j)
-        w = w - (coeffs @ Q)[:, 0, :]
+        v = xp.cast(w, Q.dtype) if low else w
+        coeffs = v[:, None, :] @ xp.transpose(Q)  # (k, 1, j)
+        correction = (coeffs @ Q)[:, 0, :]
+        w = w - (xp.cast(correction, w.dtype) if low else correction)
         if sweep == 0 and np.all(xp.to_numpy(xp.norm(w, axis=1)) >= before / np.sqrt(2.0)):
             break
     return w

@@ -15,6 +15,8 @@ from hessntk.spectral.krylov import (
     Tridiagonal,
     _check_num_matvecs,
     _start_vectors,
+    basis_storage,
+    itemsize,
     lanczos,
 )
 from hessntk.spectral.operators import CallableOperator, LinearOperator
@@ -339,6 +341,7 @@ def slq(
     probes_per_group: int | None = None,
     store: GroupStore | None = None,
     reorth: str = "full",
+    basis_dtype: str = "float64",
 ) -> SpectralDensity:
     """Run stochastic Lanczos quadrature with Rademacher probes advancing in lockstep.
 
@@ -367,13 +370,16 @@ def slq(
         settings)`` returns the group's :class:`Tridiagonal` or None; ``save(g, settings,
         T)``), so that an interrupted run resumes with the same numbers as an uninterrupted
         one. ``settings`` holds ``n``, ``num_matvecs``, ``num_probes``, ``probes_per_group``,
-        ``seed`` and ``reorth``.
+        ``seed``, ``reorth`` and ``basis_dtype``.
     reorth : {"full", "none"}
         Lanczos with full reorthogonalisation (default), or the plain three-term recurrence:
         memory ``16 n`` bytes per probe and no ``O(m n)`` work per step, for operators whose
         basis does not fit. Densities and traces of smooth functions stay accurate without
         it (:func:`lanczos`; the Wasserstein-1 error against exact spectra is tested); ghost
         copies of converged outliers shift weight between copies only.
+    basis_dtype : {"float64", "operator"}
+        The stored basis in float64 or in the operator's dtype (:func:`lanczos`): half the
+        memory and reads of the reorthogonalisation for a float32 operator.
 
     Returns
     -------
@@ -404,13 +410,15 @@ def slq(
     k = V0.shape[1]
     if reorth not in REORTH:
         raise ValueError(f"Expected reorth in {REORTH}; got {reorth!r}.")
-    per_probe = 8 * n * (m if reorth == "full" else 2)
+    size = itemsize(basis_storage(op, basis_dtype))
+    per_probe = size * n * m if reorth == "full" else 16 * n
     if per_probe > int(max_basis_bytes):
         raise ValueError(
-            f"One probe's float64 Lanczos basis needs {per_probe / 2**30:.3g} GiB (8 bytes x n = "
+            f"One probe's Lanczos basis needs {per_probe / 2**30:.3g} GiB ({size} bytes x n = "
             f"{n} x {m} steps) > max_basis_bytes = {int(max_basis_bytes) / 2**30:.3g} GiB. Use "
             "reorth='none' (16 n bytes per probe; densities and smooth traces stay accurate), "
-            "fewer num_matvecs, or a larger max_basis_bytes if the memory is there."
+            "basis_dtype='operator' for a float32 operator, fewer num_matvecs, or a larger "
+            "max_basis_bytes if the memory is there."
         )
     if probes_per_group is not None:
         group = min(count(probes_per_group, "probes_per_group"), k)
@@ -419,12 +427,13 @@ def slq(
         group = -(-k // -(-k // group))  # balance the groups: 10 probes in 5 + 5, not 8 + 2
     settings = {"n": n, "num_matvecs": m, "num_probes": k, "probes_per_group": group,
                 "seed": int(seed) if isinstance(seed, (int, np.integer)) and v0 is None else None,
-                "reorth": reorth}
+                "reorth": reorth, "basis_dtype": basis_dtype}
     densities = []
     for g, start in enumerate(progress(range(0, k, group), "SLQ probe groups")):
         T = store.load(g, settings) if store is not None else None
         if T is None:
-            T = lanczos(op, m, v0=V0[:, start : start + group], reorth=reorth)
+            T = lanczos(op, m, v0=V0[:, start : start + group], reorth=reorth,
+                        basis_dtype=basis_dtype)
             if store is not None:
                 store.save(g, settings, T)
         densities.append(SpectralDensity.from_tridiagonal(T, n, op._xp.eps(op.dtype)))

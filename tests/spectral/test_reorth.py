@@ -69,3 +69,24 @@ def test_memory_per_probe_is_refused_up_front_with_the_fixes():
         slq(A, reorth="partial")
     with pytest.raises(ValueError, match="reorth in"):
         lanczos(A, 3, reorth="nope")
+
+
+def test_basis_in_the_operator_dtype_for_a_float32_operator():
+    import torch
+
+    lam = _spectra()["outliers"]
+    A32 = torch.tensor(matrix_with_spectrum(lam, seed=1), dtype=torch.float32)
+    op = aslinearoperator(A32)
+    ref = slq(op, num_probes=8, num_matvecs=100, seed=0)
+    low = slq(op, num_probes=8, num_matvecs=100, seed=0, basis_dtype="operator")
+    scale = float(np.abs(lam).max())
+    assert _w1(low, lam) <= 1.1 * _w1(ref, lam) + 1e-4 * scale
+    # the outliers (converged Ritz values) agree to the float32 products' accuracy
+    np.testing.assert_allclose(low.nodes[:, -3:], ref.nodes[:, -3:], rtol=1e-4)
+    T = lanczos(op, 30, num_probes=2, basis_dtype="operator", return_basis=True)
+    assert T.basis.dtype == torch.float32 and np.isfinite(T.alpha).all()
+    # 4 bytes per entry: the memory statement and the refusal follow the stored dtype
+    with pytest.raises(ValueError, match="4 bytes x n = 600 x 100 steps"):
+        slq(op, num_matvecs=100, basis_dtype="operator", max_basis_bytes=100_000)
+    with pytest.raises(ValueError, match="basis_dtype in"):
+        lanczos(op, 3, basis_dtype="float16")
