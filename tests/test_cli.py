@@ -586,3 +586,14 @@ def test_spectrum_per_layer_and_smoothing(tmp_path, capsys):
     assert "sd 0.25" in doc["plots"]["hessian_esd.png"]
     with pytest.raises(SystemExit):  # argparse: expected a positive number
         main([*SPECTRUM, "--smoothing", "0", "--out", str(tmp_path / "z")])
+
+
+def test_spectrum_without_reorthogonalisation(tmp_path):
+    docs = {}
+    for reorth in ("full", "none"):
+        assert main([*SPECTRUM, "--reorth", reorth, "--quiet", "--out",
+                     str(tmp_path / reorth)]) == 0
+        docs[reorth] = _strict_json((tmp_path / reorth / "report.json").read_text())
+    full, none = (docs[r]["hessian"]["density"] for r in ("full", "none"))
+    assert none["trace"]["value"] == pytest.approx(full["trace"]["value"], rel=1e-8)
+    assert docs["none"]["settings"]["reorth"] == "none"
