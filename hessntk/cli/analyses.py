@@ -82,13 +82,10 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
         op, num_probes=args.probes, num_matvecs=steps, seed=args.seed,
         probes_per_group=args.probes_per_group, store=store.slq_groups(curvature, key),
         reorth=getattr(args, "reorth", "full")))
-    # Eigenvalues below zero beyond the nodes' rounding level (zeros are not negative).
-    negative = dens.cdf(-dens.rounding_level)
+    negative, neg_lo, neg_hi = _negative_fraction(dens)
     if dens.num_probes > 1:
-        neg_lo, neg_hi = (float(b[0]) for b in negative.interval(CONFIDENCE))
         interval_of, noise = f"{CONFIDENCE:.0%} interval from the quadrature", " and probe noise"
     else:
-        neg_lo, neg_hi = float(negative.lower[0]), float(negative.upper[0])
         interval_of, noise = "quadrature", " (1 probe: probe noise not covered)"
     slq_trace = dens.trace()
     try:
@@ -159,8 +156,7 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
                                   "x": curve["x"], "mass": curve["mass"]}
     blocks = None
     if getattr(args, "per_layer", False):
-        blocks = _per_layer(report, op, model, args, steps, timings)
-        out["layers"] = {layer: _density_dict(d) for layer, d in blocks.items()}
+        blocks, out["layers"] = _per_layer(report, op, model, args, steps, timings)
     report.add_plot("hessian_esd.png", lambda: plot_hessian_esd(
         dens, top.eigenvalues, smoothing=smoothing, layers=blocks,
         title=f"{name} spectral density (SLQ, {dens.num_probes} probes x {steps} steps)"),
@@ -171,34 +167,39 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
     return out
 
 
-def _density_dict(d: Any) -> dict[str, Any]:
+def _negative_fraction(d: Any) -> tuple[Any, float, float]:
+    """The CDF just below zero (eigenvalues within the nodes' rounding level of zero are not
+    negative) and its interval: 95% with several probes, the quadrature bracket with one."""
     neg = d.cdf(-d.rounding_level)
-    lo, hi = ((float(b[0]) for b in neg.interval(CONFIDENCE)) if d.num_probes > 1
-              else (float(neg.lower[0]), float(neg.upper[0])))
-    return {"n": d.n, "min": float(d.nodes.min()), "max": float(d.nodes.max()),
-            "negative_mass": {"interval": [lo, hi], "value": float(neg.value[0])},
-            "trace": {"value": d.trace().value, "stderr": d.trace().stderr},
-            "nodes": d.nodes, "weights": d.weights}
+    if d.num_probes > 1:
+        lo, hi = (float(b[0]) for b in neg.interval(CONFIDENCE))
+    else:
+        lo, hi = float(neg.lower[0]), float(neg.upper[0])
+    return neg, lo, hi
 
 
 def _per_layer(report: Any, op: Any, model: Any, args: argparse.Namespace, steps: int,
-               timings: dict[str, float]) -> dict[str, Any]:
-    """The SLQ density of each layer's diagonal block (``--per-layer``)."""
+               timings: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The SLQ density of each layer's diagonal block (``--per-layer``) and its JSON."""
     from hessntk.hessian import block_density
 
     blocks = timed(timings, "hessian_layer_slq", lambda: block_density(
         op, num_probes=args.probes, num_matvecs=steps, seed=args.seed))
     labels = layer_labels(model, blocks)
-    rows = []
+    rows, infos = [], {}
     for layer, d in blocks.items():
-        info = _density_dict(d)
-        lo, hi = info["negative_mass"]["interval"]
+        neg, lo, hi = _negative_fraction(d)
+        tr = d.trace()
+        infos[layer] = {"n": d.n, "min": float(d.nodes.min()), "max": float(d.nodes.max()),
+                        "negative_mass": {"interval": [lo, hi], "value": float(neg.value[0])},
+                        "trace": {"value": tr.value, "stderr": tr.stderr},
+                        "nodes": d.nodes, "weights": d.weights}
         rows.append((f"layer {labels[layer]}", f"[{d.nodes.min():.3g}, {d.nodes.max():.3g}]",
                      f"{d.n} parameters; negative fraction in [{lo:.3f}, {hi:.3f}]; SLQ trace "
-                     + pm(info["trace"]["value"], info["trace"]["stderr"])))
+                     + pm(tr.value, tr.stderr)))
     report.add_section(f"Per-layer spectra (diagonal blocks, {args.probes} probes x "
                        f"{steps} steps)", rows)
-    return blocks
+    return blocks, infos
 
 
 def ntk_analysis(report: Any, model: Any, inputs: Any, outputs: str,
@@ -363,11 +364,12 @@ def quantization_analysis(report: Any, problem: Any, args: argparse.Namespace,
                 "predicted vs measured ranking over layers"))
     report.add_section(f"Quantization sensitivity (predicted loss increase, {args.quantizer}, "
                        f"{args.granularity}; most sensitive first)", rows)
-    table_rows = [{**r, "layer": labels[r["layer"]]} for r in sens.rows()]
-    if meas is not None:
-        for r in table_rows:
-            i, k = list(labels.values()).index(r["layer"]), meas.bits.index(r["bits"])
+    table_rows = []
+    for r in sens.rows():
+        if meas is not None:
+            i, k = sens.layers.index(r["layer"]), meas.bits.index(r["bits"])
             r["measured_increase"] = float(meas.increase[i, k])
+        table_rows.append({**r, "layer": labels[r["layer"]]})
     report.add_table("Quantization sensitivity per layer and bit width", sens.table(),
                      rows=table_rows, csv="quantization_sensitivity.csv",
                      columns=["layer", "bits", "num_params", "error", "gradient_term",

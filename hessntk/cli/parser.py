@@ -50,6 +50,9 @@ def _prior(text: str) -> str | float:
 
 
 
+CURVATURE_HELP = ("Hessian of the loss, or its Gauss-Newton part (GGN, positive "
+                  "semi-definite) (default: %(default)s)")
+
 #: ``--seed`` of each command: what it seeds.
 SEED_HELP = {
     "demo": "seed of the demo's data split and training, and of the probes",
@@ -173,8 +176,7 @@ def _quant_group(sub: argparse.ArgumentParser, demo: bool = False) -> None:
     g.add_argument("--trace-matvecs", type=_positive_int, default=100, metavar="N",
                    help="products of the block-trace estimate (default: %(default)s)")
     g.add_argument("--curvature", choices=("hessian", "ggn"), default="hessian",
-                   help="Hessian of the loss, or its Gauss-Newton part (GGN, positive "
-                   "semi-definite) (default: %(default)s)")
+                   help=CURVATURE_HELP)
     g.add_argument("--no-measure", dest="measure", action="store_false",
                    help="skip measuring the loss of each quantized layer (default: measure)")
     budget = g.add_mutually_exclusive_group()
@@ -226,8 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument("--checkpoint", metavar="FILE",
                           help=".pt/.pth/.safetensors weights (default: as built)")
     spectrum.add_argument("--curvature", choices=("hessian", "ggn"), default="hessian",
-                          help="Hessian of the loss, or its Gauss-Newton part (GGN, positive "
-                          "semi-definite) (default: %(default)s)")
+                          help=CURVATURE_HELP)
     spectrum.add_argument("--ntk-samples", type=_nonneg_int, default=0, metavar="N",
                           help="samples of the NTK Gram (default 0: no NTK)")
     spectrum.add_argument("--ntk-outputs", default="auto",

@@ -131,11 +131,9 @@ def compare(
 
 
 def _failed(reason: str) -> dict[str, Any]:
-    """The row fields of a checkpoint that could not be evaluated."""
-    nan = math.nan
-    return {"value": nan, "regularization": nan, "sharpness": nan, "sharpness_stderr": nan,
-            "curvature": nan, "correction": nan, "valid": False, "reasons": (reason,),
-            "residual": nan, "num_constraints": None}
+    """The row fields of a checkpoint that could not be evaluated: every number nan."""
+    return {**dict.fromkeys(ROW_FIELDS, math.nan), "valid": False, "reasons": (reason,),
+            "num_constraints": None}
 
 
 def rank_key(valid: bool, value: float | None) -> tuple[int, float]:

@@ -50,6 +50,7 @@ from hessntk.ntk.structured import (
     mirror,
     warn_failed,
 )
+from hessntk.spectral._backend import itemsize
 
 __all__ = ["gram", "gram_diagonal", "per_sample_grad_norms"]
 
@@ -77,10 +78,6 @@ def _output_shape(mode: str, n1: int, n2: int, c: int) -> tuple[int, ...]:
     if mode == "trace":
         return (n1, n2)
     return (n1, c, c)
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def gram(
@@ -222,7 +219,7 @@ def _gram(
         n2 = n1
     out_dtype = dtype or accumulation_dtype(problem.dtype, problem.device)
     cdtype = torch.promote_types(out_dtype, problem.dtype)
-    item = _itemsize(cdtype)
+    item = itemsize(cdtype)
     budget = memory_budget(max_memory, problem.device)
     shape = _output_shape(mode, n1, n2, c)
     out_bytes = item * _numel(shape)
@@ -245,7 +242,7 @@ def _gram(
         layers = structured_layers(problem)
         if layers:
             # Working memory of one capture: activations, their graph and c signals.
-            per_sample = act * _itemsize(problem.dtype) * (4 + c)
+            per_sample = act * itemsize(problem.dtype) * (4 + c)
             chunk = max(1, min(n1, left // (2 * max(per_sample, 1))))
             cap1 = capture_chunked(problem, layers, inputs, n1, c, chunk)
             cap2 = None
@@ -378,7 +375,7 @@ def _jacobian_engine(
 ) -> None:
     """Contract per-sample Jacobian chunks: ``K += (J_1 S^{1/2}) (J_2 S^{1/2})^T``."""
     P = sum(problem.params[k].numel() for k in names)
-    item = _itemsize(cdtype)
+    item = itemsize(cdtype)
     chunk = chunk_size or _jac_chunk(c, P, act, item, left // 2, max(n1, n2))
     if mode == "diagonal":
         for sl, J in jacobian_chunks(problem, names, inputs, chunk):
@@ -421,7 +418,7 @@ def _ntk_vp(
 ) -> None:
     """``K[:, B] = J (S J_B^T)``: Jacobian rows of a column chunk, then one vmapped jvp."""
     P = sum(problem.params[k].numel() for k in names)
-    item = _itemsize(problem.dtype)
+    item = itemsize(problem.dtype)
     col_chunk = chunk_size or _jac_chunk(c, P, act, item, left // 4, n2)
     # jvp over a row chunk for b*c tangents: ~ (b c) r act floats (primal + tangent).
     per_row = max(col_chunk * c * act * item * 3, 1)

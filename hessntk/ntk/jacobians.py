@@ -25,6 +25,7 @@ from hessntk.ntk._common import (
     setup,
     slice_tree,
 )
+from hessntk.spectral._backend import itemsize
 
 __all__ = ["jacobian"]
 
@@ -204,7 +205,7 @@ def jacobian(
     n, c = problem.probe(inputs, "inputs")
     P = problem.layout.n
     out_dtype = dtype or problem.dtype
-    item = torch.empty((), dtype=out_dtype).element_size()
+    item = itemsize(out_dtype)
     budget = memory_budget(max_memory, problem.device)
     need = n * c * P * item
     if need > budget:

@@ -59,9 +59,8 @@ class Report:
         self.tables: list[tuple[str, str]] = []
         self.summary: list[str] = []
         self.notes: list[str] = []
-        # per section index: its tables (title, rows, csv name) and plots (file names)
+        # per section index: its tables (title, text, rows, csv name, HTML columns) and plots
         self._blocks: dict[int, dict[str, list[Any]]] = {}
-        self._columns: dict[tuple[int, int], list[str]] = {}  # HTML columns of a table
 
     def _block(self) -> dict[str, list[Any]]:
         if not self.sections:
@@ -85,10 +84,7 @@ class Report:
         file ``csv`` beside the report (every column)."""
         self.tables.append((title, text))
         self._block()["tables"].append((title, text, None if rows is None else list(rows),
-                                        csv))
-        if columns is not None:
-            self._columns[(len(self.sections) - 1, len(self._block()["tables"]) - 1)] = list(
-                columns)
+                                        csv, None if columns is None else list(columns)))
 
     def add_plot(self, name: str, make: Any, caption: str) -> Path | None:
         """Save the figure ``make()`` as ``<folder>/<name>`` (PNG), beside the current section;
@@ -126,12 +122,12 @@ class Report:
         """``file name -> rows`` of every CSV file beside the report: one per section (its
         rows) and one per table given with rows."""
         files: dict[str, list[dict[str, Any]]] = {}
-        named = {csv for block in self._blocks.values() for *_, csv in block["tables"] if csv}
+        named = {t[3] for block in self._blocks.values() for t in block["tables"] if t[3]}
         for i, (title, rows) in enumerate(self.sections):
             if rows:
                 files[_unique({**files, **dict.fromkeys(named)}, _slug(title) + ".csv")] = [
                     {"quantity": a, "value": b, "note": c} for a, b, c in rows]
-            for t_title, _, t_rows, csv in self._blocks.get(i, {"tables": []})["tables"]:
+            for t_title, _, t_rows, csv, _ in self._blocks.get(i, {"tables": []})["tables"]:
                 if t_rows is not None:
                     files[_unique(files, csv or _slug(t_title) + ".csv")] = t_rows
         return files
@@ -158,20 +154,19 @@ class Report:
         parts.append("</ul></section>")
         for i, (title, rows) in enumerate(self.sections):
             block = self._blocks.get(i, {"tables": [], "plots": []})
-            wide = any(t_rows and len(self._columns.get((i, j)) or t_rows[0]) > 6
-                       for j, (_, _, t_rows, _) in enumerate(block["tables"]))
+            wide = any(t_rows and len(keep or t_rows[0]) > 6
+                       for _, _, t_rows, _, keep in block["tables"])
             parts.append(f"<section><h2>{e(title)}</h2><div class='block'>"
                          f"<div class='tables{' wide' if wide else ''}'>")
             if rows:
                 parts.append(_html_table([{"quantity": a, "value": b, "note": c}
                                           for a, b, c in rows], value_columns={"value"}))
                 parts.append(_csv_link(next(csvs)))
-            for j, (t_title, text, t_rows, _) in enumerate(block["tables"]):
+            for t_title, text, t_rows, _, keep in block["tables"]:
                 parts.append(f"<h3>{e(t_title)}</h3>")
                 if t_rows is None:
                     parts.append(f"<pre>{e(text)}</pre>")
                 else:
-                    keep = self._columns.get((i, j))
                     shown = t_rows if keep is None else [{k: r.get(k) for k in keep}
                                                          for r in t_rows]
                     parts.append(_html_table(shown) + _csv_link(next(csvs)))

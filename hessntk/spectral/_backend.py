@@ -323,6 +323,18 @@ def _jax_step() -> Any:
     return jax.jit(step, donate_argnums=0)
 
 
+def itemsize(dtype: Any) -> int:
+    """Bytes per element of a numpy, torch or jax dtype.
+
+    Examples
+    --------
+    >>> itemsize(np.float32)
+    4
+    """
+    size = getattr(dtype, "itemsize", None)
+    return int(size) if isinstance(size, int) else int(np.dtype(dtype).itemsize)
+
+
 def is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
 

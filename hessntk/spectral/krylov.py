@@ -300,12 +300,6 @@ def basis_storage(op: LinearOperator, basis_dtype: str) -> Any:
     return op._xp.float64 if basis_dtype == "float64" else op.dtype
 
 
-def itemsize(dtype: Any) -> int:
-    """Bytes per element of a numpy, torch or jax dtype."""
-    size = getattr(dtype, "itemsize", None)
-    return int(size) if isinstance(size, int) else int(np.dtype(dtype).itemsize)
-
-
 def _reorthogonalise(xp: Any, Q: Array, w: Array) -> Array:
     """Remove from each row ``w[i]`` its components along ``Q[i]`` (k, j, n).
 

@@ -10,13 +10,13 @@ import numpy as np
 
 from hessntk._checks import count, positive
 from hessntk._progress import progress
+from hessntk.spectral._backend import itemsize
 from hessntk.spectral.krylov import (
     REORTH,
     Tridiagonal,
     _check_num_matvecs,
     _start_vectors,
     basis_storage,
-    itemsize,
     lanczos,
 )
 from hessntk.spectral.operators import CallableOperator, LinearOperator

@@ -28,6 +28,7 @@ from hessntk.jax.ntk._common import (
     _setup,
 )
 from hessntk.jax.ntk.kernels import _contract, _jacobian_chunks, _ntk_vp_block
+from hessntk.spectral._backend import itemsize
 
 __all__ = ["gram"]
 
@@ -122,7 +123,7 @@ def gram(
                 f"Expected inputs2 to give as many outputs per sample as inputs ({c}); got {c2}."
             )
     out_dtype, cdtype = _result_dtype(dtype, problem.dtype)
-    item = np.dtype(cdtype).itemsize
+    item = itemsize(cdtype)
     shape = {"full": (n1 * c, n2 * c), "trace": (n1, n2), "diagonal": (n1, c, c)}[mode]
     out_bytes = item * int(np.prod(shape))
     budget = _budget(max_memory, problem.layout.device)
