@@ -81,7 +81,7 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
     dens = timed(timings, "hessian_slq", lambda: slq(
         op, num_probes=args.probes, num_matvecs=steps, seed=args.seed,
         probes_per_group=args.probes_per_group, store=store.slq_groups(curvature, key),
-        reorth=getattr(args, "reorth", "full")))
+        reorth=getattr(args, "reorth", "partial")))
     negative, neg_lo, neg_hi = _negative_fraction(dens)
     if dens.num_probes > 1:
         interval_of, noise = f"{CONFIDENCE:.0%} interval from the quadrature", " and probe noise"

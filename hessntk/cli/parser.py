@@ -125,10 +125,12 @@ def _hessian_options(sub: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
                    help="width of the plotted and saved smoothed density: the sd of a "
                    "Gaussian per quadrature node on the symmetric-log axis, a factor exp(SD) "
                    "in |eigenvalue| (default: %(default)s)")
-    g.add_argument("--reorth", choices=("full", "none"), default="full",
-                   help="Lanczos reorthogonalisation of the SLQ density: full (a basis of "
-                   "8 n --steps bytes per probe) or none (16 n bytes; densities and traces "
-                   "stay accurate, for models whose basis does not fit) (default: %(default)s)")
+    g.add_argument("--reorth", choices=("partial", "full", "none"), default="partial",
+                   help="Lanczos reorthogonalisation of the SLQ density: partial (a basis of "
+                   "8 n --steps bytes per probe, read only where orthogonality is lost; the "
+                   "numbers of full to rounding), full (read at every step) or none (16 n "
+                   "bytes; densities and traces stay accurate, for models whose basis does "
+                   "not fit) (default: %(default)s)")
     g.add_argument("--per-layer", action="store_true",
                    help="also the SLQ spectrum of each layer's diagonal block, with the same "
                    "probes and steps (default: off)")

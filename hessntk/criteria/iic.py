@@ -29,10 +29,10 @@ from hessntk.criteria._arrays import f64, host, in_dtype
 from hessntk.criteria.general_prior import general_exact_terms, general_slq_terms
 from hessntk.criteria.manifold import Regulariser, multiplier_correction
 from hessntk.criteria.tails import TailFit, lower_tail_exponent
-from hessntk.spectral.operators import CallableOperator, LinearOperator
+from hessntk.spectral.logdets import jacobi_density
+from hessntk.spectral.operators import LinearOperator
 from hessntk.spectral.probes import Seed
 from hessntk.spectral.protocols import GramLike, RegulariserLike, refuse_options
-from hessntk.spectral.quadrature import slq
 from hessntk.spectral.resolution import gram_floor
 
 __all__ = ["IICResult", "iic"]
@@ -534,17 +534,9 @@ def _gaussian_slq(K: Any, soft: float | None, num_probes: int, num_matvecs: int,
     if not bool((d_host > 0).all()):
         reasons.append("K has a zero diagonal entry (an output with zero gradient)")
         return {"sharpness": float("nan"), "curvature": 0.0, "stderr": float("nan")}
-    scale = in_dtype(K, d ** -0.5)
-
     # Jacobi preconditioning (docs/theory.md 5.3): SLQ on D^-1/2 (K + shift I) D^-1/2.
-    def matmat(V: Any) -> Any:
-        V = xp.cast(V, K.dtype)
-        KV = K.matmat(V * scale[:, None]) * scale[:, None]
-        return KV + (shift * scale**2)[:, None] * V if shift else KV
-
-    C = CallableOperator(N, K.dtype, K.device, matmat=matmat, backend=K.backend)
-    dens = slq(C, num_probes=num_probes, num_matvecs=min(num_matvecs, N), seed=seed)
-    log_diag = float(np.log(d_host).sum())
+    log_diag, dens = jacobi_density(K, np.asarray(d_host, dtype=np.float64), shift,
+                                    num_probes=num_probes, num_matvecs=num_matvecs, seed=seed)
     terms: dict[str, Any] = {"curvature": 0.0, "floor": float("nan")}
     smallest, largest = float(dens.nodes.min()), float(dens.nodes.max())
     if soft is None and smallest <= xp.eps(K.dtype) * largest:

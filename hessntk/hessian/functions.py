@@ -215,7 +215,7 @@ def density(
     output_key: str | int | None = None,
     outputs_fn: Callable[[Any], torch.Tensor] | None = None,
     allow_train_mode: bool = False,
-    reorth: str = "full",
+    reorth: str = "partial",
     basis_dtype: str = "float64",
 ) -> SpectralDensity:
     """Estimate the spectral density of the loss Hessian (or GGN) by SLQ.
@@ -237,11 +237,11 @@ def density(
     seed : int
     params, output_key, outputs_fn, allow_train_mode
         Operator options.
-    reorth : {"full", "none"}
+    reorth : {"partial", "full", "none"}
         Lanczos reorthogonalisation (see :func:`hessntk.spectral.slq`): "none" for models
         whose ``8 n m`` bytes of basis per probe do not fit.
     basis_dtype : {"float64", "operator"}
-        The stored basis in float64 or in the model's dtype (half the memory for float32).
+        The Lanczos vectors in float64 or in the model's dtype (half the memory for float32).
 
     Returns
     -------

@@ -69,7 +69,12 @@ class HessianOperator(_CurvatureOperator):
         gets their fused kernels' second derivatives wrong in torch 2.13). ``"auto"``
         (default): ``"graph"`` for one vector; for several, both are timed on the first such
         product and the faster is kept (:attr:`batched_method`): dense layers favour
-        ``"func"``, convolutions ``"graph"`` on CPU. All are exact.
+        ``"func"``, convolutions ``"graph"`` on CPU. All are exact. The choice is made per
+        size class of the chunk ``c = min(k, chunk_size)`` (``c`` in ``[2^i, 2^(i+1))``),
+        from two interleaved timings of each method on chunks of ``c`` columns (the faster
+        of each pair counts, so one slow call decides nothing). The timed chunks are the
+        product's own; only a product of fewer than four chunks repeats its first chunk,
+        at most three extra chunk products once per size class.
     cache_graph : bool, optional
         Keep each batch's gradient graph between products (method ``"graph"``), so a product
         costs one double-backward pass. Memory: the activations of every batch. Default:
@@ -89,7 +94,9 @@ class HessianOperator(_CurvatureOperator):
     loss : float
         The full-data mean loss at the parameters' values when the operator was built.
     batched_method : {"graph", "func"} or None
-        The method used for products of several vectors (``None`` until ``"auto"`` chose).
+        The method of the latest products of several vectors (``None`` until ``"auto"``
+        chose); ``batched_methods`` maps each size class ``i`` (``k`` in ``[2^i, 2^(i+1))``)
+        to its choice.
     blocks, block_slices, block_params
         The parameter blocks, their positions in the flat vector and their parameter names.
 
@@ -160,6 +167,7 @@ class HessianOperator(_CurvatureOperator):
         self.cache_graph = bool(cache_graph)
         self._graphs: list[tuple[int, float, list[torch.Tensor], tuple[torch.Tensor, ...]]] = []
         self.batched_method: str | None = None if method == "auto" else method
+        self.batched_methods: dict[int, str] = {}
 
     def _options(self) -> dict[str, Any]:
         return {"cache_graph": self.cache_graph, "chunk_size": self.chunk_size}
@@ -169,34 +177,52 @@ class HessianOperator(_CurvatureOperator):
         method = self.method
         if method == "auto" and V.shape[1] == 1:
             method = "graph"
-        elif method == "auto" and self.batched_method is None:
-            return self._autotune(V)
         elif method == "auto":
-            method = self.batched_method
-        if method == "func":
-            return super()._matmat(V)
-        return self._matmat_graph(V)
+            chunk = V.shape[1] if self.chunk_size is None else min(V.shape[1], self.chunk_size)
+            size_class = int(chunk).bit_length() - 1
+            if size_class not in self.batched_methods:
+                return self._autotune(V, size_class)
+            method = self.batched_method = self.batched_methods[size_class]
+        return self._run(method, V)
 
-    def _autotune(self, V: torch.Tensor) -> torch.Tensor:
-        """Time both methods on the first multi-vector product; keep the faster one.
+    def _autotune(self, V: torch.Tensor, size_class: int) -> torch.Tensor:
+        """Time both methods twice each, interleaved, on chunks of this product; keep the
+        faster for this size class and finish the product with it.
 
-        Which is faster depends on the model (vmapped forward-mode convolutions are slow on
-        CPU, dense layers fast), so ``method="auto"`` measures it once per operator. One-off
-        costs are paid before the clock starts: the cached gradient graph and torch.func's
-        first use in the process.
+        Which is faster depends on the model and on the chunk (vmapped forward-mode
+        convolutions are slow on CPU, dense layers fast), so ``method="auto"`` measures it
+        once per size class. Each method's faster timing counts (a one-off slow call, from
+        the machine's load, decides nothing). One-off costs are paid before the clock
+        starts: the cached gradient graph and torch.func's first use in the process.
         """
         if self.cache_graph and not self._graphs:
             for _ in self._gradient_graphs():
                 pass
         _warm_up_forward_ad()
-        start = time.perf_counter()
-        out = self._matmat_graph(V)
-        t_graph = time.perf_counter() - start
-        start = time.perf_counter()
-        super()._matmat(V)
-        t_func = time.perf_counter() - start
-        self.batched_method = "graph" if t_graph <= t_func else "func"
-        return out
+        k = V.shape[1]
+        c = k if self.chunk_size is None else min(k, self.chunk_size)
+        full = k // c
+        times: dict[str, float] = {}
+        parts = []
+        for t, method in enumerate(("graph", "func", "graph", "func")):
+            i = t if t < full else 0  # the product's own chunks first, then chunk 0 again
+            start = time.perf_counter()
+            result = self._run(method, V[:, i * c : (i + 1) * c])
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            elapsed = time.perf_counter() - start
+            times[method] = min(times.get(method, elapsed), elapsed)
+            if t < full:
+                parts.append(result)
+        choice = "graph" if times["graph"] <= times["func"] else "func"
+        self.batched_methods[size_class] = self.batched_method = choice
+        done = len(parts) * c
+        if done < k:
+            parts.append(self._run(choice, V[:, done:]))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _run(self, method: str, V: torch.Tensor) -> torch.Tensor:
+        return self._matmat_graph(V) if method == "graph" else super()._matmat(V)
 
     def _matmat_graph(self, V: torch.Tensor) -> torch.Tensor:
         V = V.to(dtype=self.dtype, device=self.device)

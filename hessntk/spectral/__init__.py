@@ -5,7 +5,7 @@ Backend-agnostic (torch on CPU or CUDA, numpy, jax): algorithms only call ``op.m
 
 from hessntk.spectral.eigen import EigshResult, eigsh
 from hessntk.spectral.krylov import Tridiagonal, lanczos
-from hessntk.spectral.logdets import logdet_difference
+from hessntk.spectral.logdets import logdet, logdet_difference
 from hessntk.spectral.operators import (
     CallableOperator,
     CountingOperator,
@@ -43,6 +43,7 @@ __all__ = [
     "diagonal",
     "eigsh",
     "lanczos",
+    "logdet",
     "logdet_difference",
     "rademacher",
     "slq",

@@ -80,7 +80,25 @@ class Backend:
         return np.swapaxes(x, -1, -2)
 
     def all_finite(self, x: Array) -> bool:
-        return bool(np.isfinite(x).all())
+        # The sum is one read without a mask; only a non-finite sum (NaN/Inf present, or a
+        # finite array whose sum overflows) needs the elementwise check.
+        return bool(np.isfinite(x.sum())) or bool(np.isfinite(x).all())
+
+    def recurrence(self, q: Array, w: Array, q_prev: Array | None,
+                   b_prev: Array) -> tuple[Array, Array]:
+        """The Lanczos three-term step on rows: ``a = q.w``, ``w - a q - b_prev q_prev``.
+
+        Returns ``(a, w')`` with ``w'`` a new array (``w`` may alias the operator's output).
+        """
+        a = np.einsum("kn,kn->k", q, w)
+        w = w - a[:, None] * q
+        if q_prev is not None:
+            w -= b_prev[:, None] * q_prev
+        return a, w
+
+    def ready(self, x: Array) -> Array:
+        """``x`` once the device has computed it (for timing; a no-op on the host)."""
+        return x
 
     def nbytes_per_float64(self) -> int:
         return 8
@@ -145,6 +163,11 @@ class TorchBackend(Backend):
     def zeros(self, shape: tuple[int, ...], dtype: Any = None) -> Array:
         return self._torch.zeros(shape, dtype=dtype or self.float64, device=self.device)
 
+    def zeros_on(self, shape: tuple[int, ...], dtype: Any, device: Any) -> Array:
+        """Zeros on another ``device``; pinned host memory when this backend is on CUDA."""
+        pin = device.type == "cpu" and self.device.type == "cuda"
+        return self._torch.zeros(shape, dtype=dtype, device=device, pin_memory=pin)
+
     def stack(self, xs: list[Array], axis: int = 0) -> Array:
         return self._torch.stack(xs, dim=axis)
 
@@ -167,7 +190,22 @@ class TorchBackend(Backend):
         return x.transpose(-1, -2)
 
     def all_finite(self, x: Array) -> bool:
-        return bool(self._torch.isfinite(x).all())
+        # See Backend.all_finite: a sum first (one read, no mask), elementwise only if needed.
+        return bool(self._torch.isfinite(x.sum())) or bool(self._torch.isfinite(x).all())
+
+    def recurrence(self, q: Array, w: Array, q_prev: Array | None,
+                   b_prev: Array) -> tuple[Array, Array]:
+        # Fused: one pass for the dot products, one per subtraction, one new array.
+        a = self._torch.linalg.vecdot(q, w)
+        w = self._torch.addcmul(w, q, a[:, None], value=-1.0)
+        if q_prev is not None:
+            w.addcmul_(q_prev, b_prev[:, None], value=-1.0)
+        return a, w
+
+    def ready(self, x: Array) -> Array:
+        if self.device.type == "cuda":
+            self._torch.cuda.synchronize(self.device)
+        return x
 
     def amax(self, x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
         return self._torch.amax(x, dim=axis, keepdim=keepdims)
@@ -245,6 +283,14 @@ class JaxBackend(Backend):
         """One Lanczos step's bookkeeping for all probes, compiled (see ``_jax_step``)."""
         return _jax_step()(basis, q, w, b_prev, self._jnp.asarray(j))
 
+    def store_row(self, basis: Array, j: int, q: Array) -> Array:
+        """``basis[:, j] = q`` in place (the basis is donated to a compiled update)."""
+        return _jax_store()(basis, self._jnp.asarray(j), q)
+
+    def reorthogonalise_all(self, basis: Array, w: Array) -> Array:
+        """``w`` reorthogonalised against the whole basis, compiled (see ``_jax_step``)."""
+        return _jax_reorthogonalise()(basis, w)
+
     def stack(self, xs: list[Array], axis: int = 0) -> Array:
         return self._jnp.stack(xs, axis=axis)
 
@@ -265,6 +311,17 @@ class JaxBackend(Backend):
 
     def all_finite(self, x: Array) -> bool:
         return bool(self._jnp.isfinite(x).all())
+
+    def recurrence(self, q: Array, w: Array, q_prev: Array | None,
+                   b_prev: Array) -> tuple[Array, Array]:
+        a = self._jnp.sum(q * w, axis=1)
+        w = w - a[:, None] * q
+        if q_prev is not None:
+            w = w - b_prev[:, None] * q_prev
+        return a, w
+
+    def ready(self, x: Array) -> Array:
+        return self._jax.block_until_ready(x)
 
     def amax(self, x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
         return self._jnp.max(x, axis=axis, keepdims=keepdims)
@@ -295,9 +352,7 @@ def _jax_step() -> Any:
     Eager jax would copy the whole ``(k, m, n)`` basis at every ``.at[].set`` and compile new
     programs for every slice ``basis[:, :j + 1]``. Here the basis is donated (updated in place),
     ``j`` is traced, and the reorthogonalisation runs against the whole basis (rows past ``j``
-    are zero and contribute nothing; slicing them off copies the basis in XLA). Classical
-    Gram-Schmidt, with the second pass only where the first cancelled much of ``w`` (the same
-    criterion as :func:`hessntk.spectral.krylov._reorthogonalise`).
+    are zero and contribute nothing; slicing them off copies the basis in XLA).
     """
     import jax
     import jax.numpy as jnp
@@ -309,18 +364,41 @@ def _jax_step() -> Any:
         prev = jax.lax.dynamic_index_in_dim(basis, jnp.maximum(j - 1, 0), axis=1,
                                             keepdims=False)
         w = w - b_prev[:, None] * prev
-
-        def sweep(w):  # noqa: ANN001, ANN202
-            coeffs = jnp.einsum("kn,kmn->km", w, basis)
-            return w - jnp.einsum("km,kmn->kn", coeffs, basis)
-
-        before = jnp.sqrt(jnp.sum(w * w, axis=1))
-        w = sweep(w)
-        again = jnp.any(jnp.sqrt(jnp.sum(w * w, axis=1)) < before / jnp.sqrt(2.0))
-        w = jax.lax.cond(again, sweep, lambda w: w, w)
+        w = _jax_gram_schmidt(basis, w)
         return basis, a, w, jnp.sqrt(jnp.sum(w * w, axis=1))
 
     return jax.jit(step, donate_argnums=0)
+
+
+def _jax_gram_schmidt(basis: Array, w: Array) -> Array:
+    """Classical Gram-Schmidt of rows ``w`` against ``basis`` (k, m, n), traced: the second
+    pass only where the first cancelled much of ``w`` (the criterion of
+    :func:`hessntk.spectral.krylov._reorthogonalise`)."""
+    import jax
+    import jax.numpy as jnp
+
+    def sweep(w):  # noqa: ANN001, ANN202
+        coeffs = jnp.einsum("kn,kmn->km", w, basis)
+        return w - jnp.einsum("km,kmn->kn", coeffs, basis)
+
+    before = jnp.sqrt(jnp.sum(w * w, axis=1))
+    w = sweep(w)
+    again = jnp.any(jnp.sqrt(jnp.sum(w * w, axis=1)) < before / jnp.sqrt(2.0))
+    return jax.lax.cond(again, sweep, lambda w: w, w)
+
+
+@functools.cache
+def _jax_reorthogonalise() -> Any:
+    import jax
+
+    return jax.jit(_jax_gram_schmidt)
+
+
+@functools.cache
+def _jax_store() -> Any:
+    import jax
+
+    return jax.jit(lambda basis, j, q: basis.at[:, j].set(q), donate_argnums=0)
 
 
 def itemsize(dtype: Any) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 from hessntk._checks import count, positive, refuse_low_precision
 from hessntk.spectral._backend import Array
 from hessntk.spectral.krylov import BREAKDOWN_FACTOR, _apply, _start_vectors, check_symmetry_step
-from hessntk.spectral.operators import LinearOperator
+from hessntk.spectral.operators import LinearOperator, dense_matrix
 from hessntk.spectral.probes import Seed, as_generator
 
 _WHICH = ("LA", "SA", "LM")
@@ -138,7 +138,7 @@ def eigsh(
     last_wanted = None
     num_matvecs = 0
     while True:
-        w = _apply(op, V[j][None, :], num_matvecs, np.array([0]))[0]
+        w = _apply(op, V[j][None, :], num_matvecs, np.array([0]), xp.float64)[0]
         num_matvecs += 1
         norm_est = max(norm_est, float(xp.to_numpy(xp.norm(w, axis=0))))
         Vj = V[: j + 1]
@@ -261,8 +261,8 @@ def extreme_eigenvalues(
         return eigsh(op, k, which=which, tol=tol, seed=seed, max_matvecs=max_matvecs,
                      return_eigenvectors=return_eigenvectors)
     xp = op._xp
-    A = xp.to_numpy(xp.cast(op.matmat(xp.eye(n, op.dtype)), xp.float64))
-    vals, vecs = np.linalg.eigh(0.5 * (A + A.T))
+    A = dense_matrix(op)
+    vals, vecs = np.linalg.eigh(A)
     order = _order(vals, which)
     vals, vecs = vals[order], vecs[:, order]
     resid = np.linalg.norm(A @ vecs - vecs * vals, axis=0)

@@ -7,6 +7,7 @@ batched ``matmat``. The algorithms in :mod:`hessntk.spectral` only ever call ``m
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -190,29 +191,46 @@ class CallableOperator(LinearOperator):
 
 
 class CountingOperator(LinearOperator):
-    """Wrap an operator and count the products (columns) it computes.
+    """Wrap an operator and count the products (columns) it computes, and their time.
+
+    Attributes
+    ----------
+    num_matvecs : int
+        Columns multiplied so far.
+    seconds : float
+        Wall time spent inside the wrapped operator's products (waiting for a CUDA or jax
+        device to finish each one), so that an algorithm's wall time can be compared with
+        the time of its products alone.
 
     Examples
     --------
     >>> import numpy as np
     >>> op = CountingOperator(aslinearoperator(np.eye(3)))
     >>> _ = op.matmat(np.ones((3, 2)))
-    >>> op.num_matvecs
-    2
+    >>> op.num_matvecs, op.seconds > 0
+    (2, True)
     """
 
     def __init__(self, op: LinearOperator) -> None:
         super().__init__(op.shape[0], op.dtype, op.device, backend=op.backend)
         self.base = op
         self.num_matvecs = 0
+        self.seconds = 0.0
+        self.assume_symmetric = op.assume_symmetric
 
     def _matmat(self, V: Array) -> Array:
         self.num_matvecs += V.shape[1]
-        return self.base.matmat(V)
+        start = time.perf_counter()
+        out = self._xp.ready(self.base.matmat(V))
+        self.seconds += time.perf_counter() - start
+        return out
 
     def _matvec(self, v: Array) -> Array:
         self.num_matvecs += 1
-        return self.base.matvec(v)
+        start = time.perf_counter()
+        out = self._xp.ready(self.base.matvec(v))
+        self.seconds += time.perf_counter() - start
+        return out
 
 
 def aslinearoperator(
@@ -328,8 +346,9 @@ def check_symmetric(
     return asym
 
 
-def matmat_float64(op: LinearOperator, X: Array, where: str) -> Array:
-    """Return ``A @ X`` for float64 ``X`` of shape (n, k), computed in ``op.dtype``, as float64.
+def matmat_float64(op: LinearOperator, X: Array, where: str, dtype: Any = None) -> Array:
+    """Return ``A @ X`` for ``X`` of shape (n, k), computed in ``op.dtype``, as float64 (or
+    as ``dtype``).
 
     Raises
     ------
@@ -343,4 +362,26 @@ def matmat_float64(op: LinearOperator, X: Array, where: str) -> Array:
             f"Non-finite operator product at {where} ({op!r}). Check the model, loss and "
             "data for NaN/Inf, or use float64."
         )
-    return xp.cast(Y, xp.float64)
+    return xp.cast(Y, xp.float64 if dtype is None else dtype)
+
+
+def dense_matrix(op: LinearOperator) -> np.ndarray:
+    """The ``(n, n)`` matrix of ``op`` as float64 numpy, from ``n`` products with unit vectors
+    (in blocks of ``op.block_size`` or 64 columns), symmetrised.
+
+    Examples
+    --------
+    >>> dense_matrix(aslinearoperator(np.diag([1.0, 2.0])))
+    array([[1., 0.],
+           [0., 2.]])
+    """
+    xp = op._xp
+    n = op.shape[0]
+    b = op.block_size or 64
+    A = np.empty((n, n))
+    for i in range(0, n, b):
+        E = np.zeros((n, min(b, n - i)))
+        E[np.arange(i, i + E.shape[1]), np.arange(E.shape[1])] = 1.0
+        A[:, i : i + E.shape[1]] = xp.to_numpy(matmat_float64(op, xp.from_numpy(E), "the dense "
+                                                              f"matrix, columns {i}+"))
+    return 0.5 * (A + A.T)

@@ -261,3 +261,50 @@ def test_train_mode_batchnorm_when_allowed() -> None:
     for method in ("graph", "func"):
         op = HessianOperator(model, loss, batches, method=method, allow_train_mode=True)
         assert_close(dense(op), ref)
+
+
+def test_auto_method_choice_ignores_one_slow_timing_and_is_made_per_size_class(
+        hessian_case, monkeypatch) -> None:
+    import hessntk.hessian.operators as ops
+
+    *_, op, ref = hessian_case
+    op = HessianOperator(op.model, op.loss_fn, op.data, output_key=op.output_key)
+    # A fake clock: every product "takes" the next scripted duration. Graph's first timing is
+    # a 10x spike (the machine busy); its second is the fastest of all: graph must win.
+    durations = iter([10.0, 2.0, 1.0, 2.0,   # k = 3: graph, func, graph, func
+                      1.0, 3.0, 1.5, 0.5])   # k = 9: func's second timing wins
+    now = [0.0]
+    ticking = [False]
+
+    def clock() -> float:
+        if ticking[0]:
+            now[0] += next(durations)
+        ticking[0] = not ticking[0]
+        return now[0]
+
+    monkeypatch.setattr(ops.time, "perf_counter", clock)
+    V = torch.randn(op.shape[0], 9, generator=torch.Generator().manual_seed(0), dtype=DT)
+    assert_close(op.matmat(V[:, :3]), ref @ V[:, :3])
+    assert op.batched_methods == {1: "graph"}
+    assert_close(op.matmat(V), ref @ V)
+    assert op.batched_methods == {1: "graph", 3: "func"} and op.batched_method == "func"
+    assert_close(op.matmat(V[:, :2]), ref @ V[:, :2])  # class 1 again: no timing, graph
+    assert op.batched_method == "graph"
+
+
+def test_auto_method_times_the_products_own_chunks(hessian_case, monkeypatch) -> None:
+    *_, op, ref = hessian_case
+    op = HessianOperator(op.model, op.loss_fn, op.data, output_key=op.output_key,
+                         chunk_size=2)
+    columns = []
+    run = HessianOperator._run
+
+    def counted(self, method, V):
+        columns.append(V.shape[1])
+        return run(self, method, V)
+
+    monkeypatch.setattr(HessianOperator, "_run", counted)
+    V = torch.randn(op.shape[0], 9, generator=torch.Generator().manual_seed(1), dtype=DT)
+    assert_close(op.matmat(V), ref @ V)
+    # four timed chunks of 2 (graph, func, graph, func), then the last column: no waste
+    assert columns == [2, 2, 2, 2, 1] and op.batched_methods.keys() == {1}
