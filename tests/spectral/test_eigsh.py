@@ -69,3 +69,22 @@ def test_budget_exhausted_warns_and_flags():
     with pytest.warns(RuntimeWarning, match="did not converge"):
         res = eigsh(aslinearoperator(A), k=4, ncv=8, max_matvecs=12, tol=1e-12)
     assert not res.converged and res.num_matvecs == 12
+
+
+def test_basis_in_the_operator_dtype_keeps_the_float32_products_accuracy():
+    import torch
+
+    from tests.helpers import matrix_with_spectrum
+
+    lam = np.concatenate([np.linspace(0.0, 1.0, 395), [10.0, 9.0, 8.5, 8.0, 7.0]])
+    A = torch.tensor(matrix_with_spectrum(lam, seed=4), dtype=torch.float32)
+    op = aslinearoperator(A)
+    ref = eigsh(op, k=4, seed=0)
+    low = eigsh(op, k=4, seed=0, basis_dtype="operator")
+    assert low.converged and low.eigenvectors.dtype == torch.float64
+    np.testing.assert_allclose(low.eigenvalues, [10.0, 9.0, 8.5, 8.0], rtol=1e-5)
+    np.testing.assert_allclose(low.eigenvalues, ref.eigenvalues, rtol=1e-5)
+    Y = low.eigenvectors.numpy()
+    assert np.abs(Y.T @ Y - np.eye(4)).max() < 1e-5
+    R = A.double().numpy() @ Y - Y * low.eigenvalues
+    assert np.linalg.norm(R, axis=0).max() < 1e-4 * 10.0
