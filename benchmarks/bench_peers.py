@@ -398,6 +398,14 @@ def bench_eigen_k(op: HessianOperator, peers: Peers, k: int, power_iters: int) -
              f3(counted.seconds), f"{wall_ours / counted.seconds:.2f}", g5(ref[0]),
              g5(ref[-1]), "-", "-", f"converged={res.converged}"]]
     steps = max(counted.num_matvecs, 2 * k)
+    low = CountingOperator(op)
+    start = time.perf_counter()
+    with quiet():
+        res_low = eigsh(low, k=k, seed=0, return_eigenvectors=False, basis_dtype="operator")
+    wall_low = time.perf_counter() - start
+    rows.append([f"hessntk eigsh k={k} float32 basis", str(low.num_matvecs), f3(wall_low),
+                 f3(low.seconds), f"{wall_low / low.seconds:.2f}", g5(res_low.eigenvalues[0]),
+                 g5(res_low.eigenvalues[-1]), "-", "-", f"converged={res_low.converged}"])
 
     def ph_eig(h: Any) -> tuple[Any, str]:
         return h.eigenvalues(maxIter=power_iters, tol=1e-3, top_n=k)[0], ""

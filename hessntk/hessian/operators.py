@@ -71,10 +71,10 @@ class HessianOperator(_CurvatureOperator):
         product and the faster is kept (:attr:`batched_method`): dense layers favour
         ``"func"``, convolutions ``"graph"`` on CPU. All are exact. The choice is made per
         size class of the chunk ``c = min(k, chunk_size)`` (``c`` in ``[2^i, 2^(i+1))``),
-        from two interleaved timings of each method on chunks of ``c`` columns (the faster
-        of each pair counts, so one slow call decides nothing). The timed chunks are the
-        product's own; only a product of fewer than four chunks repeats its first chunk,
-        at most three extra chunk products once per size class.
+        from two interleaved timings of each method on four of the product's own chunks (of
+        ``c`` columns, or of ``k // 4`` for a product of fewer than four chunks); the
+        faster of each pair counts, so one slow call decides nothing. No product is
+        computed twice, except the first column for ``k < 4``.
     cache_graph : bool, optional
         Keep each batch's gradient graph between products (method ``"graph"``), so a product
         costs one double-backward pass. Memory: the activations of every batch. Default:
@@ -201,11 +201,14 @@ class HessianOperator(_CurvatureOperator):
         _warm_up_forward_ad()
         k = V.shape[1]
         c = k if self.chunk_size is None else min(k, self.chunk_size)
+        # Time on four of the product's own chunks: of c columns when there are four, else
+        # of k // 4 (the ranking of the methods, not their cost, is what is kept).
+        c = c if k >= 4 * c else max(1, k // 4)
         full = k // c
         times: dict[str, float] = {}
         parts = []
         for t, method in enumerate(("graph", "func", "graph", "func")):
-            i = t if t < full else 0  # the product's own chunks first, then chunk 0 again
+            i = t if t < full else 0  # only k < 4 repeats its first column
             start = time.perf_counter()
             result = self._run(method, V[:, i * c : (i + 1) * c])
             if self.device.type == "cuda":

@@ -10,6 +10,7 @@ import numpy as np
 
 from hessntk._checks import count, positive, refuse_low_precision
 from hessntk.spectral._backend import Array
+from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.krylov import (
     BREAKDOWN_FACTOR,
     _apply,
@@ -56,6 +57,7 @@ class EigshResult:
         )
 
 
+@single_threaded_host_blas
 def eigsh(
     op: LinearOperator,
     k: int = 6,

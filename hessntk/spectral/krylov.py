@@ -12,6 +12,7 @@ from scipy.linalg import eigh_tridiagonal
 from hessntk._checks import count, refuse_low_precision
 from hessntk._progress import progress
 from hessntk.spectral._backend import Array
+from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.operators import LinearOperator, matmat_float64
 from hessntk.spectral.orthogonality import OmegaRecurrence
 from hessntk.spectral.probes import Seed, rademacher
@@ -78,6 +79,7 @@ class Tridiagonal:
         )
 
 
+@single_threaded_host_blas
 def lanczos(
     op: LinearOperator,
     num_matvecs: int,

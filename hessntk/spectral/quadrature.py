@@ -11,6 +11,7 @@ import numpy as np
 from hessntk._checks import count, positive
 from hessntk._progress import progress
 from hessntk.spectral._backend import itemsize
+from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.krylov import (
     REORTH,
     Tridiagonal,
@@ -330,6 +331,7 @@ class SpectralDensity:
         )
 
 
+@single_threaded_host_blas
 def slq(
     op: LinearOperator,
     *,
@@ -447,6 +449,7 @@ def slq(
     return densities[0] if len(densities) == 1 else SpectralDensity.concatenate(densities)
 
 
+@single_threaded_host_blas
 def block_slq(
     op: LinearOperator,
     blocks: Sequence[Any],

@@ -18,6 +18,7 @@ import scipy.linalg
 
 from hessntk._checks import count
 from hessntk.spectral._backend import Array, Backend
+from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.operators import LinearOperator, matmat_float64
 from hessntk.spectral.probes import Seed, as_generator, rademacher
 from hessntk.spectral.results import (
@@ -56,6 +57,7 @@ class DiagonalEstimate:
         )
 
 
+@single_threaded_host_blas
 def trace(
     op: LinearOperator,
     *,
@@ -143,6 +145,7 @@ def trace(
     return result
 
 
+@single_threaded_host_blas
 def diagonal(
     op: LinearOperator, *, num_matvecs: int, method: str = "hutchpp", seed: Seed = 0
 ) -> DiagonalEstimate:

@@ -272,7 +272,8 @@ def test_auto_method_choice_ignores_one_slow_timing_and_is_made_per_size_class(
     # A fake clock: every product "takes" the next scripted duration. Graph's first timing is
     # a 10x spike (the machine busy); its second is the fastest of all: graph must win.
     durations = iter([10.0, 2.0, 1.0, 2.0,   # k = 3: graph, func, graph, func
-                      1.0, 3.0, 1.5, 0.5])   # k = 9: func's second timing wins
+                      1.0, 3.0, 1.5, 0.5,    # k = 9: func's second timing wins
+                      1.0])                  # k = 9: its last column, by func
     now = [0.0]
     ticking = [False]
 
@@ -308,3 +309,7 @@ def test_auto_method_times_the_products_own_chunks(hessian_case, monkeypatch) ->
     assert_close(op.matmat(V), ref @ V)
     # four timed chunks of 2 (graph, func, graph, func), then the last column: no waste
     assert columns == [2, 2, 2, 2, 1] and op.batched_methods.keys() == {1}
+    columns.clear()
+    op = HessianOperator(op.model, op.loss_fn, op.data, output_key=op.output_key)
+    assert_close(op.matmat(V[:, :7]), ref @ V[:, :7])  # fewer than four chunks of 7
+    assert columns == [1, 1, 1, 1, 3] and op.batched_methods.keys() == {2}
