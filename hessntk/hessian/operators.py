@@ -20,12 +20,10 @@ the vectors. Over several batches the product is that of the full-data mean loss
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hessntk._model import ParamSpec, check_finite, is_single_batch
@@ -67,14 +65,13 @@ class HessianOperator(_CurvatureOperator):
         ``"func"``: ``torch.func.vmap`` of ``jvp`` over ``jacrev`` (forward-over-reverse), with
         layer / instance / train-mode batch norm spelled out as exact composites (torch.func
         gets their fused kernels' second derivatives wrong in torch 2.13). ``"auto"``
-        (default): ``"graph"`` for one vector; for several, both are timed on the first such
-        product and the faster is kept (:attr:`batched_method`): dense layers favour
-        ``"func"``, convolutions ``"graph"`` on CPU. All are exact. The choice is made per
-        size class of the chunk ``c = min(k, chunk_size)`` (``c`` in ``[2^i, 2^(i+1))``),
-        from two interleaved timings of each method on four of the product's own chunks (of
-        ``c`` columns, or of ``k // 4`` for a product of fewer than four chunks); the
-        faster of each pair counts, so one slow call decides nothing. No product is
-        computed twice, except the first column for ``k < 4``.
+        (default): ``"graph"`` for one vector and on CPU, ``"func"`` for several vectors on
+        CUDA. A fixed rule, not a timing: the two methods agree only to rounding, so a
+        choice by timing would make the numbers depend on the machine's load (and a resumed
+        run differ from an uninterrupted one). On CPU, MLP 301k, 2 threads, per vector in
+        gradients: graph 1.5 / 2.2 / 2.3 and func 3.9 / 2.2 / 2.2 at 1 / 8 / 16 vectors
+        (``benchmarks/bench_peers.py``); vmapped forward-mode convolutions are slower
+        still on CPU. All are exact.
     cache_graph : bool, optional
         Keep each batch's gradient graph between products (method ``"graph"``), so a product
         costs one double-backward pass. Memory: the activations of every batch. Default:
@@ -93,10 +90,8 @@ class HessianOperator(_CurvatureOperator):
     num_samples : int
     loss : float
         The full-data mean loss at the parameters' values when the operator was built.
-    batched_method : {"graph", "func"} or None
-        The method of the latest products of several vectors (``None`` until ``"auto"``
-        chose); ``batched_methods`` maps each size class ``i`` (``k`` in ``[2^i, 2^(i+1))``)
-        to its choice.
+    batched_method : {"graph", "func"}
+        The method of products of several vectors (``method``, or the rule of ``"auto"``).
     blocks, block_slices, block_params
         The parameter blocks, their positions in the flat vector and their parameter names.
 
@@ -166,8 +161,8 @@ class HessianOperator(_CurvatureOperator):
             cache_graph = _num_batches(data) == 1
         self.cache_graph = bool(cache_graph)
         self._graphs: list[tuple[int, float, list[torch.Tensor], tuple[torch.Tensor, ...]]] = []
-        self.batched_method: str | None = None if method == "auto" else method
-        self.batched_methods: dict[int, str] = {}
+        self.batched_method = method if method != "auto" else (
+            "func" if self.device.type == "cuda" else "graph")
 
     def _options(self) -> dict[str, Any]:
         return {"cache_graph": self.cache_graph, "chunk_size": self.chunk_size}
@@ -178,51 +173,8 @@ class HessianOperator(_CurvatureOperator):
         if method == "auto" and V.shape[1] == 1:
             method = "graph"
         elif method == "auto":
-            chunk = V.shape[1] if self.chunk_size is None else min(V.shape[1], self.chunk_size)
-            size_class = int(chunk).bit_length() - 1
-            if size_class not in self.batched_methods:
-                return self._autotune(V, size_class)
-            method = self.batched_method = self.batched_methods[size_class]
+            method = self.batched_method
         return self._run(method, V)
-
-    def _autotune(self, V: torch.Tensor, size_class: int) -> torch.Tensor:
-        """Time both methods twice each, interleaved, on chunks of this product; keep the
-        faster for this size class and finish the product with it.
-
-        Which is faster depends on the model and on the chunk (vmapped forward-mode
-        convolutions are slow on CPU, dense layers fast), so ``method="auto"`` measures it
-        once per size class. Each method's faster timing counts (a one-off slow call, from
-        the machine's load, decides nothing). One-off costs are paid before the clock
-        starts: the cached gradient graph and torch.func's first use in the process.
-        """
-        if self.cache_graph and not self._graphs:
-            for _ in self._gradient_graphs():
-                pass
-        _warm_up_forward_ad()
-        k = V.shape[1]
-        c = k if self.chunk_size is None else min(k, self.chunk_size)
-        # Time on four of the product's own chunks: of c columns when there are four, else
-        # of k // 4 (the ranking of the methods, not their cost, is what is kept).
-        c = c if k >= 4 * c else max(1, k // 4)
-        full = k // c
-        times: dict[str, float] = {}
-        parts = []
-        for t, method in enumerate(("graph", "func", "graph", "func")):
-            i = t if t < full else 0  # only k < 4 repeats its first column
-            start = time.perf_counter()
-            result = self._run(method, V[:, i * c : (i + 1) * c])
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            elapsed = time.perf_counter() - start
-            times[method] = min(times.get(method, elapsed), elapsed)
-            if t < full:
-                parts.append(result)
-        choice = "graph" if times["graph"] <= times["func"] else "func"
-        self.batched_methods[size_class] = self.batched_method = choice
-        done = len(parts) * c
-        if done < k:
-            parts.append(self._run(choice, V[:, done:]))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def _run(self, method: str, V: torch.Tensor) -> torch.Tensor:
         return self._matmat_graph(V) if method == "graph" else super()._matmat(V)
@@ -291,17 +243,6 @@ def _vmap(
     # randomness="same": with allow_train_mode, dropout draws one mask for all k vectors, so
     # a matmat applies one (random) matrix to every column.
     return torch.func.vmap(fn, chunk_size=chunk_size, randomness="same")(tangents)
-
-
-_FORWARD_AD_READY = []
-
-
-def _warm_up_forward_ad() -> None:
-    """Pay torch.func's one-off set-up (it scripts its jvp decompositions on first use)."""
-    if not _FORWARD_AD_READY:
-        x = torch.ones(2)
-        torch.func.jvp(torch.func.jacrev(lambda t: F.cross_entropy(t[None], t[None])), (x,), (x,))
-        _FORWARD_AD_READY.append(True)
 
 
 def _num_batches(data: Any) -> int | None:
