@@ -144,7 +144,6 @@ def eigsh(
     rng = as_generator(seed)
     start = _start_vectors(op, None if v0 is None else v0, 1, rng)
     stored = basis_storage(op, basis_dtype)
-    low = stored != xp.float64  # the basis in the operator's (lower) precision
     V = xp.zeros((ncv + 1, n), stored)
     V = xp.set_index(V, 0, xp.cast(start[:, 0] / xp.norm(start[:, 0], axis=0), stored))
     H = np.zeros((ncv + 1, ncv + 1))
@@ -154,7 +153,7 @@ def eigsh(
     last_wanted = None
     num_matvecs = 0
     while True:
-        w = _apply(op, V[j][None, :], num_matvecs, np.array([0]), xp.float64)[0]
+        w = _apply(op, V[j][None, :], num_matvecs, np.array([0]))[0]
         num_matvecs += 1
         before = float(xp.to_numpy(xp.norm(w, axis=0)))
         norm_est = max(norm_est, before)
@@ -163,9 +162,8 @@ def eigsh(
         for sweep in range(2):
             # Classical Gram-Schmidt, the second sweep only where the first cancelled much of
             # A v (||w'|| < ||A v|| / sqrt(2), the DGKS criterion ARPACK uses).
-            c = Vj @ (xp.cast(w, stored) if low else w)
-            correction = xp.transpose(Vj) @ c
-            w = w - (xp.cast(correction, xp.float64) if low else correction)
+            c = Vj @ xp.cast(w, stored)  # casts are no-ops with a float64 basis
+            w = w - xp.cast(xp.transpose(Vj) @ c, xp.float64)
             h += xp.to_numpy(c)
             if sweep == 0 and float(xp.to_numpy(xp.norm(w, axis=0))) >= before / np.sqrt(2.0):
                 break
@@ -207,7 +205,7 @@ def eigsh(
             # vector orthogonal to the basis (its coupling to the basis is exactly zero).
             w = xp.from_numpy(rng.standard_normal(n))
             for _ in range(2):
-                c = V[:j] @ (xp.cast(w, stored) if low else w)
+                c = V[:j] @ xp.cast(w, stored)
                 w = w - xp.cast(xp.transpose(V[:j]) @ c, xp.float64)
             beta = 0.0
             w = w / xp.norm(w, axis=0)
@@ -223,7 +221,7 @@ def eigsh(
             j = num_keep
         else:
             H[j, j - 1] = H[j - 1, j] = beta
-        V = xp.set_index(V, j, xp.cast(w, stored) if low else w)
+        V = xp.set_index(V, j, xp.cast(w, stored))
     order = sel
     vectors = None
     if return_eigenvectors:

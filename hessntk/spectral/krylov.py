@@ -205,7 +205,7 @@ def lanczos(
     tol = BREAKDOWN_FACTOR * xp.eps(op.dtype)
     total = 0
     for j in progress(range(m), "Lanczos steps"):
-        w = _apply(op, q, j, active, xp.float64)
+        w = _apply(op, q, j, active)
         total += len(active)
         norm_est[active] = np.maximum(norm_est[active], xp.to_numpy(xp.norm(w, axis=1)))
         b_prev = xp.from_numpy(beta[active, j - 1] if j > 0 else np.zeros(len(active)),
@@ -225,8 +225,7 @@ def lanczos(
             elif basis is not None and xp.name == "jax" and len(active) == k:
                 basis = xp.store_row(basis, j, xp.cast(q, stored))
             elif basis is not None:
-                basis = xp.set_index(basis, (rows, j), q if stored == xp.float64 else
-                                     xp.cast(q, stored))
+                basis = xp.set_index(basis, (rows, j), xp.cast(q, stored))
             a, w = xp.recurrence(q, w, q_prev if j > 0 else None, b_prev)
             if full:
                 w = _reorthogonalise(xp, basis[rows, : j + 1], w, on is not None)
@@ -341,11 +340,11 @@ def _start_vectors(
     return V0
 
 
-def _apply(op: LinearOperator, q: Array, step: int, active: np.ndarray, dtype: Any) -> Array:
-    """Return ``A q`` for rows ``q`` of shape (k, n), as rows of ``dtype``."""
+def _apply(op: LinearOperator, q: Array, step: int, active: np.ndarray) -> Array:
+    """Return ``A q`` for float64 rows ``q`` of shape (k, n), as float64 rows."""
     xp = op._xp
     where = f"Lanczos step {step} (probes {active.tolist()})"
-    return xp.transpose(matmat_float64(op, xp.transpose(q), where, dtype))
+    return xp.transpose(matmat_float64(op, xp.transpose(q), where))
 
 
 BASIS_DTYPES = ("float64", "operator")
@@ -390,11 +389,10 @@ def _reorthogonalise(xp: Any, Q: Array, w: Array, streamed: bool = False,
     only, so each block is used once per sweep.
     """
     before = xp.to_numpy(xp.norm(w, axis=1))
-    low = Q.dtype != w.dtype  # a basis stored in the operator's (lower) precision
     per_vector = Q.shape[0] * Q.shape[2] * Q.element_size() if streamed else 1
     step = max(1, (block_bytes or BASIS_BLOCK_BYTES) // per_vector) if streamed else Q.shape[1]
     for sweep in range(2):
-        v = xp.cast(w, Q.dtype) if low else w
+        v = xp.cast(w, Q.dtype)  # no-op unless the basis is in the operator's dtype
         correction = None
         for start in range(0, Q.shape[1], step):
             block = Q[:, start : start + step]
@@ -403,7 +401,7 @@ def _reorthogonalise(xp: Any, Q: Array, w: Array, streamed: bool = False,
             coeffs = v[:, None, :] @ xp.transpose(block)  # (k, 1, j)
             part = (coeffs @ block)[:, 0, :]
             correction = part if correction is None else correction + part
-        w = w - (xp.cast(correction, w.dtype) if low else correction)
+        w = w - xp.cast(correction, w.dtype)
         if sweep == 0 and np.all(xp.to_numpy(xp.norm(w, axis=1)) >= before / np.sqrt(2.0)):
             break
     return w

@@ -43,10 +43,11 @@ def logdet(
     With the Jacobi preconditioner, ``D = diag(A + shift I)`` and
     ``log det(A + shift I) = sum(log D) + log det(C)``, ``C = D^{-1/2} (A + shift I) D^{-1/2}``,
     an identity for any positive ``D``: the first term is exact, and SLQ estimates only the
-    second. ``C`` has a unit diagonal, usually a far smaller condition number (fewer Lanczos
-    steps for the quadrature of ``log``) and a smaller ``||offdiag(log C)||_F`` (the
-    Rademacher probes' variance is ``2 ||offdiag(log C)||_F^2``); tested on an NTK Gram of
-    condition 1e5.
+    second. ``C`` has a unit diagonal, a far smaller condition number when ``A``'s comes
+    from its diagonal scales (fewer Lanczos steps for the quadrature of ``log``; tested:
+    condition 1e6 down to 4), and the Rademacher probes' variance is
+    ``2 ||offdiag(log C)||_F^2``. It does not help when the conditioning is not diagonal:
+    on an NTK Gram of condition 1e5 Jacobi leaves 8.7e4.
 
     ``stderr`` is the probes' noise only: the quadrature error of ``num_matvecs`` steps is
     not in it, and ``log`` at condition ``kappa`` needs about ``sqrt(kappa)`` steps (on the
@@ -113,7 +114,7 @@ def logdet(
     if method == "exact" or method == "auto" and budget >= op.shape[0]:
         return _exact_logdet(op, shift)
     if preconditioner is None:
-        density = slq(op if shift == 0 else _Shifted(op, shift), num_probes=num_probes,
+        density = slq(op if shift == 0 else _Jacobi(op, None, shift), num_probes=num_probes,
                       num_matvecs=num_matvecs, seed=seed, reorth=reorth)
         est = density.logdet()
         return Estimate(est.value, est.stderr, est.num_matvecs, "slq")
@@ -180,31 +181,20 @@ def _diagonal(op: LinearOperator, diagonal: Any) -> np.ndarray:
 
 
 class _Jacobi(LinearOperator):
-    """``C = S (A + shift I) S`` with ``S = diag(scale)``."""
+    """``C = S (A + shift I) S`` with ``S = diag(scale)`` (``scale=None``: ``S = I``)."""
 
-    def __init__(self, op: LinearOperator, scale: Array, shift: float) -> None:
+    def __init__(self, op: LinearOperator, scale: Array | None, shift: float) -> None:
         super().__init__(op.shape[0], op.dtype, op.device, backend=op.backend)
-        self.base, self.scale, self.shift = op, scale[:, None], shift
+        self.base, self.shift = op, shift
+        self.scale = None if scale is None else scale[:, None]
         self.assume_symmetric = op.assume_symmetric
 
     def _matmat(self, V: Array) -> Array:
-        SV = self.scale * V
+        SV = V if self.scale is None else self.scale * V
         out = self.base.matmat(SV)
         if self.shift:
             out = out + self.shift * SV
-        return self.scale * out
-
-
-class _Shifted(LinearOperator):
-    """``A + shift I``."""
-
-    def __init__(self, op: LinearOperator, shift: float) -> None:
-        super().__init__(op.shape[0], op.dtype, op.device, backend=op.backend)
-        self.base, self.shift = op, shift
-        self.assume_symmetric = op.assume_symmetric
-
-    def _matmat(self, V: Array) -> Array:
-        return self.base.matmat(V) + self.shift * V
+        return out if self.scale is None else self.scale * out
 
 
 def _per_probe_logdet(dens: SpectralDensity, name: str) -> np.ndarray:

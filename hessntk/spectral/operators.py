@@ -346,9 +346,8 @@ def check_symmetric(
     return asym
 
 
-def matmat_float64(op: LinearOperator, X: Array, where: str, dtype: Any = None) -> Array:
-    """Return ``A @ X`` for ``X`` of shape (n, k), computed in ``op.dtype``, as float64 (or
-    as ``dtype``).
+def matmat_float64(op: LinearOperator, X: Array, where: str) -> Array:
+    """Return ``A @ X`` for ``X`` of shape (n, k), computed in ``op.dtype``, as float64.
 
     Raises
     ------
@@ -362,7 +361,7 @@ def matmat_float64(op: LinearOperator, X: Array, where: str, dtype: Any = None) 
             f"Non-finite operator product at {where} ({op!r}). Check the model, loss and "
             "data for NaN/Inf, or use float64."
         )
-    return xp.cast(Y, xp.float64 if dtype is None else dtype)
+    return xp.cast(Y, xp.float64)
 
 
 def dense_matrix(op: LinearOperator) -> np.ndarray:

@@ -84,3 +84,12 @@ def test_bad_input_is_refused_with_the_fix():
         logdet(np.diag(np.r_[-1.0, np.ones(49)]), method="slq")
     with pytest.raises(ValueError, match="shape"):
         logdet(op, method="slq", diagonal=np.ones(3))
+
+
+def test_shift_with_and_without_the_preconditioner():
+    A = _badly_scaled(n=120, seed=1)
+    exact = np.log(np.linalg.eigvalsh(A) + 2.0).sum()
+    for pre in ("jacobi", None):
+        est = logdet(A, num_probes=10, num_matvecs=60, seed=0, shift=2.0, method="slq",
+                     preconditioner=pre)
+        assert abs(est.value - exact) <= 4 * est.stderr + 1e-9 * abs(exact)
