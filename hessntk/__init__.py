@@ -34,7 +34,7 @@ from hessntk.spectral import (
 
 __version__ = "0.1.0"
 
-_TORCH_MODULES = ("hessian", "ntk")
+_TORCH_MODULES = ("distributed", "hessian", "ntk")
 
 
 def __getattr__(name: str) -> Any:

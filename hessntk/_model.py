@@ -566,12 +566,14 @@ def check_loader(data: Any) -> None:
     ...
     ValueError: Expected a DataLoader that yields the same batches on every pass; ...
     """
-    from torch.utils.data import DataLoader, SequentialSampler
+    from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
     if not isinstance(data, DataLoader):
         return
     sampler = data.batch_sampler.sampler if data.batch_sampler is not None else data.sampler
-    if isinstance(sampler, SequentialSampler):
+    # A DistributedSampler draws its order from (seed, epoch): the same on every pass. Its
+    # shards are checked against the process group by hessntk.distributed.check_sampler.
+    if isinstance(sampler, (SequentialSampler, DistributedSampler)):
         return
     name = type(sampler).__name__
     what = f"a {name}" + (" (shuffle=True)" if name == "RandomSampler" else "")

@@ -34,6 +34,15 @@ from hessntk._model import (
     select_params,
     to_device,
 )
+from hessntk.distributed.checks import (
+    REPLICATED_FIX,
+    check_replicas,
+    check_shards,
+    communicator,
+    parameter_checksum,
+    vector_checksum,
+)
+from hessntk.distributed.sharding import check_sampler
 from hessntk.spectral.layout import ParamBlocks, resolve_blocks
 from hessntk.spectral.operators import LinearOperator
 
@@ -61,6 +70,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         allow_train_mode: bool = False,
         method: str = "func",
         chunk_size: int | None = 32,
+        group: Any = None,
         _checked: tuple[int, float, list[float]] | None = None,
     ) -> None:
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
@@ -95,10 +105,22 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         super().__init__(self.layout.n, self.layout.dtype, self.layout.device, backend="torch")
         self._primals = {name: p.detach() for name, p in self.params.items()}
         self._set_blocks(blocks)
+        self.group = group
+        self.communicator = communicator(group)
+        check_sampler(data, self.communicator)
+        if self.communicator is not None:
+            check_replicas(self.communicator, self.layout, self.theta())
         if _checked is None:
             _checked = self._check_data()
-        self.num_samples, self.loss, self._counts = _checked
-        self._total = float(sum(self._counts))
+            if self.communicator is not None:
+                check_shards(self.communicator, data)
+        self._local_samples, self._local_mean, self._counts = _checked
+        self._local_total = float(sum(self._counts))
+        # Global totals: batch b of any rank weighs c_b / (sum of c over every rank's batches).
+        totals = self._sum_numbers([self._local_samples, self._local_total,
+                                    self._local_total * self._local_mean], "the sample counts")
+        self.num_samples, self._total = round(totals[0]), totals[1]
+        self.loss = totals[2] / totals[1]
         self._watch = ParamWatch(model, self.params, type(self).__name__)
 
     _own_loss_ok = False  # whether loss_fn=None (the model's own outputs.loss) is supported
@@ -128,9 +150,9 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
             seen += n_b
             yield (i, self._counts[i] / self._total, to_device(x, self.device),
                    to_device(y, self.device))
-        if seen != self.num_samples:
+        if seen != self._local_samples:
             raise ValueError(
-                f"Expected the data to hold {self.num_samples} samples on every pass; got "
+                f"Expected the data to hold {self._local_samples} samples on every pass; got "
                 f"{seen}. Use a fixed dataset (drop_last must not change between passes)."
             )
 
@@ -209,13 +231,17 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         """
         self._watch.check()  # the parameters not in theta must be the ones counted with
         params = self.layout.unravel(as_flat(theta, self.layout, self.dtype, self.device))
-        losses = []
+        if self.communicator is not None:
+            self.communicator.check_same(parameter_checksum(self.layout, params),
+                                         "theta of loss_at",
+                                         "Pass the same parameters on every rank.")
+        total = 0.0
         with torch.no_grad():
-            for i, _, x, y in self._batches():
+            for i, w, x, y in self._batches():
                 loss = self._loss(params, x, y)
                 _check_loss(loss, i)
-                losses.append(float(loss))
-        return _weighted_mean(losses, self._counts)
+                total += w * float(loss)
+        return self._sum_numbers([total], "the loss")[0]
 
     def gradient(self) -> torch.Tensor:
         """The gradient of the full-data mean loss, flat ``(P,)``: one pass over the data."""
@@ -231,7 +257,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
                                      for d, p in zip(grads, leaves.values(), strict=True)])
             check_finite(g, f"gradient of batch {i}")
             total = w * g if total is None else total.add_(g, alpha=w)
-        return total
+        return self._sum(total, "the gradient")
 
     # -- blocks ----------------------------------------------------------------------------------
     def _set_blocks(self, blocks: BlockSpec) -> None:
@@ -255,7 +281,8 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
             outputs_fn=self.outputs_fn,
             allow_train_mode=self.allow_train_mode,
             method=self.method,
-            _checked=(self.num_samples, self.loss, self._counts),
+            group=self.group,
+            _checked=(self._local_samples, self._local_mean, self._counts),
             **self._options(),
         )
 
@@ -284,6 +311,13 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         self._watch.check()
         V = V.to(dtype=self.dtype, device=self.device)
+        if self.communicator is not None:  # a rank-dependent vector would mix products
+            self.communicator.check_same(vector_checksum(V), f"vectors of the "
+                                         f"{self._product_name}", REPLICATED_FIX)
+        return self._sum(self._local_matmat(V), f"the {self._product_name}").T
+
+    def _local_matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """This rank's weighted share of ``(A V)^T`` (the full product on one process)."""
         tangents = self.layout.unravel(V.T)  # name -> (k, *shape): vmap over dim 0
         out = None
         for i, w, x, y in self._product_batches():
@@ -291,7 +325,18 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
             HV = self.layout.flatten(part, batch_ndim=1)
             check_finite(HV, f"{self._product_name} of batch {i}")
             out = w * HV if out is None else out.add_(HV, alpha=w)
-        return out.T
+        return out
+
+    # -- the sum over ranks ------------------------------------------------------------------------
+    def _sum(self, x: torch.Tensor, what: str) -> torch.Tensor:
+        """``x`` summed over the ranks of the group (itself on one process)."""
+        return x if self.communicator is None else self.communicator.sum(x, what)
+
+    def _sum_numbers(self, values: list[float], what: str) -> list[float]:
+        if self.communicator is None:
+            return values
+        x = torch.tensor(values, dtype=torch.float64)
+        return self.communicator.sum(x, what).tolist()
 
     def _product_batches(self) -> Iterator[tuple[int, float, Any, Any]]:
         return self._batches()

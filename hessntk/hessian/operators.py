@@ -79,6 +79,13 @@ class HessianOperator(_CurvatureOperator):
     chunk_size : int, optional
         Largest number of vectors pushed through the model at once by ``"func"`` (bounds
         memory; larger ``matmat`` calls are split into chunks). ``None``: no limit.
+    group : torch.distributed.ProcessGroup or hessntk.distributed.Communicator, optional
+        Data parallel: ``data`` is this rank's shard (:func:`hessntk.distributed.shard`, or a
+        ``DataLoader`` with a ``DistributedSampler`` that does not pad). Products, the
+        gradient and the loss are those of the mean over every rank's samples (batch ``b``
+        weighs ``n_b`` over the global count), summed over the ranks so every rank holds
+        the same numbers. Construction checks that the ranks hold the same parameters and
+        different shards; every product checks that the ranks pass the same vectors.
 
     Attributes
     ----------
@@ -142,6 +149,7 @@ class HessianOperator(_CurvatureOperator):
         method: str = "auto",
         cache_graph: bool | None = None,
         chunk_size: int | None = 32,
+        group: Any = None,
         _checked: tuple[int, float] | None = None,
     ) -> None:
         super().__init__(
@@ -155,6 +163,7 @@ class HessianOperator(_CurvatureOperator):
             allow_train_mode=allow_train_mode,
             method=method,
             chunk_size=chunk_size,
+            group=group,
             _checked=_checked,
         )
         if cache_graph is None:
@@ -167,20 +176,15 @@ class HessianOperator(_CurvatureOperator):
     def _options(self) -> dict[str, Any]:
         return {"cache_graph": self.cache_graph, "chunk_size": self.chunk_size}
 
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        self._watch.check()
+    def _local_matmat(self, V: torch.Tensor) -> torch.Tensor:
         method = self.method
         if method == "auto" and V.shape[1] == 1:
             method = "graph"
         elif method == "auto":
             method = self.batched_method
-        return self._run(method, V)
-
-    def _run(self, method: str, V: torch.Tensor) -> torch.Tensor:
-        return self._matmat_graph(V) if method == "graph" else super()._matmat(V)
+        return self._matmat_graph(V) if method == "graph" else super()._local_matmat(V)
 
     def _matmat_graph(self, V: torch.Tensor) -> torch.Tensor:
-        V = V.to(dtype=self.dtype, device=self.device)
         k = V.shape[1]
         step = k if self.chunk_size is None else self.chunk_size
         out = None
@@ -195,7 +199,7 @@ class HessianOperator(_CurvatureOperator):
             HV = parts[0] if len(parts) == 1 else torch.cat(parts)
             check_finite(HV, f"{self._product_name} of batch {i}")
             out = w * HV if out is None else out.add_(HV, alpha=w)
-        return out.T
+        return out
 
     def _gradient_graphs(
         self,

@@ -11,6 +11,13 @@ from torch import nn
 
 from hessntk._model import ParamWatch, call_model, check_finite, concat_inputs, ravel_params
 from hessntk._priors import prior_label
+from hessntk.distributed.checks import (
+    REPLICATED_FIX,
+    check_replicas,
+    check_shards,
+    communicator,
+    vector_checksum,
+)
 from hessntk.ntk._common import (
     OutputsSpec,
     as_batches,
@@ -52,6 +59,14 @@ class GramOperator(LinearOperator):
         activation memory of one vjp / jvp; the products are unchanged).
     params, prior, outputs, output_key, outputs_fn, allow_train_mode
         As in :func:`hessntk.ntk.gram`.
+    group : torch.distributed.ProcessGroup or hessntk.distributed.Communicator, optional
+        Data parallel: the batches are this rank's shard of the samples (in rank order, the
+        rows of ``K``). A product all-reduces ``J^T v`` over the ranks; each rank computes
+        its rows of ``J S J^T v`` and the rows are gathered, so every rank holds the whole
+        product. :meth:`dense` builds ``K`` by row blocks (each rank's Jacobian broadcast
+        in turn), :meth:`outputs`, :meth:`targets`, :meth:`diagonal`, :meth:`jvp` gather
+        over the ranks. Construction checks that the ranks hold the same parameters and
+        different samples; every product checks that they pass the same vectors.
 
     Attributes
     ----------
@@ -61,6 +76,9 @@ class GramOperator(LinearOperator):
     num_samples, num_outputs : int
         ``n`` and ``c``.
     batch_sizes : list[int]
+        Of this rank's batches.
+    rows : slice
+        This rank's rows of ``K`` (all of them on one process).
     structural_nullity : int
         Zero eigenvalues forced by the output map (``n`` for ``outputs="probabilities"``).
     observation : str
@@ -101,7 +119,10 @@ class GramOperator(LinearOperator):
         output_key: str | int | None = None,
         outputs_fn: Callable[[Any], torch.Tensor] | None = None,
         allow_train_mode: bool = False,
+        group: Any = None,
     ) -> None:
+        self.group = group
+        self.communicator = communicator(group)
         self.problem = setup(
             model, params=params, prior=prior, outputs=outputs, output_key=output_key,
             outputs_fn=outputs_fn, allow_train_mode=allow_train_mode,
@@ -130,9 +151,21 @@ class GramOperator(LinearOperator):
                 f"{sorted(cs)}."
             )
         self.batch_sizes = sizes
-        self.num_samples = sum(sizes)
         self.num_outputs = cs.pop()
         self.layout = self.problem.layout
+        comm = self.communicator
+        self._rank_samples = [sum(sizes)]
+        if comm is not None:
+            check_replicas(comm, self.layout, self.layout.flatten(self.problem.detached()))
+            check_shards(comm, [(x, None) for x in self.batches])
+            comm.check_same([self.num_outputs], "number of outputs per sample",
+                            "Give every rank batches of one data set.")
+            self._rank_samples = [int(r[0]) for r in
+                                  comm.gather_numbers([sum(sizes)], "the sample counts")]
+        rank = 0 if comm is None else comm.rank
+        self.num_samples = sum(self._rank_samples)
+        start = sum(self._rank_samples[:rank]) * self.num_outputs
+        self.rows = slice(start, start + sum(sizes) * self.num_outputs)
         self._watch = ParamWatch(model, self.problem.params, "GramOperator")
         self.structural_nullity = structural_nullity(self.num_samples, outputs)
         self.observation = outputs if isinstance(outputs, str) else "custom"
@@ -157,10 +190,28 @@ class GramOperator(LinearOperator):
     def _apply(self, V: torch.Tensor) -> torch.Tensor:
         """``K V = J S J^T V`` for ``V`` of shape ``(N, k)``."""
         self._watch.check()
+        if self.communicator is not None:  # a rank-dependent vector would mix products
+            self.communicator.check_same(vector_checksum(V), "vectors of the Gram product",
+                                         REPLICATED_FIX)
         return self._push(self.problem.scaled(self._pull(V)), V.shape[1])
 
+    def _gather_rows(self, local: torch.Tensor, per_sample: int, what: str) -> torch.Tensor:
+        """This rank's rows (``per_sample`` per sample) gathered over the ranks, in order."""
+        if self.communicator is None:
+            return local
+        counts = [n * per_sample for n in self._rank_samples]
+        return self.communicator.gather(local, counts, what)
+
     def _pull(self, V: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``J^T V`` as a dict of ``(k, *shape)`` tensors: one vmapped vjp per batch."""
+        """``J^T V`` (summed over the ranks) as a dict of ``(k, *shape)`` tensors."""
+        u = self._pull_local(V[self.rows])
+        if self.communicator is None:
+            return u
+        flat = self.communicator.sum(self.layout.flatten(u, batch_ndim=1), "the Gram vjp")
+        return self.layout.unravel(flat)
+
+    def _pull_local(self, V: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``J_r^T V_r`` of this rank's rows: one vmapped vjp per batch."""
         p = self.problem
         c, k = self.num_outputs, V.shape[1]
         primals = p.detached()
@@ -176,9 +227,14 @@ class GramOperator(LinearOperator):
 
     def _push(self, tangents: dict[str, torch.Tensor], k: int) -> torch.Tensor:
         """``J T`` of shape ``(N, k)`` for tangents given as ``(k, *shape)`` tensors."""
+        return self._gather_rows(self._push_local(tangents, k), self.num_outputs,
+                                 "the Gram jvp")
+
+    def _push_local(self, tangents: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+        """This rank's rows of ``J T``: one vmapped jvp per batch."""
         p = self.problem
         primals = p.detached()
-        result = torch.empty(self.shape[0], k, dtype=p.dtype, device=p.device)
+        result = torch.empty(self._offsets[-1], k, dtype=p.dtype, device=p.device)
         for b, x in enumerate(self.batches):
             rows = slice(self._offsets[b], self._offsets[b + 1])
 
@@ -248,7 +304,7 @@ class GramOperator(LinearOperator):
             parts = [call_model(p.model, p.detached(), x, buffers=p.buffers,
                                 output_key=p.output_key, outputs_fn=p.outputs_fn)
                      for x in self.batches]
-        return torch.cat(parts)
+        return self._gather_rows(torch.cat(parts), 1, "the outputs")
 
     def targets(self) -> torch.Tensor | None:
         """The targets of ``data=`` stacked over the batches.
@@ -256,9 +312,15 @@ class GramOperator(LinearOperator):
         None when the operator was built from ``inputs=``, or when the targets are not one
         tensor per batch with the samples along dim 0.
         """
-        if any(y is None for y in self._targets):
+        known = not any(y is None for y in self._targets)
+        if self.communicator is not None:
+            self.communicator.check_same([float(known)], "presence of targets",
+                                         "Build every rank's operator with data=(inputs, "
+                                         "targets), or every one with inputs=.")
+        if not known:
             return None
-        return torch.cat([y.to(self.device) for y in self._targets])
+        return self._gather_rows(torch.cat([y.to(self.device) for y in self._targets]), 1,
+                                 "the targets")
 
     # -- exact side quantities ----------------------------------------------------------------
     def diagonal(self) -> torch.Tensor:
@@ -277,7 +339,7 @@ class GramOperator(LinearOperator):
             )
             for x in self.batches
         ]
-        return torch.cat(parts)
+        return self._gather_rows(torch.cat(parts), self.num_outputs, "the Gram diagonal")
 
     def dense(
         self, *, dtype: torch.dtype | None = None, max_memory: int | None = None,
@@ -286,11 +348,15 @@ class GramOperator(LinearOperator):
         """The explicit Gram ``(N, N)``: :func:`hessntk.ntk.gram` on all the batches.
 
         Layer-structured for Linear / HF Conv1D / Conv2d / Embedding layers.
-        ``weighted=False`` gives ``J J^T`` (identity prior).
+        ``weighted=False`` gives ``J J^T`` (identity prior). Data parallel: by row blocks
+        ``J_r S J_s^T``, each rank's Jacobian broadcast in turn (memory: two ranks'
+        Jacobians), the row blocks gathered.
         """
         from hessntk.ntk.grams import gram
 
         p = self.problem
+        if self.communicator is not None:
+            return self._dense_by_rows(dtype, max_memory, weighted)
         return gram(p.model, concat_inputs(self.batches), params=list(p.params),
                     prior=p.variances if weighted else None, outputs=p.outputs_spec,
                     output_key=p.output_key, outputs_fn=p.outputs_fn, dtype=dtype,
@@ -300,6 +366,11 @@ class GramOperator(LinearOperator):
         self, *, dtype: torch.dtype | None = None, max_memory: int | None = None
     ) -> torch.Tensor:
         """The explicit Jacobian ``(N, P)`` (not weighted by the prior)."""
+        return self._gather_rows(self._local_jacobian(dtype, max_memory), self.num_outputs,
+                                 "the Jacobian")
+
+    def _local_jacobian(self, dtype: torch.dtype | None, max_memory: int | None
+                        ) -> torch.Tensor:
         from hessntk.ntk.jacobians import jacobian
 
         p = self.problem
@@ -307,6 +378,19 @@ class GramOperator(LinearOperator):
                         outputs=p.outputs_spec, output_key=p.output_key,
                         outputs_fn=p.outputs_fn, dtype=dtype, max_memory=max_memory,
                         allow_train_mode=True)
+
+    def _dense_by_rows(self, dtype: torch.dtype | None, max_memory: int | None,
+                       weighted: bool) -> torch.Tensor:
+        """``K`` from row blocks ``J_r S J_s^T``: rank ``s``'s Jacobian broadcast in turn."""
+        comm = self.communicator
+        J = self._local_jacobian(dtype, max_memory)
+        JS = J * self.variances().to(J.dtype) if weighted else J
+        blocks = []
+        for s in range(comm.size):
+            shape = (self._rank_samples[s] * self.num_outputs, J.shape[1])
+            Js = J if s == comm.rank else J.new_empty(shape)
+            blocks.append(JS @ comm.broadcast(Js, s, f"rank {s}'s Jacobian").T)
+        return self._gather_rows(torch.cat(blocks, dim=1), self.num_outputs, "the Gram rows")
 
     def output_hessian(self, weights: Any) -> LinearOperator:
         """``M = sum_i w_i hess f_i(theta)``, the Hessian of ``w^T f(X; theta)``, ``(P, P)``.
@@ -322,6 +406,7 @@ class GramOperator(LinearOperator):
         if w.shape != (self.shape[0],):
             raise ValueError(f"Expected weights of shape ({self.shape[0]},); got "
                              f"{tuple(w.shape)}.")
+        w = w[self.rows]
         data = []
         for b, (x, n_b) in enumerate(zip(self.batches, self.batch_sizes, strict=True)):
             rows = slice(self._offsets[b], self._offsets[b + 1])
@@ -333,7 +418,7 @@ class GramOperator(LinearOperator):
 
         return HessianOperator(p.model, loss, data, params=list(p.params),
                                output_key=p.output_key, outputs_fn=p.outputs_fn,
-                               allow_train_mode=True, method="func")
+                               allow_train_mode=True, method="func", group=self.group)
 
     def __repr__(self) -> str:
         return (

@@ -92,6 +92,7 @@ def lanczos(
     reorth: str = "full",
     basis_dtype: str = "float64",
     basis_device: Any = None,
+    shard_basis: bool = False,
 ) -> Tridiagonal:
     """Run Lanczos from one or several start vectors, with or without reorthogonalisation.
 
@@ -151,6 +152,15 @@ def lanczos(
         than the GPU's memory fits. The reorthogonalisation then streams the basis to the
         device in blocks of at most ``BASIS_BLOCK_BYTES`` (one pass per Gram-Schmidt sweep),
         and reads it at host-to-device bandwidth: pair it with ``reorth="partial"``.
+    shard_basis : bool
+        For a data-parallel operator (one with a ``communicator``: built with ``group=``),
+        store on each rank only its slice of every basis vector (entries ``[r n // W,
+        (r + 1) n // W)`` of rank ``r`` of ``W``): basis memory per rank divided by ``W``.
+        The recurrence vectors stay whole and replicated (every rank computes the same
+        coefficients); a Gram-Schmidt sweep all-reduces the ``k j`` partial inner products
+        and gathers the ``k n`` correction, once each. The numbers equal the unsharded
+        run's to rounding (the inner products are summed in another order). A returned
+        basis holds this rank's slice.
 
     Returns
     -------
@@ -181,12 +191,16 @@ def lanczos(
         raise ValueError(f"Expected reorth in {REORTH}; got {reorth!r}.")
     stored = basis_storage(op, basis_dtype)
     on = _basis_device(op, basis_device)
+    shard = basis_shard(op, shard_basis)
+    cols = slice(None) if shard is None else shard.cols
+    width = n if shard is None else shard.width
     full = reorth == "full"
     V0 = _start_vectors(op, v0, num_probes, seed)
     k = V0.shape[1]
     keep_basis = reorth != "none" or return_basis
     basis = None if not keep_basis else (
-        xp.zeros((k, m, n), stored) if on is None else xp.zeros_on((k, m, n), stored, on))
+        xp.zeros((k, m, width), stored) if on is None else
+        xp.zeros_on((k, m, width), stored, on))
     omega = OmegaRecurrence(k, m, xp.eps(op.dtype)) if reorth == "partial" else None
     forced = False  # the step after a partial reorthogonalisation is reorthogonalised too
     num_reorth = 0
@@ -213,7 +227,8 @@ def lanczos(
         if j == 1:
             check_symmetry_step(op, xp.to_numpy(xp.sum(first * w, axis=1)), beta[active, 0],
                                 norm_est[active], "Lanczos")
-        if full and xp.name == "jax" and len(active) == k and basis_dtype == "float64":
+        if full and xp.name == "jax" and len(active) == k and basis_dtype == "float64" and (
+                shard is None):
             basis, a, w, b = xp.lanczos_step(basis, q, w, b_prev, j)
         else:
             # Index the stored basis by a slice while every probe is active (a view, no copy).
@@ -221,14 +236,14 @@ def lanczos(
             if on is not None and len(active) < k:
                 rows = xp.from_numpy(active).to(on)
             if basis is not None and on is not None:
-                basis[rows, j] = xp.cast(q, stored).to(on)
+                basis[rows, j] = xp.cast(q[:, cols], stored).to(on)
             elif basis is not None and xp.name == "jax" and len(active) == k:
                 basis = xp.store_row(basis, j, xp.cast(q, stored))
             elif basis is not None:
-                basis = xp.set_index(basis, (rows, j), xp.cast(q, stored))
+                basis = xp.set_index(basis, (rows, j), xp.cast(q[:, cols], stored))
             a, w = xp.recurrence(q, w, q_prev if j > 0 else None, b_prev)
             if full:
-                w = _reorthogonalise(xp, basis[rows, : j + 1], w, on is not None)
+                w = _reorthogonalise(xp, basis[rows, : j + 1], w, on is not None, shard=shard)
             b = xp.norm(w, axis=1)
         alpha[active, j] = xp.to_numpy(a)
         b_host = xp.to_numpy(b)
@@ -239,7 +254,8 @@ def lanczos(
                 if xp.name == "jax" and len(active) == k:
                     w = xp.reorthogonalise_all(basis, w)  # rows past j are zero
                 else:
-                    w = _reorthogonalise(xp, basis[rows, : j + 1], w, on is not None)
+                    w = _reorthogonalise(xp, basis[rows, : j + 1], w, on is not None,
+                                         shard=shard)
                 b = xp.norm(w, axis=1)
                 b_host = xp.to_numpy(b)
                 beta[active, j] = b_host
@@ -376,8 +392,38 @@ def _basis_device(op: LinearOperator, basis_device: Any) -> Any:
     return torch.device(basis_device)
 
 
+@dataclass(frozen=True)
+class BasisShard:
+    """This rank's slice ``cols`` of every basis vector, and the ranks' collectives."""
+
+    communicator: Any
+    cols: slice
+    counts: tuple[int, ...]
+
+    @property
+    def width(self) -> int:
+        return self.cols.stop - self.cols.start
+
+
+def basis_shard(op: LinearOperator, shard_basis: bool) -> BasisShard | None:
+    """The slice of a sharded basis this rank keeps (``shard_basis`` of :func:`lanczos`)."""
+    if not shard_basis:
+        return None
+    comm = getattr(op, "communicator", None)
+    if comm is None or op.backend != "torch":
+        raise ValueError(
+            f"Expected a data-parallel torch operator (built with group=) for "
+            f"shard_basis=True; got {type(op).__name__} without a communicator. Build it with "
+            "group=torch.distributed.group.WORLD, or use shard_basis=False."
+        )
+    n, size = op.shape[0], comm.size
+    bounds = [r * n // size for r in range(size + 1)]
+    counts = tuple(bounds[r + 1] - bounds[r] for r in range(size))
+    return BasisShard(comm, slice(bounds[comm.rank], bounds[comm.rank + 1]), counts)
+
+
 def _reorthogonalise(xp: Any, Q: Array, w: Array, streamed: bool = False,
-                     block_bytes: int | None = None) -> Array:
+                     block_bytes: int | None = None, shard: BasisShard | None = None) -> Array:
     """Remove from each row ``w[i]`` its components along ``Q[i]`` (k, j, n).
 
     Classical Gram-Schmidt, repeated once more only where the first pass cancelled much of
@@ -386,7 +432,9 @@ def _reorthogonalise(xp: Any, Q: Array, w: Array, streamed: bool = False,
     the stored basis is read contiguously. ``streamed``: ``Q`` lives on another device and
     is moved to ``w``'s in blocks of basis vectors of at most ``block_bytes``
     (:data:`BASIS_BLOCK_BYTES`); classical Gram-Schmidt's coefficients depend on ``w``
-    only, so each block is used once per sweep.
+    only, so each block is used once per sweep. ``shard``: ``Q`` holds this rank's slice
+    of the basis; the partial inner products are summed over the ranks and the correction's
+    slices gathered (one all-reduce and one all-gather per sweep).
     """
     before = xp.to_numpy(xp.norm(w, axis=1))
     per_vector = Q.shape[0] * Q.shape[2] * Q.element_size() if streamed else 1
@@ -394,13 +442,20 @@ def _reorthogonalise(xp: Any, Q: Array, w: Array, streamed: bool = False,
     for sweep in range(2):
         v = xp.cast(w, Q.dtype)  # no-op unless the basis is in the operator's dtype
         correction = None
+        if shard is not None:
+            v = v[:, shard.cols]
         for start in range(0, Q.shape[1], step):
             block = Q[:, start : start + step]
             if streamed:
                 block = block.to(w.device, non_blocking=True)
             coeffs = v[:, None, :] @ xp.transpose(block)  # (k, 1, j)
+            if shard is not None:
+                coeffs = shard.communicator.sum(coeffs, "the reorthogonalisation")
             part = (coeffs @ block)[:, 0, :]
             correction = part if correction is None else correction + part
+        if shard is not None:
+            correction = shard.communicator.gather(correction, shard.counts,
+                                                   "the reorthogonalisation", dim=1)
         w = w - xp.cast(correction, w.dtype)
         if sweep == 0 and np.all(xp.to_numpy(xp.norm(w, axis=1)) >= before / np.sqrt(2.0)):
             break

@@ -59,6 +59,11 @@ class LinearOperator:
         False (default): Lanczos, SLQ and ``eigsh`` compare ``u.(A w)`` with ``w.(A u)`` for
         their first two Krylov vectors (one dot product per probe, no extra product) and
         refuse an operator whose asymmetry exceeds ``sqrt(eps) ||A||``. True skips that check.
+    communicator : object or None
+        The collectives of a data-parallel operator (built with ``group=``: a
+        :class:`hessntk.distributed.Communicator`), whose products are the same on every
+        rank; None for one process. :func:`hessntk.spectral.lanczos` uses it to shard its
+        basis (``shard_basis=True``).
 
     Examples
     --------
@@ -68,6 +73,8 @@ class LinearOperator:
     >>> op.shape, op @ np.ones(3)
     ((3, 3), array([1., 2., 3.]))
     """
+
+    communicator: Any = None
 
     def __init__(
         self, n: int, dtype: Any, device: Any = None, *, backend: str | None = None
@@ -217,6 +224,7 @@ class CountingOperator(LinearOperator):
         self.num_matvecs = 0
         self.seconds = 0.0
         self.assume_symmetric = op.assume_symmetric
+        self.communicator = op.communicator
 
     def _matmat(self, V: Array) -> Array:
         self.num_matvecs += V.shape[1]

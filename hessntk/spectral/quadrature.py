@@ -17,6 +17,7 @@ from hessntk.spectral.krylov import (
     Tridiagonal,
     _check_num_matvecs,
     _start_vectors,
+    basis_shard,
     basis_storage,
     lanczos,
 )
@@ -345,6 +346,7 @@ def slq(
     reorth: str = "partial",
     basis_dtype: str = "float64",
     basis_device: Any = None,
+    shard_basis: bool = False,
 ) -> SpectralDensity:
     """Run stochastic Lanczos quadrature with Rademacher probes advancing in lockstep.
 
@@ -389,6 +391,10 @@ def slq(
         memory and reads of the reorthogonalisation for a float32 operator.
     basis_device : torch device or str, optional
         ``"cpu"`` keeps a CUDA operator's basis in pinned host memory (:func:`lanczos`).
+    shard_basis : bool
+        For a data-parallel operator (built with ``group=``): each rank stores its slice of
+        every basis vector (:func:`lanczos`), so ``max_basis_bytes`` is per rank and a
+        probe's basis costs ``1 / W`` of it on each of ``W`` ranks.
 
     Returns
     -------
@@ -420,11 +426,14 @@ def slq(
     if reorth not in REORTH:
         raise ValueError(f"Expected reorth in {REORTH}; got {reorth!r}.")
     size = itemsize(basis_storage(op, basis_dtype))
-    per_probe = size * n * m if reorth != "none" else 16 * n
+    shard = basis_shard(op, shard_basis)
+    width = n if shard is None else shard.width
+    per_probe = size * width * m if reorth != "none" else 16 * n
     if per_probe > int(max_basis_bytes):
         raise ValueError(
-            f"One probe's Lanczos basis needs {per_probe / 2**30:.3g} GiB ({size} bytes x n = "
-            f"{n} x {m} steps) > max_basis_bytes = {int(max_basis_bytes) / 2**30:.3g} GiB. Use "
+            f"One probe's Lanczos basis needs {per_probe / 2**30:.3g} GiB ({size} bytes x "
+            f"{'n' if shard is None else 'the slice'} = {width} x {m} steps) > "
+            f"max_basis_bytes = {int(max_basis_bytes) / 2**30:.3g} GiB. Use "
             "reorth='none' (16 n bytes per probe; densities and smooth traces stay accurate), "
             "basis_dtype='operator' for a float32 operator, fewer num_matvecs, or a larger "
             "max_basis_bytes if the memory is there."
@@ -442,7 +451,8 @@ def slq(
         T = store.load(g, settings) if store is not None else None
         if T is None:
             T = lanczos(op, m, v0=V0[:, start : start + group], reorth=reorth,
-                        basis_dtype=basis_dtype, basis_device=basis_device)
+                        basis_dtype=basis_dtype, basis_device=basis_device,
+                        shard_basis=shard_basis)
             if store is not None:
                 store.save(g, settings, T)
         densities.append(SpectralDensity.from_tridiagonal(T, n, op._xp.eps(op.dtype)))

@@ -1,0 +1,64 @@
+"""Checks that the ranks of a data-parallel operator agree where they must and differ where
+they must: the same model and parameters, the same vectors in every product, data of one
+structure but not the same shard twice."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from hessntk._model import iter_batches, tensor_leaves
+from hessntk.distributed.communicator import Communicator, digest
+from hessntk.distributed.sharding import data_digest
+from hessntk.spectral.layout import ParamLayout
+
+__all__ = ["REPLICATED_FIX", "check_replicas", "check_shards", "communicator",
+           "parameter_checksum", "vector_checksum"]
+
+REPLICATED_FIX = ("The spectral core runs replicated: draw probes on the host from the same "
+                  "seed on every rank (hessntk's functions do) and pass the same vectors.")
+
+
+def communicator(group: Any) -> Communicator | None:
+    """The :class:`Communicator` of ``group=`` (None: one process)."""
+    if group is None:
+        return None
+    return group if isinstance(group, Communicator) else Communicator(group)
+
+
+def parameter_checksum(layout: ParamLayout, params: Mapping[str, torch.Tensor] | torch.Tensor
+                       ) -> list[float]:
+    """Size, names and two float64 moments of flat or named parameters (order-sensitive)."""
+    flat = params if torch.is_tensor(params) else layout.flatten(params)
+    return [float(layout.n), digest(",".join(layout.names)), *vector_checksum(flat)]
+
+
+def vector_checksum(V: torch.Tensor) -> list[float]:
+    """``sum v`` and ``sum i v_i`` in float64 (a permutation changes the second)."""
+    v = V.detach().reshape(-1).to(torch.float64)
+    index = torch.arange(1, v.numel() + 1, dtype=torch.float64, device=v.device)
+    return [float(v.sum()), float((v * index).sum())]
+
+
+def check_replicas(comm: Communicator, layout: ParamLayout, theta: torch.Tensor) -> None:
+    """Refuse ranks whose selected parameters differ (other checkpoint, seed or model)."""
+    comm.check_same(parameter_checksum(layout, theta), "parameters (names, sizes and values)",
+                    "Load the same checkpoint on every rank, or broadcast rank 0's: "
+                    "for p in model.parameters(): torch.distributed.broadcast(p.data, 0).")
+
+
+def check_shards(comm: Communicator, data: Any) -> None:
+    """Refuse shards of different structure, and two ranks holding the same first batch."""
+    x, y = next(iter_batches(data))
+    comm.check_same([digest(_signature(x)), digest(_signature(y))],
+                    "data structure (per-sample shapes and dtypes of the first batch)",
+                    "Give every rank batches of one data set.")
+    comm.check_distinct(data_digest(data), "data shard (first batch)",
+                        "Shard the data: hessntk.distributed.shard(data), or a DataLoader "
+                        "with a DistributedSampler.")
+
+
+def _signature(tree: Any) -> str:
+    return ";".join(f"{tuple(t.shape[1:])}:{t.dtype}" for t in tensor_leaves(tree))

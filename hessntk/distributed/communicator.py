@@ -1,0 +1,170 @@
+"""The collectives a data-parallel operator needs, over one ``torch.distributed`` group.
+
+Every call names what it was doing when it fails, so a rank that died or stalled shows up as
+a :class:`DistributedError` on the others (within the process group's timeout), not as a
+hang or a bare gloo message. The spectral core reaches these only through the duck-typed
+``op.communicator`` (``rank``, ``size``, ``sum``, ``gather``) of a sharded Lanczos basis.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["Communicator", "DistributedError", "digest"]
+
+
+class DistributedError(RuntimeError):
+    """A collective failed: another rank stopped, timed out, or holds other data."""
+
+
+class Communicator:
+    """Sums, gathers and consistency checks over a ``torch.distributed`` process group.
+
+    Parameters
+    ----------
+    group : torch.distributed.ProcessGroup, optional
+        Default: the world group. ``torch.distributed`` must be initialised
+        (:func:`hessntk.distributed.init` or ``torch.distributed.init_process_group``).
+
+    Attributes
+    ----------
+    rank, size : int
+        This process's rank in the group and the group's size.
+    backend : str
+        ``"gloo"`` or ``"nccl"``; gloo collectives of CUDA tensors go through host memory.
+    num_calls, num_bytes : int
+        Collectives run so far and the bytes this rank contributed to them (what a
+        benchmark reports as communication per step).
+
+    Raises
+    ------
+    RuntimeError
+        ``torch.distributed`` is not initialised.
+
+    Examples
+    --------
+    >>> import torch.distributed as dist
+    >>> dist.is_initialized()  # a Communicator needs an initialised process group
+    False
+    """
+
+    def __init__(self, group: Any = None) -> None:
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError(
+                "Expected an initialised torch.distributed process group for group=; got "
+                "none. Call hessntk.distributed.init() (it reads torchrun's environment) or "
+                "torch.distributed.init_process_group(...) first, or pass group=None for one "
+                "process."
+            )
+        self.group = dist.group.WORLD if group is None else group
+        self.rank = dist.get_rank(self.group)
+        self.size = dist.get_world_size(self.group)
+        self.backend = str(dist.get_backend(self.group))
+        self.num_calls = 0
+        self.num_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"Communicator(rank={self.rank}, size={self.size}, backend={self.backend!r})"
+
+    # -- collectives ------------------------------------------------------------------------
+    def sum(self, x: torch.Tensor, what: str = "a sum") -> torch.Tensor:
+        """The elementwise sum of ``x`` over the ranks (the same bits on every rank)."""
+        if self.size == 1:
+            return x
+        buf = self._wire(x)
+        self._call(dist.all_reduce, what, buf, group=self.group)
+        return buf.to(x.device) if buf.device != x.device else buf
+
+    def gather(self, x: torch.Tensor, counts: Sequence[int], what: str = "a gather",
+               dim: int = 0) -> torch.Tensor:
+        """Concatenate every rank's ``x`` along ``dim`` in rank order.
+
+        ``counts[r]`` is rank ``r``'s extent along ``dim`` (ragged shards are padded on the
+        wire and trimmed).
+        """
+        if self.size == 1:
+            return x
+        width = max(counts)
+        moved = x.movedim(dim, 0)
+        buf = self._wire(moved)
+        if buf.shape[0] < width:
+            pad = buf.new_zeros((width - buf.shape[0], *buf.shape[1:]))
+            buf = torch.cat([buf, pad])
+        parts = [torch.empty_like(buf) for _ in range(self.size)]
+        self._call(dist.all_gather, what, parts, buf.contiguous(), group=self.group)
+        out = torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
+        return out.to(x.device).movedim(0, dim)
+
+    def broadcast(self, x: torch.Tensor, src: int, what: str = "a broadcast") -> torch.Tensor:
+        """Rank ``src``'s ``x`` on every rank (``x`` gives the shape and dtype elsewhere)."""
+        if self.size == 1:
+            return x
+        buf = self._wire(x)
+        root = src if self.group is dist.group.WORLD else dist.get_global_rank(self.group, src)
+        self._call(dist.broadcast, what, buf, root, group=self.group)
+        return buf.to(x.device) if buf.device != x.device else buf
+
+    def gather_numbers(self, values: Sequence[float], what: str) -> np.ndarray:
+        """Every rank's ``values`` (float64), shape ``(size, len(values))``."""
+        x = torch.tensor(list(values), dtype=torch.float64)
+        if self.size == 1:
+            return x.numpy()[None]
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        self._call(dist.all_gather, what, parts, x, group=self.group)
+        return torch.stack(parts).numpy()
+
+    def barrier(self, what: str = "a barrier") -> None:
+        if self.size > 1:
+            self._call(dist.barrier, what, group=self.group)
+
+    # -- consistency checks -----------------------------------------------------------------
+    def check_same(self, values: Sequence[float], what: str, fix: str) -> None:
+        """Refuse ranks whose ``values`` differ from rank 0's (exact comparison)."""
+        table = self.gather_numbers(values, f"the check of {what}")
+        bad = [r for r in range(self.size) if not np.array_equal(table[r], table[0])]
+        if bad:
+            raise ValueError(f"Expected the same {what} on every rank; got other values on "
+                             f"rank(s) {bad} than on rank 0 ({table[bad[0]].tolist()} against "
+                             f"{table[0].tolist()}). {fix}")
+
+    def check_distinct(self, values: Sequence[float], what: str, fix: str) -> None:
+        """Refuse two ranks with equal ``values`` (the same data shard on both)."""
+        table = self.gather_numbers(values, f"the check of {what}")
+        for r in range(1, self.size):
+            for s in range(r):
+                if np.array_equal(table[r], table[s]):
+                    raise ValueError(f"Expected each rank to hold its own {what}; got the same "
+                                     f"on ranks {s} and {r}. {fix}")
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _wire(self, x: torch.Tensor) -> torch.Tensor:
+        """A contiguous copy on a device the backend moves (host memory for gloo)."""
+        if self.backend == "gloo" and x.device.type != "cpu":
+            return x.detach().to("cpu").contiguous()
+        return x.detach().clone().contiguous()
+
+    def _call(self, fn: Any, what: str, *args: Any, **kwargs: Any) -> None:
+        self.num_calls += 1
+        if args:  # the tensor this rank sends (all_gather: the second argument)
+            sent = args[1] if fn is dist.all_gather else args[0]
+            self.num_bytes += sent.numel() * sent.element_size()
+        try:
+            fn(*args, **kwargs)
+        except (RuntimeError, ValueError) as err:
+            raise DistributedError(
+                f"Rank {self.rank} of {self.size} could not complete {what}: {err}. Another "
+                "rank failed, stopped or timed out (see its log); the process group's timeout "
+                "(hessntk.distributed.init(timeout=...), torchrun: the --timeout flag of "
+                "hessntk) bounds how long the others wait."
+            ) from err
+
+
+def digest(text: str) -> float:
+    """A float64-exact checksum of a string (CRC-32), for :meth:`Communicator.check_same`."""
+    return float(zlib.crc32(text.encode()))

@@ -1,0 +1,130 @@
+"""Jobs run by each rank of the distributed tests (see ``launch.run_ranks``).
+
+``python tests/distributed/workers.py JOB OUT``: initialises gloo from torchrun's
+environment (timeout 20 s), runs ``JOB`` and writes ``OUT/JOB.rank{r}.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import hessntk.distributed
+from hessntk.hessian import HessianOperator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import problems  # noqa: E402
+
+TIMEOUT = 20.0
+STALL_TIMEOUT = 4.0  # the process group's timeout in rank_stalls
+
+
+def core(comm: hessntk.distributed.Communicator) -> dict:
+    ops = problems.operators(comm.group)
+    res = problems.results(ops)
+    res["basis_rows"] = hessntk.lanczos(ops["H"], 10, num_probes=2, reorth="full",
+                                        shard_basis=True, return_basis=True).basis.shape[-1]
+    return res
+
+
+def _mlp_operator(comm, data=None, net=None):  # noqa: ANN001, ANN202
+    net0, loss, x, y = problems.mlp()
+    data = hessntk.distributed.shard((x, y), comm.group) if data is None else data
+    return HessianOperator(net or net0, loss, data, group=comm.group)
+
+
+def rank_exits(comm: hessntk.distributed.Communicator) -> dict:
+    """Rank 1 disappears after construction; rank 0's next product must fail, not hang."""
+    H = _mlp_operator(comm)
+    if comm.rank == 1:
+        os._exit(3)
+    start = time.monotonic()
+    try:
+        H @ torch.ones(H.shape[0], dtype=torch.float64)
+    except hessntk.distributed.DistributedError as err:
+        return {"error": str(err), "seconds": time.monotonic() - start}
+    return {"error": None}
+
+
+def rank_stalls(comm: hessntk.distributed.Communicator) -> dict:
+    """Rank 1 stops calling collectives (alive): rank 0 must time out."""
+    H = _mlp_operator(comm)
+    if comm.rank == 1:
+        time.sleep(3 * STALL_TIMEOUT)
+        os._exit(0)
+    start = time.monotonic()
+    try:
+        H @ torch.ones(H.shape[0], dtype=torch.float64)
+    except hessntk.distributed.DistributedError as err:
+        return {"error": str(err), "seconds": time.monotonic() - start}
+    return {"error": None}
+
+
+def _refused(build) -> dict:  # noqa: ANN001
+    try:
+        build()
+    except ValueError as err:
+        return {"error": str(err)}
+    return {"error": None}
+
+
+def other_parameters(comm: hessntk.distributed.Communicator) -> dict:
+    net, _, _, _ = problems.mlp()
+    if comm.rank == 1:
+        with torch.no_grad():
+            net[0].bias[0] += 1e-12
+    return _refused(lambda: _mlp_operator(comm, net=net))
+
+
+def same_data(comm: hessntk.distributed.Communicator) -> dict:
+    _, _, x, y = problems.mlp()
+    return _refused(lambda: _mlp_operator(comm, data=(x, y)))
+
+
+def padding_sampler(comm: hessntk.distributed.Communicator) -> dict:
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    _, _, x, y = problems.mlp()  # 37 samples: padded to 38 over 2 ranks
+    ds = TensorDataset(x, y)
+    loader = DataLoader(ds, batch_size=8, sampler=DistributedSampler(ds, shuffle=False))
+    return _refused(lambda: _mlp_operator(comm, data=loader))
+
+
+def exact_sampler(comm: hessntk.distributed.Communicator) -> dict:
+    """A DistributedSampler over 36 samples (no padding) gives the mean over all 36."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    _, _, x, y = problems.mlp()
+    ds = TensorDataset(x[:36], y[:36])
+    loader = DataLoader(ds, batch_size=5, sampler=DistributedSampler(ds, shuffle=True, seed=4))
+    H = _mlp_operator(comm, data=loader)
+    return {"HV": H @ torch.ones(H.shape[0], dtype=torch.float64), "loss": H.loss}
+
+
+JOBS = {f.__name__: f for f in (core, rank_exits, rank_stalls, other_parameters, same_data,
+                                padding_sampler, exact_sampler)}
+
+
+def main() -> None:
+    job, out = sys.argv[1], Path(sys.argv[2])
+    torch.set_num_threads(1)
+    comm = hessntk.distributed.init(
+        "gloo", timeout=STALL_TIMEOUT if job == "rank_stalls" else TIMEOUT)
+    try:
+        result = JOBS[job](comm)
+    except Exception:
+        traceback.print_exc()
+        raise
+    torch.save(result, out / f"{job}.rank{comm.rank}.pt")
+    if job not in ("rank_exits", "rank_stalls"):
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
