@@ -65,7 +65,8 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
     model, loss_fn, data = problem.model, problem.loss_fn, problem.data
     curvature = getattr(args, "curvature", "hessian")
     op_cls = hessian.HessianOperator if curvature == "hessian" else hessian.GGNOperator
-    op = op_cls(model, loss_fn, data, blocks="layer", **problem.outputs)
+    op = op_cls(model, loss_fn, problem.local_data, blocks="layer", **problem.outputs,
+                **problem.parallel)
     n = op.shape[0]
     k = min(args.k, n)
     top = timed(timings, "hessian_top", lambda: hessian.top_eigenvalues(
@@ -278,8 +279,8 @@ def iic_analysis(report: Any, problem: Any, options: dict[str, Any],
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore")
         warnings.simplefilter("always", RuntimeWarning)  # hessntk's diagnostics
-        res = timed(timings, "iic", lambda: iic(problem.model, problem.data, **options,
-                                                **problem.outputs))
+        res = timed(timings, "iic", lambda: iic(problem.model, problem.local_data, **options,
+                                                **problem.outputs, **problem.parallel))
     for message in dict.fromkeys(one_line(w.message) for w in caught):
         report.notes.append(f"IIC: {message}")
     if not math.isfinite(res.value):  # never a silent nan: say why and what to try
@@ -330,8 +331,8 @@ def quantization_analysis(report: Any, problem: Any, args: argparse.Namespace,
     from hessntk.report.plots import _figure
 
     curvature = getattr(args, "curvature", "hessian")
-    op = layer_operator(problem.model, problem.loss_fn, problem.data, curvature=curvature,
-                        **problem.outputs)
+    op = layer_operator(problem.model, problem.loss_fn, problem.local_data,
+                        curvature=curvature, **problem.outputs, **problem.parallel)
     bits = tuple(args.bits)
     scheme = {"quantizer": args.quantizer, "granularity": args.granularity,
               "group_size": getattr(args, "group_size", 128)}

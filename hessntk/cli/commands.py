@@ -23,7 +23,7 @@ from hessntk.report import to_jsonable
 __all__ = ["cmd_compare", "cmd_iic", "cmd_quantization", "cmd_spectrum"]
 
 
-def _load(args: argparse.Namespace, checkpoint: str | None = None) -> Any:
+def _load(args: argparse.Namespace, checkpoint: str | None = None, group: Any = None) -> Any:
     from hessntk.cli.entrypoints import DTYPES, device_of, load_problem, load_weights, place
 
     device = device_of(args.device)
@@ -36,7 +36,9 @@ def _load(args: argparse.Namespace, checkpoint: str | None = None) -> Any:
     if args.output_key is not None:
         key = args.output_key
         problem.output_key = int(key) if key.lstrip("-").isdigit() else key
-    return place(problem, device, DTYPES[args.dtype] if args.dtype else None)
+    problem = place(problem, device, DTYPES[args.dtype] if args.dtype else None)
+    problem.group = group
+    return problem
 
 
 def _model_section(report: Any, problem: Any, checkpoint: str | None) -> dict[str, Any]:
@@ -59,7 +61,7 @@ def _model_section(report: Any, problem: Any, checkpoint: str | None) -> dict[st
 
 def _start(args: argparse.Namespace, ctx: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Load the model with its checkpoint, title the report and describe the model."""
-    problem = _load(args, args.checkpoint)
+    problem = _load(args, args.checkpoint, ctx.get("group"))
     ctx["report"].title = f"hessntk {args.command}: {problem.entry}"
     return problem, {"model": _model_section(ctx["report"], problem, args.checkpoint)}
 
@@ -116,7 +118,7 @@ def cmd_compare(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]
     for path in args.checkpoints:
         if not os.path.isfile(path):
             raise ValueError(f"checkpoint {path!r} does not exist")
-    problem = _load(args)
+    problem = _load(args, group=ctx.get("group"))
     report.title = f"hessntk compare: {len(names)} checkpoints of {problem.entry}"
     options = iic_options(args, problem)
     data = data_key(problem.data)
@@ -141,8 +143,8 @@ def cmd_compare(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # reported as reasons
         ranking = timed(timings, "compare", lambda: criteria.compare(
-            pending, lambda: copy.deepcopy(problem.model), problem.data, known=known,
-            on_result=save, **options, **problem.outputs))
+            pending, lambda: copy.deepcopy(problem.model), problem.local_data, known=known,
+            on_result=save, **options, **problem.outputs, **problem.parallel))
     results = {name: to_jsonable(r if isinstance(r, dict) else r.to_dict())
                for name, r in ranking.results.items()}
     rows = [{**r, "checkpoint": paths[r["name"]]} for r in to_jsonable(list(ranking.rows))]

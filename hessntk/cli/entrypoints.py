@@ -47,7 +47,7 @@ from torch import nn
 
 from hessntk._model import batch_size, concat_inputs, iter_batches
 from hessntk.checkpoints import load_checkpoint
-from hessntk.cli.text import CLIError
+from hessntk.cli.text import CLIError, one_line
 from hessntk.ntk._common import slice_tree
 
 __all__ = ["CLIError", "Problem", "cast", "load_entry_point", "load_problem", "load_weights"]
@@ -71,11 +71,35 @@ class Problem:
     entry: str = ""
     output_key: str | int | None = None
     outputs_fn: Callable[[Any], torch.Tensor] | None = None
+    group: Any = None  # under torchrun: the Communicator of the ranks
 
     @property
     def outputs(self) -> dict[str, Any]:
         """The output options of every operator built for this problem."""
         return {"output_key": self.output_key, "outputs_fn": self.outputs_fn}
+
+    @property
+    def parallel(self) -> dict[str, Any]:
+        """``group=`` of the operators under torchrun (nothing on one process)."""
+        return {} if self.group is None else {"group": self.group}
+
+    @property
+    def local_data(self) -> Any:
+        """The data of this rank's operators: its shard under torchrun, else all of it."""
+        if self.group is None:
+            return self.data
+        from hessntk.distributed import shard
+        from hessntk.distributed.sharding import has_distributed_sampler
+
+        if has_distributed_sampler(self.data):
+            return self.data
+        try:
+            return shard(self.data, rank=self.group.rank, size=self.group.size)
+        except (TypeError, ValueError) as err:
+            raise CLIError(f"under torchrun the entry point's data is split over the "
+                           f"{self.group.size} ranks: {one_line(err)} (return one batch or "
+                           "a list of batches, or a DataLoader with a DistributedSampler)"
+                           ) from err
 
     @property
     def classification(self) -> bool:

@@ -33,9 +33,18 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except ImportError as err:
         raise CLIError("the hessntk command analyses PyTorch models and needs PyTorch: pip "
                        "install 'hessntk[torch]' (or pip install torch)") from err
+    from hessntk.cli import ranks
+
     t0 = time.perf_counter()
-    with _threads(args.threads):
-        return _run(args, argv, t0)
+    comm = ranks.communicator(args.timeout)  # torchrun: one process per rank
+    try:
+        with _threads(args.threads):
+            return _run(args, argv, t0, comm)
+    finally:
+        if comm is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 @contextlib.contextmanager
@@ -146,24 +155,34 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
             os.close(saved)
 
 
-def _run(args: argparse.Namespace, argv: Sequence[str], t0: float) -> int:
+def _run(args: argparse.Namespace, argv: Sequence[str], t0: float, comm: Any) -> int:
+    from hessntk.cli.ranks import on_rank_zero
+
     out = Path(args.out)
-    with _output_folder(out):
+    lead = comm is None or comm.rank == 0
+    with contextlib.ExitStack() as folder:
+        on_rank_zero(comm, lambda: folder.enter_context(_output_folder(out)))
         with _stdout_to_stderr(args.json):
-            report, results, timings, store = _compute(args, out)
+            report, results, timings, store = _compute(args, out, comm)
+        if not lead:  # rank 0 writes the report and prints
+            return 0
         return _finish(args, argv, t0, report, results, timings, store)
 
 
-def _compute(args: argparse.Namespace, out: Path) -> tuple[Any, dict[str, Any],
-                                                           dict[str, float], Any]:
+def _compute(args: argparse.Namespace, out: Path, comm: Any = None
+             ) -> tuple[Any, dict[str, Any], dict[str, float], Any]:
+    from hessntk.cli.ranks import RankZeroStore
     from hessntk.report import PartialStore, Report
 
     timings: dict[str, float] = {}
     report = Report(out, f"hessntk {args.command}", {})
     resume = bool(getattr(args, "resume", False))
-    store = PartialStore(out, resume=resume)
-    ctx = {"report": report, "store": store, "timings": timings}
-    with reporting(enabled=not args.quiet), warnings.catch_warnings(record=True) as caught:
+    store = (PartialStore(out, resume=resume) if comm is None
+             else RankZeroStore(comm, out, resume=resume))
+    ctx = {"report": report, "store": store, "timings": timings, "group": comm}
+    lead = comm is None or comm.rank == 0
+    with reporting(enabled=not args.quiet and lead), \
+            warnings.catch_warnings(record=True) as caught:
         # hessntk's own warnings become notes of the report (and of the summary); others
         # (third-party deprecation noise) are dropped.
         warnings.simplefilter("always")
@@ -223,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         prefix = "" if isinstance(err, (CLIError, ValueError, FileNotFoundError)) else (
             f"{type(err).__name__}: ")
-        print(f"{PROG}: error: {prefix}{one_line(err)}", file=sys.stderr)
+        rank = f" (rank {os.environ['RANK']})" if "RANK" in os.environ else ""
+        print(f"{PROG}: error{rank}: {prefix}{one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -95,6 +95,9 @@ def _common(sub: argparse.ArgumentParser, command: str) -> None:
                    "torch's choice)")
     g.add_argument("--debug", action="store_true",
                    help="show tracebacks on errors (default: off)")
+    g.add_argument("--timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before it stops "
+                   "with an error (default: %(default)s)")
 
 
 def _hessian_options(sub: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:

@@ -158,6 +158,7 @@ def iic(
     num_probes: int = 16,
     num_matvecs: int = 100,
     interpolation_tol: float = 1e-3,
+    group: Any = None,
     convention: str = "B",
 ) -> IICResult:
     """Compute the Interpolating Information Criterion of a trained (interpolating) model.
@@ -206,6 +207,9 @@ def iic(
     params, output_key, outputs_fn
         With a torch model: parameter selection and output extraction as in
         :mod:`hessntk.ntk`.
+    group : torch.distributed.ProcessGroup, optional
+        With a torch model: ``data`` is this rank's shard and the Gram operator is data
+        parallel (:class:`hessntk.ntk.GramOperator` ``group=``); every rank gets the IIC.
     num_probes, num_matvecs : int
         SLQ settings.
     interpolation_tol : float
@@ -259,27 +263,28 @@ def iic(
         raise ValueError(f"Expected soft > 0 (a noise precision); got {soft!r}.")
     if isinstance(subject, LinearOperator):
         K, regulariser = _operator_inputs(subject, data, prior, observations, params,
-                                          output_key, outputs_fn)
+                                          output_key, outputs_fn, group)
     else:
         from hessntk.ntk.iic_inputs import iic_inputs  # the torch convenience
 
         K, regulariser = iic_inputs(
             subject, data, prior=prior, reference=reference,
             observations=observations or "outputs", params=params, output_key=output_key,
-            outputs_fn=outputs_fn)  # fmt: skip
+            outputs_fn=outputs_fn, group=group)  # fmt: skip
     return _iic(K, regulariser, reference, method=method, soft=soft, seed=seed,
                 num_probes=num_probes, num_matvecs=num_matvecs,
                 interpolation_tol=interpolation_tol, convention=convention)
 
 
 def _operator_inputs(K: Any, data: Any, prior: Any, observations: str | None, params: Any,
-                     output_key: Any, outputs_fn: Any) -> tuple[Any, Any]:
+                     output_key: Any, outputs_fn: Any, group: Any) -> tuple[Any, Any]:
     """Validate ``iic(K, ...)``: the options that build an operator must not be given."""
     if not isinstance(K, GramLike):
         raise TypeError(f"Expected a Gram operator (hessntk.ntk.GramOperator, "
                         f"hessntk.jax.GramOperator) or a torch model; got {K!r}.")
     refuse_options({"data": data is not None, "params": params is not None,
-                    "output_key": output_key is not None, "outputs_fn": outputs_fn is not None},
+                    "output_key": output_key is not None, "outputs_fn": outputs_fn is not None,
+                    "group": group is not None},
                    "GramOperator(model, data=..., params=..., ...) takes them.")
     observed = OBSERVED_AS.get(K.observation, K.observation)
     if observations is not None and observations != observed:

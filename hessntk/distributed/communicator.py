@@ -119,6 +119,20 @@ class Communicator:
         self._call(dist.all_gather, what, parts, x, group=self.group)
         return torch.stack(parts).numpy()
 
+    def share(self, obj: Any, what: str = "a result of rank 0") -> Any:
+        """Rank 0's picklable ``obj`` on every rank (the others pass anything)."""
+        if self.size == 1:
+            return obj
+        box = [obj if self.rank == 0 else None]
+        root = 0 if self.group is dist.group.WORLD else dist.get_global_rank(self.group, 0)
+        self.num_calls += 1
+        try:
+            dist.broadcast_object_list(box, src=root, group=self.group)
+        except (RuntimeError, ValueError) as err:
+            raise DistributedError(f"Rank {self.rank} of {self.size} could not complete {what}: "
+                                   f"{err}.") from err
+        return box[0]
+
     def barrier(self, what: str = "a barrier") -> None:
         if self.size > 1:
             self._call(dist.barrier, what, group=self.group)

@@ -98,6 +98,16 @@ def _take(tree: Any, sl: slice, n: int) -> Any:
     return tree
 
 
+def has_distributed_sampler(data: Any) -> bool:
+    """Whether ``data`` is a ``DataLoader`` drawing from a ``DistributedSampler``."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    if not isinstance(data, DataLoader):
+        return False
+    sampler = data.batch_sampler.sampler if data.batch_sampler is not None else data.sampler
+    return isinstance(sampler, DistributedSampler)
+
+
 def check_sampler(data: Any, comm: Communicator | None) -> None:
     """Refuse a ``DataLoader`` whose ``DistributedSampler`` does not partition the data.
 

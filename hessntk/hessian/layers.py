@@ -34,6 +34,7 @@ def layer_operator(
     output_key: str | int | None = None,
     outputs_fn: Callable[[Any], torch.Tensor] | None = None,
     allow_train_mode: bool = False,
+    group: Any = None,
 ) -> HessianOperator | GGNOperator:
     """The Hessian (or GGN) over the quantizable weights, one block per layer.
 
@@ -44,8 +45,8 @@ def layer_operator(
     layers, quantize_biases
         Which parameters form the layers (see :func:`resolve_layers`).
     curvature : {"hessian", "ggn"}
-    output_key, outputs_fn, allow_train_mode
-        Operator options.
+    output_key, outputs_fn, allow_train_mode, group
+        Operator options (``group``: data parallel, ``data`` this rank's shard).
 
     Examples
     --------
@@ -61,7 +62,7 @@ def layer_operator(
     names = [name for group in groups.values() for name in group]
     return CURVATURES[curvature](
         model, loss_fn, data, params=names, blocks=groups, output_key=output_key,
-        outputs_fn=outputs_fn, allow_train_mode=allow_train_mode,
+        outputs_fn=outputs_fn, allow_train_mode=allow_train_mode, group=group,
     )  # fmt: skip
 
 

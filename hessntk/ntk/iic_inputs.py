@@ -32,6 +32,7 @@ def iic_inputs(
     params: Any = None,
     output_key: str | int | None = None,
     outputs_fn: Callable[[Any], torch.Tensor] | None = None,
+    group: Any = None,
 ) -> tuple[GramOperator, RegulariserOperator | None]:
     """Return ``(K, regulariser or None)`` for :func:`hessntk.criteria.iic`.
 
@@ -50,6 +51,6 @@ def iic_inputs(
                          "(a state dict or a model holding theta0).")
     K = GramOperator(model, data=batches, params=params, prior=None if general else prior,
                      outputs=IIC_OBSERVATIONS[observations], output_key=output_key,
-                     outputs_fn=outputs_fn)
+                     outputs_fn=outputs_fn, group=group)
     regulariser = RegulariserOperator(prior, K.unravel(K.theta())) if general else None
     return K, regulariser
