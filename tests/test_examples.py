@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = [
     ("hessian_cnn.py", [], "eigen"),
     ("ntk_spectrum.py", [], ""),
+    ("data_parallel.py", ["--n-train", "64", "--steps", "10"], "top eigenvalues"),
     ("model_selection.py", ["--n-train", "100", "--widths", "8", "32", "128"], "Kendall tau"),
     ("compare_checkpoints.py", ["--n-train", "60", "--steps", "90", "--every", "30"],
      "Kendall tau"),

@@ -8,6 +8,7 @@ hang or a bare gloo message. The spectral core reaches these only through the du
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +42,8 @@ class Communicator:
     num_calls, num_bytes : int
         Collectives run so far and the bytes this rank contributed to them (what a
         benchmark reports as communication per step).
+    seconds : float
+        Wall time spent inside the collectives (waiting for slower ranks included).
 
     Raises
     ------
@@ -68,6 +71,7 @@ class Communicator:
         self.backend = str(dist.get_backend(self.group))
         self.num_calls = 0
         self.num_bytes = 0
+        self.seconds = 0.0
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size}, backend={self.backend!r})"
@@ -168,6 +172,7 @@ class Communicator:
         if args:  # the tensor this rank sends (all_gather: the second argument)
             sent = args[1] if fn is dist.all_gather else args[0]
             self.num_bytes += sent.numel() * sent.element_size()
+        start = time.perf_counter()
         try:
             fn(*args, **kwargs)
         except (RuntimeError, ValueError) as err:
@@ -177,6 +182,8 @@ class Communicator:
                 "(hessntk.distributed.init(timeout=...), torchrun: the --timeout flag of "
                 "hessntk) bounds how long the others wait."
             ) from err
+        finally:
+            self.seconds += time.perf_counter() - start
 
 
 def digest(text: str) -> float:

@@ -142,7 +142,8 @@ def flatten_params(params: Any, what: str = "params") -> TreeLayout:
             "jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)."
         )
     first = next((leaf for _, leaf in flat_with_path if isinstance(leaf, jax.Array)), None)
-    device = next(iter(first.devices())) if first is not None else jax.devices()[0]
+    device = jax.devices()[0] if first is None else (
+        next(iter(first.devices())) if len(first.devices()) == 1 else first.sharding)
     tree = jax.tree_util.tree_map(lambda a: commit(a, device), params)
     return TreeLayout(tree, treedef, [path_name(p) for p, _ in flat_with_path])
 

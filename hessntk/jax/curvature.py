@@ -44,6 +44,7 @@ from hessntk.jax._common import (
     ravel_tree,
     unravel_like,
 )
+from hessntk.jax.sharding import mesh_shardings, shard_batches
 from hessntk.spectral.layout import ParamBlocks, ParamLayout, resolve_blocks
 from hessntk.spectral.operators import LinearOperator
 
@@ -114,9 +115,15 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         blocks: BlockSpec,
         chunk_size: int | None,
         check_deterministic: bool,
+        mesh: Any = None,
+        batch_axis: str | None = None,
         _checked: float | None = None,
     ) -> None:
         _check_chunk_size(chunk_size)
+        self.mesh, self.batch_axis = mesh, batch_axis
+        if mesh is not None:
+            replicated, sharded, size = mesh_shardings(mesh, batch_axis)
+            params = jax.device_put(params, replicated)
         self.full: TreeLayout = flatten_params(params)
         self._idx = _selection(self.full, select)
         leaves = jax.tree_util.tree_leaves(self.full.tree)
@@ -130,6 +137,8 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         self.batches: list[Batch] = convert_batches(
             raw, "data", self.full.dtype, self.full.device
         )
+        if mesh is not None:
+            self.batches = shard_batches(self.batches, sharded, size)
         self.batch_sizes = [b.num_samples for b in self.batches]
         self.num_samples = sum(self.batch_sizes)
         self.weights = [n_b / self.num_samples for n_b in self.batch_sizes]
@@ -283,6 +292,13 @@ class HessianOperator(_CurvatureOperator):
         Evaluate the loss on the first batch in two separate jit traces and refuse a
         function whose value differs (randomness drawn outside the inputs, e.g. a dropout
         key from Python: every compiled product would use different random numbers).
+    mesh : jax.sharding.Mesh, optional
+        Data parallel over the mesh's devices: parameters and vectors replicated, each
+        batch's samples sharded along ``batch_axis`` (default the mesh's first axis); each
+        product compiles once into a partitioned program and every device holds the whole
+        product (:mod:`hessntk.jax.sharding`, which also says how to run multi-host).
+    batch_axis : str, optional
+        The mesh axis the samples are split along.
 
     Attributes
     ----------
@@ -341,6 +357,8 @@ class HessianOperator(_CurvatureOperator):
         blocks: BlockSpec = "leaf",
         chunk_size: int | None = 32,
         check_deterministic: bool = True,
+        mesh: Any = None,
+        batch_axis: str | None = None,
         _checked: float | None = None,
     ) -> None:
         if not callable(loss_fn):
@@ -349,12 +367,14 @@ class HessianOperator(_CurvatureOperator):
             )
         self.loss_fn = loss_fn
         super().__init__(params, data, select=select, blocks=blocks, chunk_size=chunk_size,
-                         check_deterministic=check_deterministic, _checked=_checked)
+                         check_deterministic=check_deterministic, mesh=mesh,
+                         batch_axis=batch_axis, _checked=_checked)
 
     def _clone(self, select: list[str]) -> HessianOperator:
         return HessianOperator(self.loss_fn, self.full.tree, [b.tree for b in self.batches],
                                select=select, chunk_size=self.chunk_size,
-                               check_deterministic=False, _checked=self.loss)
+                               check_deterministic=False, mesh=self.mesh,
+                               batch_axis=self.batch_axis, _checked=self.loss)
 
     def _batch_call(
         self, batch: Any, V: jax.Array, acc: jax.Array, weight: float, ok: Any
@@ -381,7 +401,7 @@ class GGNOperator(_CurvatureOperator):
         As for :class:`HessianOperator`.
     data : (inputs, targets) or list of (inputs, targets)
         One batch as a pair, or a ``list`` of pairs.
-    select, blocks, chunk_size, check_deterministic
+    select, blocks, chunk_size, check_deterministic, mesh, batch_axis
         As for :class:`HessianOperator`.
 
     Examples
@@ -410,6 +430,8 @@ class GGNOperator(_CurvatureOperator):
         blocks: BlockSpec = "leaf",
         chunk_size: int | None = 32,
         check_deterministic: bool = True,
+        mesh: Any = None,
+        batch_axis: str | None = None,
         _checked: float | None = None,
     ) -> None:
         if not callable(f):
@@ -421,7 +443,8 @@ class GGNOperator(_CurvatureOperator):
         self.f = f
         self.loss_fn = loss_fn
         super().__init__(params, data, select=select, blocks=blocks, chunk_size=chunk_size,
-                         check_deterministic=check_deterministic, _checked=_checked)
+                         check_deterministic=check_deterministic, mesh=mesh,
+                         batch_axis=batch_axis, _checked=_checked)
 
     def _check_raw_batches(self, raw: Sequence[Any]) -> None:
         for i, b in enumerate(raw):
@@ -438,7 +461,7 @@ class GGNOperator(_CurvatureOperator):
         return GGNOperator(self.f, self.loss_fn, self.full.tree,
                            [b.tree for b in self.batches], select=select,
                            chunk_size=self.chunk_size, check_deterministic=False,
-                           _checked=self.loss)
+                           mesh=self.mesh, batch_axis=self.batch_axis, _checked=self.loss)
 
     def _batch_call(
         self, batch: Any, V: jax.Array, acc: jax.Array, weight: float, ok: Any

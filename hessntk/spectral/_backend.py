@@ -439,7 +439,9 @@ def backend_of_array(x: Any) -> Backend:
         return TorchBackend(x.device)
     if is_jax(x):
         devices = getattr(x, "devices", None)
-        device = next(iter(devices())) if callable(devices) else None
+        held = devices() if callable(devices) else set()
+        # An array over several devices (a mesh) is placed by its sharding.
+        device = next(iter(held)) if len(held) == 1 else getattr(x, "sharding", None)
         return JaxBackend(device)
     if isinstance(x, np.ndarray):
         return Backend()

@@ -33,14 +33,15 @@ COMMANDS = {
 VOLATILE = ("timings_s", "wall_time_s", "argv", "settings", "notes", "versions")
 
 
-def torchrun(argv: list[str], out: Path) -> subprocess.CompletedProcess:
+def torchrun(argv: list[str], out: Path | None = None) -> subprocess.CompletedProcess:
     env = rank_env(0, 1, 0)
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                 "MASTER_PORT"):
         env.pop(key)  # torchrun sets them per rank
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--nnodes", "1", "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-           "-m", "hessntk", *argv, "--json", "--timeout", "60", "--out", str(out)]
+           *(["-m", "hessntk", *argv, "--json", "--timeout", "60", "--out", str(out)]
+             if out is not None else argv)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180, cwd=ROOT)
 
 
@@ -92,3 +93,16 @@ def test_torchrun_gives_the_single_process_report(tmp_path: Path, command: str) 
     resumed = json.loads(again.stdout)
     assert any("2 partial result(s) reused" in note for note in resumed["notes"])
     assert resumed["hessian"]["density"] == printed["hessian"]["density"]
+
+
+def test_the_data_parallel_example_prints_the_one_process_numbers() -> None:
+    script = [str(ROOT / "examples" / "data_parallel.py"), "--n-train", "64", "--steps", "10"]
+    alone = subprocess.run([sys.executable, *script], capture_output=True, text=True,
+                           timeout=180, cwd=ROOT)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    parallel = torchrun(script)
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    lines = parallel.stdout.splitlines()
+    assert lines[0].startswith("2 process(es), 64 samples")
+    assert lines[1:3] == alone.stdout.splitlines()[1:3]  # top eigenvalues and trace, rounded
+    assert "collectives" in lines[3]

@@ -212,6 +212,8 @@ def _setup(f: Callable, params: Any, prior: Any, outputs: OutputsSpec) -> _Probl
 def _budget(max_memory: int | float | None, device: Any) -> int:
     """``max_memory=`` in bytes, or a fraction of the device's (else the host's) free memory."""
     free = None
+    if hasattr(device, "device_set"):  # a mesh sharding: the first of its devices
+        device = min(device.device_set, key=lambda d: d.id)
     if max_memory is None and device.platform != "cpu":
         stats = device.memory_stats()
         if stats and "bytes_limit" in stats:

@@ -24,9 +24,23 @@ from hessntk.jax._common import (
 )
 from hessntk.jax.ntk._common import MAX_CHUNK_BYTES, _check_chunk, _chunk, _setup, observe
 from hessntk.jax.ntk.kernels import _jacobian_chunks, _pullback, _pushforward_into
+from hessntk.jax.sharding import mesh_shardings, mesh_spans
 from hessntk.spectral.operators import LinearOperator
 
 __all__ = ["GramOperator"]
+
+
+def batch_leading(tree: Any) -> int:
+    """The number of samples of an inputs tree (the leading axis of its leaves)."""
+    return next(int(leaf.shape[0]) for leaf in jax.tree_util.tree_leaves(tree)
+                if getattr(leaf, "ndim", 0) > 0)
+
+
+def _placed(tree: Any, sharding: Any) -> Any:
+    if sharding is None:
+        return tree
+    return jax.tree_util.tree_map(
+        lambda a: jax.device_put(a, sharding) if getattr(a, "ndim", 0) > 0 else a, tree)
 
 
 class GramOperator(LinearOperator):
@@ -56,6 +70,10 @@ class GramOperator(LinearOperator):
         As in :func:`hessntk.jax.gram`.
     chunk_size : int, optional
         Largest number of vectors per vmapped product (wider ``matmat`` calls are split).
+    mesh, batch_axis : optional
+        Data parallel on a ``jax.sharding.Mesh``: parameters replicated, each batch's
+        samples sharded along ``batch_axis`` (as for :class:`hessntk.jax.HessianOperator`;
+        rows keep their order).
 
     Attributes
     ----------
@@ -92,8 +110,13 @@ class GramOperator(LinearOperator):
         prior: Any = None,
         outputs: OutputsSpec = "raw",
         chunk_size: int | None = 32,
+        mesh: Any = None,
+        batch_axis: str | None = None,
     ) -> None:
         _check_chunk(chunk_size)
+        if mesh is not None:
+            replicated, sharded, size = mesh_shardings(mesh, batch_axis)
+            params = jax.device_put(params, replicated)
         self.problem = _setup(f, params, prior, outputs)
         if (inputs is None) == (data is None):
             raise ValueError(
@@ -122,6 +145,14 @@ class GramOperator(LinearOperator):
             raw = [slice_tree(converted[i].tree, sl) for i, sl in spans]
             if targets is not None:
                 targets = [targets[i][sl] for i, sl in spans]
+        if mesh is not None:
+            if batch_size is None:
+                raw = [b.tree for b in converted]
+            parts = mesh_spans([batch_leading(b) for b in raw], size)
+            raw = [_placed(slice_tree(raw[i], sl), sharded if split else None)
+                   for i, sl, split in parts]
+            if targets is not None:
+                targets = [targets[i][sl] for i, sl, _ in parts]
         self._targets = targets
         self.batches, sizes, cs = [], [], set()
         for i, b in enumerate(raw):
