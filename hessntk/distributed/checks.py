@@ -14,7 +14,8 @@ from hessntk.distributed.communicator import Communicator, digest
 from hessntk.distributed.sharding import data_digest
 from hessntk.spectral.layout import ParamLayout
 
-__all__ = ["REPLICATED_FIX", "check_replicas", "check_shards", "communicator",
+__all__ = ["CHECKED_ROWS", "REPLICATED_FIX", "check_replicas", "check_shards", "check_vectors",
+           "communicator",
            "parameter_checksum", "vector_checksum"]
 
 REPLICATED_FIX = ("The spectral core runs replicated: draw probes on the host from the same "
@@ -35,11 +36,29 @@ def parameter_checksum(layout: ParamLayout, params: Mapping[str, torch.Tensor] |
     return [float(layout.n), digest(",".join(layout.names)), *vector_checksum(flat)]
 
 
-def vector_checksum(V: torch.Tensor) -> list[float]:
-    """``sum v`` and ``sum i v_i`` in float64 (a permutation changes the second)."""
-    v = V.detach().reshape(-1).to(torch.float64)
+#: Rows of a product's vectors compared across the ranks (a fixed, evenly spread sample).
+CHECKED_ROWS = 4096
+
+
+def vector_checksum(V: torch.Tensor, rows: int | None = None) -> list[float]:
+    """``sum v`` and ``sum i v_i`` in float64 over ``rows`` evenly spread rows (all: None).
+
+    A product checks a sample of rows only (cheap next to the product): vectors drawn from
+    other seeds on other ranks differ everywhere.
+    """
+    v = V.detach()
+    if rows is not None and v.shape[0] > rows:
+        pick = torch.linspace(0, v.shape[0] - 1, rows, device=v.device).long()
+        v = v[pick]
+    v = v.reshape(-1).to(torch.float64)
     index = torch.arange(1, v.numel() + 1, dtype=torch.float64, device=v.device)
     return [float(v.sum()), float((v * index).sum())]
+
+
+def check_vectors(comm: Communicator, V: torch.Tensor, what: str) -> None:
+    """Refuse a product whose vectors differ across the ranks (sampled rows)."""
+    comm.check_same(vector_checksum(V, CHECKED_ROWS), f"vectors of the {what}",
+                    REPLICATED_FIX)
 
 
 def check_replicas(comm: Communicator, layout: ParamLayout, theta: torch.Tensor) -> None:

@@ -35,12 +35,11 @@ from hessntk._model import (
     to_device,
 )
 from hessntk.distributed.checks import (
-    REPLICATED_FIX,
     check_replicas,
     check_shards,
+    check_vectors,
     communicator,
     parameter_checksum,
-    vector_checksum,
 )
 from hessntk.distributed.sharding import check_sampler
 from hessntk.spectral.layout import ParamBlocks, resolve_blocks
@@ -312,8 +311,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         self._watch.check()
         V = V.to(dtype=self.dtype, device=self.device)
         if self.communicator is not None:  # a rank-dependent vector would mix products
-            self.communicator.check_same(vector_checksum(V), f"vectors of the "
-                                         f"{self._product_name}", REPLICATED_FIX)
+            check_vectors(self.communicator, V, self._product_name)
         return self._sum(self._local_matmat(V), f"the {self._product_name}").T
 
     def _local_matmat(self, V: torch.Tensor) -> torch.Tensor:

@@ -11,13 +11,7 @@ from torch import nn
 
 from hessntk._model import ParamWatch, call_model, check_finite, concat_inputs, ravel_params
 from hessntk._priors import prior_label
-from hessntk.distributed.checks import (
-    REPLICATED_FIX,
-    check_replicas,
-    check_shards,
-    communicator,
-    vector_checksum,
-)
+from hessntk.distributed.checks import check_replicas, check_shards, check_vectors, communicator
 from hessntk.ntk._common import (
     OutputsSpec,
     as_batches,
@@ -191,8 +185,7 @@ class GramOperator(LinearOperator):
         """``K V = J S J^T V`` for ``V`` of shape ``(N, k)``."""
         self._watch.check()
         if self.communicator is not None:  # a rank-dependent vector would mix products
-            self.communicator.check_same(vector_checksum(V), "vectors of the Gram product",
-                                         REPLICATED_FIX)
+            check_vectors(self.communicator, V, "Gram product")
         return self._push(self.problem.scaled(self._pull(V)), V.shape[1])
 
     def _gather_rows(self, local: torch.Tensor, per_sample: int, what: str) -> torch.Tensor:

@@ -85,12 +85,14 @@ class Backend:
         return bool(np.isfinite(x.sum())) or bool(np.isfinite(x).all())
 
     def recurrence(self, q: Array, w: Array, q_prev: Array | None,
-                   b_prev: Array) -> tuple[Array, Array]:
+                   b_prev: Array, reduce: Any = None) -> tuple[Array, Array]:
         """The Lanczos three-term step on rows: ``a = q.w``, ``w - a q - b_prev q_prev``.
 
         Returns ``(a, w')`` with ``w'`` a new array (``w`` may alias the operator's output).
+        ``reduce``: sums the partial dot products of sharded rows over the ranks.
         """
         a = np.einsum("kn,kn->k", q, w)
+        a = a if reduce is None else reduce(a)
         w = w - a[:, None] * q
         if q_prev is not None:
             w -= b_prev[:, None] * q_prev
@@ -194,9 +196,10 @@ class TorchBackend(Backend):
         return bool(self._torch.isfinite(x.sum())) or bool(self._torch.isfinite(x).all())
 
     def recurrence(self, q: Array, w: Array, q_prev: Array | None,
-                   b_prev: Array) -> tuple[Array, Array]:
+                   b_prev: Array, reduce: Any = None) -> tuple[Array, Array]:
         # Fused: one pass for the dot products, one per subtraction, one new array.
         a = self._torch.linalg.vecdot(q, w)
+        a = a if reduce is None else reduce(a)
         w = self._torch.addcmul(w, q, a[:, None], value=-1.0)
         if q_prev is not None:
             w.addcmul_(q_prev, b_prev[:, None], value=-1.0)
@@ -313,8 +316,9 @@ class JaxBackend(Backend):
         return bool(self._jnp.isfinite(x).all())
 
     def recurrence(self, q: Array, w: Array, q_prev: Array | None,
-                   b_prev: Array) -> tuple[Array, Array]:
+                   b_prev: Array, reduce: Any = None) -> tuple[Array, Array]:
         a = self._jnp.sum(q * w, axis=1)
+        a = a if reduce is None else reduce(a)
         w = w - a[:, None] * q
         if q_prev is not None:
             w = w - b_prev[:, None] * q_prev

@@ -154,13 +154,14 @@ def lanczos(
         and reads it at host-to-device bandwidth: pair it with ``reorth="partial"``.
     shard_basis : bool
         For a data-parallel operator (one with a ``communicator``: built with ``group=``),
-        store on each rank only its slice of every basis vector (entries ``[r n // W,
-        (r + 1) n // W)`` of rank ``r`` of ``W``): basis memory per rank divided by ``W``.
-        The recurrence vectors stay whole and replicated (every rank computes the same
-        coefficients); a Gram-Schmidt sweep all-reduces the ``k j`` partial inner products
-        and gathers the ``k n`` correction, once each. The numbers equal the unsharded
-        run's to rounding (the inner products are summed in another order). A returned
-        basis holds this rank's slice.
+        keep on each rank only its slice of every Lanczos vector (entries ``[r n // W,
+        (r + 1) n // W)`` of rank ``r`` of ``W``): the recurrence, the stored basis and
+        the reorthogonalisation work on slices, so their memory and work per rank are
+        divided by ``W``. Per step the next vectors are gathered once for the product (in
+        the operator's dtype, the cast the product makes anyway: ``k n`` numbers), and the
+        inner products are all-reduced (``k`` numbers, ``k j`` per Gram-Schmidt sweep).
+        The numbers equal the unsharded run's to rounding (the inner products are summed
+        in another order). A returned basis holds this rank's slice.
 
     Returns
     -------
@@ -192,7 +193,6 @@ def lanczos(
     stored = basis_storage(op, basis_dtype)
     on = _basis_device(op, basis_device)
     shard = basis_shard(op, shard_basis)
-    cols = slice(None) if shard is None else shard.cols
     width = n if shard is None else shard.width
     full = reorth == "full"
     V0 = _start_vectors(op, v0, num_probes, seed)
@@ -206,6 +206,8 @@ def lanczos(
     num_reorth = 0
     q = xp.transpose(V0)  # (k, n), float64
     q = q / xp.norm(q, axis=1)[:, None]
+    if shard is not None:  # each rank keeps its slice of every Lanczos vector
+        q = q[:, shard.cols]
     first = q  # for the symmetry check of the second step
     q_prev = None  # the previous Lanczos vector of each active probe
     alpha = np.zeros((k, m))
@@ -219,13 +221,15 @@ def lanczos(
     tol = BREAKDOWN_FACTOR * xp.eps(op.dtype)
     total = 0
     for j in progress(range(m), "Lanczos steps"):
-        w = _apply(op, q, j, active)
+        w = _apply(op, q if shard is None else shard.whole(q, op.dtype), j, active)
         total += len(active)
         norm_est[active] = np.maximum(norm_est[active], xp.to_numpy(xp.norm(w, axis=1)))
+        if shard is not None:
+            w = w[:, shard.cols]
         b_prev = xp.from_numpy(beta[active, j - 1] if j > 0 else np.zeros(len(active)),
                                xp.float64)
         if j == 1:
-            check_symmetry_step(op, xp.to_numpy(xp.sum(first * w, axis=1)), beta[active, 0],
+            check_symmetry_step(op, xp.to_numpy(_dots(xp, first, w, shard)), beta[active, 0],
                                 norm_est[active], "Lanczos")
         if full and xp.name == "jax" and len(active) == k and basis_dtype == "float64" and (
                 shard is None):
@@ -236,15 +240,16 @@ def lanczos(
             if on is not None and len(active) < k:
                 rows = xp.from_numpy(active).to(on)
             if basis is not None and on is not None:
-                basis[rows, j] = xp.cast(q[:, cols], stored).to(on)
+                basis[rows, j] = xp.cast(q, stored).to(on)
             elif basis is not None and xp.name == "jax" and len(active) == k:
                 basis = xp.store_row(basis, j, xp.cast(q, stored))
             elif basis is not None:
-                basis = xp.set_index(basis, (rows, j), xp.cast(q[:, cols], stored))
-            a, w = xp.recurrence(q, w, q_prev if j > 0 else None, b_prev)
+                basis = xp.set_index(basis, (rows, j), xp.cast(q, stored))
+            a, w = xp.recurrence(q, w, q_prev if j > 0 else None, b_prev,
+                                 reduce=None if shard is None else shard.sum)
             if full:
                 w = _reorthogonalise(xp, basis[rows, : j + 1], w, on is not None, shard=shard)
-            b = xp.norm(w, axis=1)
+            b = _norms(xp, w, shard)
         alpha[active, j] = xp.to_numpy(a)
         b_host = xp.to_numpy(b)
         beta[active, j] = b_host
@@ -256,7 +261,7 @@ def lanczos(
                 else:
                     w = _reorthogonalise(xp, basis[rows, : j + 1], w, on is not None,
                                          shard=shard)
-                b = xp.norm(w, axis=1)
+                b = _norms(xp, w, shard)
                 b_host = xp.to_numpy(b)
                 beta[active, j] = b_host
                 omega.reset(active, j)
@@ -394,7 +399,7 @@ def _basis_device(op: LinearOperator, basis_device: Any) -> Any:
 
 @dataclass(frozen=True)
 class BasisShard:
-    """This rank's slice ``cols`` of every basis vector, and the ranks' collectives."""
+    """This rank's slice ``cols`` of every Lanczos vector, and the ranks' collectives."""
 
     communicator: Any
     cols: slice
@@ -403,6 +408,27 @@ class BasisShard:
     @property
     def width(self) -> int:
         return self.cols.stop - self.cols.start
+
+    def sum(self, x: Array) -> Array:
+        """Partial sums (dot products over this rank's slice) summed over the ranks."""
+        return self.communicator.sum(x, "a Lanczos inner product")
+
+    def whole(self, q: Array, dtype: Any) -> Array:
+        """The rows ``q`` gathered from their slices, in ``dtype`` (the product's: the
+        cast the product would make anyway, so no precision is lost on the wire)."""
+        return self.communicator.gather(q.to(dtype), self.counts, "the next Lanczos vector",
+                                        dim=1)
+
+
+def _dots(xp: Any, a: Array, b: Array, shard: BasisShard | None) -> Array:
+    """Row-wise dot products of (possibly sharded) rows."""
+    d = xp.sum(a * b, axis=1)
+    return d if shard is None else shard.sum(d)
+
+
+def _norms(xp: Any, w: Array, shard: BasisShard | None) -> Array:
+    """Row norms of (possibly sharded) rows."""
+    return xp.norm(w, axis=1) if shard is None else _dots(xp, w, w, shard) ** 0.5
 
 
 def basis_shard(op: LinearOperator, shard_basis: bool) -> BasisShard | None:
@@ -432,31 +458,26 @@ def _reorthogonalise(xp: Any, Q: Array, w: Array, streamed: bool = False,
     the stored basis is read contiguously. ``streamed``: ``Q`` lives on another device and
     is moved to ``w``'s in blocks of basis vectors of at most ``block_bytes``
     (:data:`BASIS_BLOCK_BYTES`); classical Gram-Schmidt's coefficients depend on ``w``
-    only, so each block is used once per sweep. ``shard``: ``Q`` holds this rank's slice
-    of the basis; the partial inner products are summed over the ranks and the correction's
-    slices gathered (one all-reduce and one all-gather per sweep).
+    only, so each block is used once per sweep. ``shard``: ``Q`` and ``w`` hold this rank's
+    slices; the partial inner products are summed over the ranks (one all-reduce of ``k j``
+    numbers per sweep), the correction stays local.
     """
-    before = xp.to_numpy(xp.norm(w, axis=1))
+    before = xp.to_numpy(_norms(xp, w, shard))
     per_vector = Q.shape[0] * Q.shape[2] * Q.element_size() if streamed else 1
     step = max(1, (block_bytes or BASIS_BLOCK_BYTES) // per_vector) if streamed else Q.shape[1]
     for sweep in range(2):
         v = xp.cast(w, Q.dtype)  # no-op unless the basis is in the operator's dtype
         correction = None
-        if shard is not None:
-            v = v[:, shard.cols]
         for start in range(0, Q.shape[1], step):
             block = Q[:, start : start + step]
             if streamed:
                 block = block.to(w.device, non_blocking=True)
             coeffs = v[:, None, :] @ xp.transpose(block)  # (k, 1, j)
             if shard is not None:
-                coeffs = shard.communicator.sum(coeffs, "the reorthogonalisation")
+                coeffs = shard.sum(coeffs)
             part = (coeffs @ block)[:, 0, :]
             correction = part if correction is None else correction + part
-        if shard is not None:
-            correction = shard.communicator.gather(correction, shard.counts,
-                                                   "the reorthogonalisation", dim=1)
         w = w - xp.cast(correction, w.dtype)
-        if sweep == 0 and np.all(xp.to_numpy(xp.norm(w, axis=1)) >= before / np.sqrt(2.0)):
+        if sweep == 0 and np.all(xp.to_numpy(_norms(xp, w, shard)) >= before / np.sqrt(2.0)):
             break
     return w

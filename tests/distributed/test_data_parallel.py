@@ -93,6 +93,7 @@ def test_a_stalled_rank_times_out_the_other(tmp_path: Path) -> None:
     ("other_parameters", "Expected the same parameters"),
     ("same_data", "Expected each rank to hold its own data shard"),
     ("padding_sampler", "pads 37 samples to 38"),
+    ("other_vectors", "Expected the same vectors of the Hessian-vector product"),
 ])
 def test_inconsistent_ranks_are_refused_on_every_rank(tmp_path: Path, job: str,
                                                       message: str) -> None:

@@ -75,9 +75,24 @@ def assert_same_numbers(single: dict, parallel: dict) -> None:
         assert np.allclose(b[key], expected, rtol=0, atol=RTOL * max(scale, 1e-300)), key
 
 
-@pytest.mark.parametrize("command", list(COMMANDS))
+def checkpoints(folder: Path) -> list[str]:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import cli_models
+
+    paths = []
+    for steps in (5, 120):
+        path = folder / f"steps{steps}.pt"
+        torch.save(cli_models.train(steps), path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "compare"])
 def test_torchrun_gives_the_single_process_report(tmp_path: Path, command: str) -> None:
-    argv = COMMANDS[command]
+    argv = COMMANDS.get(command) or ["compare", f"{MODELS}:build", *checkpoints(tmp_path),
+                                     "--probes", "4", "--steps", "10"]
     assert main([*argv, "--json", "--quiet", "--threads", "1", "--out",
                  str(tmp_path / "single")]) == 0
     single = json.loads((tmp_path / "single" / "report.json").read_text())

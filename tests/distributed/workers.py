@@ -87,6 +87,14 @@ def same_data(comm: hessntk.distributed.Communicator) -> dict:
     return _refused(lambda: _mlp_operator(comm, data=(x, y)))
 
 
+def other_vectors(comm: hessntk.distributed.Communicator) -> dict:
+    """Each rank draws its own vector (another seed): the product refuses it."""
+    H = _mlp_operator(comm)
+    v = torch.randn(H.shape[0], 2, generator=torch.Generator().manual_seed(comm.rank),
+                    dtype=torch.float64)
+    return _refused(lambda: H @ v)
+
+
 def padding_sampler(comm: hessntk.distributed.Communicator) -> dict:
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -108,7 +116,7 @@ def exact_sampler(comm: hessntk.distributed.Communicator) -> dict:
 
 
 JOBS = {f.__name__: f for f in (core, rank_exits, rank_stalls, other_parameters, same_data,
-                                padding_sampler, exact_sampler)}
+                                other_vectors, padding_sampler, exact_sampler)}
 
 
 def main() -> None:
