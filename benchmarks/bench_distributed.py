@@ -111,23 +111,22 @@ def main() -> None:
               f"{100 * r['products'] / r['wall']:7.1f} {comm:7.1f} "
               f"{r['basis_bytes'] / 2**20:15.1f} {sent:14.1f} {diff:12.2e}")
     sharded = runs["2 processes x 1 thread, sharded basis"]
-    per_step = sharded["bytes"] / steps  # bytes one rank sends per Lanczos step
     n, k = single["n"], args.probes
     print(f"\nspeed-up of 2 processes over 1 process x 2 threads: "
           f"{single['wall'] / runs['2 processes x 1 thread']['wall']:.2f}x (replicated basis), "
           f"{single['wall'] / sharded['wall']:.2f}x (sharded)")
-    # Paper estimate, 8 GPUs: a ring all-reduce moves 2 (W - 1) / W of a buffer per rank; the
-    # product's all-reduce is n k float32 per step, and each reorthogonalisation sweep adds
-    # an all-gather of the k n float64 correction. NVLink ~ 150 GB/s per direction per GPU.
-    w, bw = 8, 150e9
-    product_bytes = 4 * n * k
-    ring = 2 * (w - 1) / w * product_bytes
-    print(f"8 GPUs (paper estimate): measured {per_step / 1024:.0f} KiB sent per step and rank "
-          f"here; the product's all-reduce of {product_bytes / 2**20:.2f} MiB costs "
-          f"{1e6 * ring / bw:.1f} us per step at {bw / 1e9:.0f} GB/s, against a Hessian "
-          "product of milliseconds for a model this size: communication stays under 1% of a "
-          "step until the per-rank product falls below ~1 ms (about 8x fewer samples per "
-          "rank than here).")
+    # Paper estimate, 8 GPUs (NVLink, ~150 GB/s per direction per GPU): a ring all-reduce
+    # moves 2 (W - 1) / W of the buffer per rank, an all-gather (W - 1) / W. Per step: the
+    # product's all-reduce of n k float32 and the gather of the next vectors (float32).
+    w, bandwidth = 8, 150e9
+    vectors = 4 * n * k
+    seconds = (2 * (w - 1) / w * vectors + (w - 1) / w * vectors) / bandwidth
+    measured = (sharded["comm_seconds"] / steps, sharded["bytes"] / steps)
+    print(f"communication per step, measured here (2 ranks, loopback TCP): "
+          f"{1e3 * measured[0]:.1f} ms for {measured[1] / 2**20:.1f} MiB sent per rank")
+    print(f"8 GPUs (paper estimate, {bandwidth / 1e9:.0f} GB/s): {1e6 * seconds:.0f} us per "
+          f"step for the all-reduce and the gather of {vectors / 2**20:.1f} MiB of vectors: "
+          f"under 1% of a step whose products take more than {100 * seconds * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":
