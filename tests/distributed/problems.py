@@ -7,6 +7,7 @@ unchanged on both.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ KEYS = ("HV", "Hv", "HV_func", "GV", "HV_cnn", "gradient", "loss", "loss_at", "n
         "block_HV", "eigsh", "trace", "KW", "K_dense", "K_diagonal", "K_vjp", "K_outputs",
         "K_targets", "iic", "slq_full_nodes", "slq_full_weights", "slq_partial_nodes",
         "slq_partial_weights", "lanczos_alpha", "lanczos_beta", "quantization_error",
-        "quantization_trace")
+        "quantization_trace", "HV_gpt2", "loss_gpt2", "cg")
 
 
 def mlp() -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
@@ -68,6 +69,30 @@ def regression() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return net, x, y
 
 
+def gpt2() -> tuple[nn.Module, dict]:
+    """A tiny GPT-2 with its own token-mean loss: masked padding, some labels -100."""
+    import transformers
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(4)
+    config = GPT2Config(vocab_size=11, n_positions=8, n_embd=8, n_layer=1, n_head=2,
+                        bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config).double().eval()
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(1, 11, (7, 5), generator=g)
+    mask = torch.ones(7, 5, dtype=torch.long)
+    mask[1, 3:] = mask[4, 2:] = mask[6, 4:] = 0  # padded sequences
+    labels = ids.masked_fill(mask == 0, -100)  # ragged token counts per shard
+    return model, {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def own_loss_operator(lm: nn.Module, text: dict, group: Any) -> HessianOperator:
+    with warnings.catch_warnings():  # "loss computed in float32": known, see LOOSER
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return HessianOperator(lm, None, text, group=group)
+
+
 def batches(x: torch.Tensor, y: torch.Tensor, size: int = 8) -> list[tuple[Any, Any]]:
     return [(x[i : i + size], y[i : i + size]) for i in range(0, x.shape[0], size)]
 
@@ -81,13 +106,22 @@ def operators(group: Any = None) -> dict[str, Any]:
     data = batches(*part(x, y))
     conv, closs, cx, cy = cnn()
     rnet, rx, ry = regression()
+    lm, text = gpt2()
+    text = text if group is None else hessntk.distributed.shard(text, group)
     return {
+        "H_gpt2": own_loss_operator(lm, text, group),
         "H": HessianOperator(net, loss, data, blocks="layer", group=group),
         "H_func": HessianOperator(net, loss, data, method="func", group=group),
         "G": GGNOperator(net, loss, data, group=group),
         "H_cnn": HessianOperator(conv, closs, batches(*part(cx, cy), size=4), group=group),
         "K": GramOperator(rnet, data=batches(*part(rx, ry), size=4), prior=1.0, group=group),
     }
+
+
+def damped(G: Any, shift: float) -> Any:
+    """``G + shift I`` (SPD for a PSD GGN), for conjugate gradients."""
+    return hessntk.aslinearoperator(lambda v: G @ v + shift * v, n=G.shape[0], dtype=G.dtype,
+                                    matmat=lambda V: G @ V + shift * V)
 
 
 def results(ops: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -97,6 +131,7 @@ def results(ops: dict[str, Any]) -> dict[str, np.ndarray]:
     V = torch.randn(H.shape[0], 5, generator=g, dtype=torch.float64)
     W = torch.randn(K.shape[0], 3, generator=g, dtype=torch.float64)
     Vc = torch.randn(ops["H_cnn"].shape[0], 3, generator=g, dtype=torch.float64)
+    Vg = torch.randn(ops["H_gpt2"].shape[0], 2, generator=g, dtype=torch.float64)
     sharded = H.communicator is not None
     out: dict[str, Any] = {
         "HV": H @ V, "Hv": H @ V[:, 0], "HV_func": ops["H_func"] @ V, "GV": ops["G"] @ V,
@@ -108,6 +143,8 @@ def results(ops: dict[str, Any]) -> dict[str, np.ndarray]:
         "KW": K @ W, "K_dense": K.dense(), "K_diagonal": K.diagonal(), "K_vjp": K.vjp(W),
         "K_outputs": K.outputs(), "K_targets": K.targets(),
         "iic": iic(K).value,
+        "HV_gpt2": ops["H_gpt2"] @ Vg, "loss_gpt2": ops["H_gpt2"].loss,
+        "cg": hessntk.spectral.cg(damped(ops["G"], 0.1), V[:, :2], tol=1e-12).x,
     }
     for reorth in ("full", "partial"):
         d = hessntk.slq(H, num_probes=3, num_matvecs=15, seed=0, reorth=reorth,

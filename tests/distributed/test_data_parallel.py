@@ -21,6 +21,8 @@ from launch import run_ranks  # noqa: E402
 
 #: Relative agreement of a distributed float64 result with the single-process one.
 RTOL = 1e-12
+#: transformers computes GPT-2's own loss in float32 (logits.float()): float32 rounding.
+LOOSER = {"HV_gpt2": 1e-6, "loss_gpt2": 1e-6}
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed is not available")
@@ -51,7 +53,7 @@ def test_two_ranks_give_the_single_process_numbers(core: tuple, key: str) -> Non
     assert np.array_equal(rank0[key], rank1[key])  # replicated: the same bits on every rank
     expected = reference[key]
     scale = max(np.max(np.abs(expected)), np.finfo(np.float64).tiny)
-    assert np.max(np.abs(rank0[key] - expected)) <= RTOL * scale
+    assert np.max(np.abs(rank0[key] - expected)) <= LOOSER.get(key, RTOL) * scale
 
 
 def test_every_reference_result_is_compared(core: tuple) -> None:
@@ -65,7 +67,7 @@ def test_one_rank_gives_the_single_process_numbers(tmp_path: Path, core: tuple) 
     _, reference = core
     for key in problems.KEYS:
         scale = max(np.max(np.abs(reference[key])), np.finfo(np.float64).tiny)
-        assert np.max(np.abs(rank0[key] - reference[key])) <= RTOL * scale, key
+        assert np.max(np.abs(rank0[key] - reference[key])) <= LOOSER.get(key, RTOL) * scale, key
 
 
 def test_sharded_basis_keeps_each_ranks_slice(core: tuple) -> None:
