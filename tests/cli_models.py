@@ -84,3 +84,25 @@ def accuracy(state: dict[str, torch.Tensor]) -> float:
     x, y = data()
     with torch.no_grad():
         return float(np.mean((net(x).argmax(1) == y).numpy()))
+
+
+class _DiesOnRankOne(nn.Module):
+    """The MLP; its third forward call (the first product) kills rank 1 (a rank gone mid-run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = model()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import os
+
+        self.calls += 1
+        if self.calls == 3 and os.environ.get("RANK") == "1":  # after the data check
+            os._exit(3)
+        return self.net(x)
+
+
+def dies_on_rank_one() -> tuple[nn.Module, nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """``build``'s problem, but under torchrun rank 1 dies during the first products."""
+    return _DiesOnRankOne().double().eval(), nn.CrossEntropyLoss(), data()

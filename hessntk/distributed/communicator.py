@@ -69,6 +69,10 @@ class Communicator:
         self.rank = dist.get_rank(self.group)
         self.size = dist.get_world_size(self.group)
         self.backend = str(dist.get_backend(self.group))
+        # Where collectives run: NCCL moves CUDA tensors only, gloo host tensors (and CUDA
+        # ones by a copy we make explicit).
+        self.device = (torch.device("cuda", torch.cuda.current_device())
+                       if self.backend == "nccl" else torch.device("cpu"))
         self.num_calls = 0
         self.num_bytes = 0
         self.seconds = 0.0
@@ -116,12 +120,12 @@ class Communicator:
 
     def gather_numbers(self, values: Sequence[float], what: str) -> np.ndarray:
         """Every rank's ``values`` (float64), shape ``(size, len(values))``."""
-        x = torch.tensor(list(values), dtype=torch.float64)
+        x = torch.tensor(list(values), dtype=torch.float64, device=self.device)
         if self.size == 1:
-            return x.numpy()[None]
+            return x.cpu().numpy()[None]
         parts = [torch.empty_like(x) for _ in range(self.size)]
         self._call(dist.all_gather, what, parts, x, group=self.group)
-        return torch.stack(parts).numpy()
+        return torch.stack(parts).cpu().numpy()
 
     def share(self, obj: Any, what: str = "a result of rank 0") -> Any:
         """Rank 0's picklable ``obj`` on every rank (the others pass anything)."""
@@ -162,9 +166,9 @@ class Communicator:
 
     # -- plumbing ---------------------------------------------------------------------------
     def _wire(self, x: torch.Tensor) -> torch.Tensor:
-        """A contiguous copy on a device the backend moves (host memory for gloo)."""
-        if self.backend == "gloo" and x.device.type != "cpu":
-            return x.detach().to("cpu").contiguous()
+        """A contiguous copy on the device the backend moves (host memory for gloo)."""
+        if x.device != self.device:
+            return x.detach().to(self.device).contiguous()
         return x.detach().clone().contiguous()
 
     def _call(self, fn: Any, what: str, *args: Any, **kwargs: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,14 @@ def test_the_data_parallel_example_prints_the_one_process_numbers() -> None:
     assert lines[0].startswith("2 process(es), 64 samples")
     assert lines[1:3] == alone.stdout.splitlines()[1:3]  # top eigenvalues and trace, rounded
     assert "collectives" in lines[3]
+
+
+def test_a_rank_that_dies_under_torchrun_stops_the_run(tmp_path: Path) -> None:
+    argv = ["spectrum", f"{MODELS}:dies_on_rank_one", "--k", "2", "--probes", "2", "--steps",
+            "5", "--trace-matvecs", "4"]
+    start = time.monotonic()
+    done = torchrun(argv, tmp_path / "out")
+    assert done.returncode != 0
+    assert time.monotonic() - start < 120  # torchrun stops the others; no hang
+    assert "exitcode  : 3" in done.stderr  # rank 1's own exit code is the root cause
+    assert not (tmp_path / "out" / "report.json").exists()

@@ -130,8 +130,11 @@ def main() -> None:
         traceback.print_exc()
         raise
     torch.save(result, out / f"{job}.rank{comm.rank}.pt")
-    if job not in ("rank_exits", "rank_stalls"):
-        dist.destroy_process_group()
+    if job in ("rank_exits", "rank_stalls"):
+        # The group is broken: gloo's threads may abort a normal interpreter exit.
+        sys.stdout.flush()
+        os._exit(0)
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
