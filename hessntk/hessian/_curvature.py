@@ -48,6 +48,12 @@ from hessntk.spectral.operators import LinearOperator
 __all__ = ["BlockSpec", "LossFn"]
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
+
+#: Default vectors per batched product. Per vector, on the MLP 301k (2 threads, 96 vectors):
+#: Hessian graph 12.9-17.5 ms at 16 against 20.1-21.1 at 32 and 18.6-26.3 in one chunk;
+#: func 11.8-16.1 against 15.7-20.8; GGN 11.6-14.5 against 14.6-15.6. Wider chunks only
+#: add the memory of their activations.
+CHUNK_SIZE = 16
 BlockSpec = str | Mapping[str, Sequence[str]]
 
 
@@ -68,7 +74,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         outputs_fn: Callable[[Any], torch.Tensor] | None = None,
         allow_train_mode: bool = False,
         method: str = "func",
-        chunk_size: int | None = 32,
+        chunk_size: int | None = CHUNK_SIZE,
         group: Any = None,
         _checked: tuple[int, float, list[float]] | None = None,
     ) -> None:
