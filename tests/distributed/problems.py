@@ -26,7 +26,8 @@ KEYS = ("HV", "Hv", "HV_func", "GV", "HV_cnn", "gradient", "loss", "loss_at", "n
         "block_HV", "eigsh", "trace", "KW", "K_dense", "K_diagonal", "K_vjp", "K_outputs",
         "K_targets", "iic", "slq_full_nodes", "slq_full_weights", "slq_partial_nodes",
         "slq_partial_weights", "lanczos_alpha", "lanczos_beta", "quantization_error",
-        "quantization_trace", "HV_gpt2", "loss_gpt2", "cg")
+        "quantization_trace", "HV_gpt2", "loss_gpt2", "cg", "gram_lanczos_alpha",
+        "gram_lanczos_beta", "gram_lanczos_steps", "gram_lanczos_breakdown")
 
 
 def mlp() -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
@@ -152,6 +153,12 @@ def results(ops: dict[str, Any]) -> dict[str, np.ndarray]:
         out[f"slq_{reorth}_nodes"], out[f"slq_{reorth}_weights"] = d.nodes, d.weights
     T = hessntk.lanczos(H, 20, num_probes=2, seed=1, reorth="full", shard_basis=sharded)
     out["lanczos_alpha"], out["lanczos_beta"] = T.alpha, T.beta
+    # Probes that stop early (max_steps) and run to the full dimension (a breakdown): the
+    # sharded vectors follow the active subsets.
+    T = hessntk.lanczos(K, K.shape[0], num_probes=3, seed=2, reorth="partial",
+                        max_steps=[7, K.shape[0], 15], shard_basis=sharded)
+    out["gram_lanczos_alpha"], out["gram_lanczos_beta"] = T.alpha, T.beta
+    out["gram_lanczos_steps"], out["gram_lanczos_breakdown"] = T.num_steps, T.breakdown
     q = quantization_sensitivity(H, bits=(2, 4), num_matvecs=20, seed=0)
     out["quantization_error"], out["quantization_trace"] = q.error, q.trace
     return {k: np.asarray(v.detach().numpy() if torch.is_tensor(v) else v, dtype=np.float64)
