@@ -27,6 +27,7 @@ __all__ = [
     "dtype_error",
     "ParamWatch",
     "check_loader",
+    "loader_sampler",
     "ParamLayout",
     "as_flat",
     "ParamSpec",
@@ -566,11 +567,11 @@ def check_loader(data: Any) -> None:
     ...
     ValueError: Expected a DataLoader that yields the same batches on every pass; ...
     """
-    from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
+    from torch.utils.data import DistributedSampler, SequentialSampler
 
-    if not isinstance(data, DataLoader):
+    sampler = loader_sampler(data)
+    if sampler is None:
         return
-    sampler = data.batch_sampler.sampler if data.batch_sampler is not None else data.sampler
     # A DistributedSampler draws its order from (seed, epoch): the same on every pass. Its
     # shards are checked against the process group by hessntk.distributed.check_sampler.
     if isinstance(sampler, (SequentialSampler, DistributedSampler)):
@@ -585,6 +586,15 @@ def check_loader(data: Any) -> None:
         "other batches. Pass DataLoader(dataset, batch_size=..., shuffle=False): the "
         "full-data mean loss does not depend on the order."
     )
+
+
+def loader_sampler(data: Any) -> Any:
+    """The sampler a ``DataLoader`` draws its batches from (None for other data)."""
+    from torch.utils.data import DataLoader
+
+    if not isinstance(data, DataLoader):
+        return None
+    return data.batch_sampler.sampler if data.batch_sampler is not None else data.sampler
 
 
 def iter_batches(data: Any, *, reiterable: bool = False) -> Iterator[tuple[Any, Any]]:

@@ -17,7 +17,7 @@ from hessntk.cli.analyses import (
     ntk_analysis,
     quantization_analysis,
 )
-from hessntk.cli.text import cli_words, fmt, timed
+from hessntk.cli.text import CLIError, cli_words, fmt, timed
 from hessntk.report import to_jsonable
 
 __all__ = ["cmd_compare", "cmd_iic", "cmd_quantization", "cmd_spectrum"]
@@ -36,8 +36,15 @@ def _load(args: argparse.Namespace, checkpoint: str | None = None, group: Any = 
     if args.output_key is not None:
         key = args.output_key
         problem.output_key = int(key) if key.lstrip("-").isdigit() else key
+    sharded = False
+    if group is not None:  # before place(), which turns a loader into a list of batches
+        from hessntk.distributed import check_sampler
+        from hessntk.distributed.sharding import has_distributed_sampler
+
+        check_sampler(problem.data, group)
+        sharded = has_distributed_sampler(problem.data)
     problem = place(problem, device, DTYPES[args.dtype] if args.dtype else None)
-    problem.group = group
+    problem.group, problem.sharded = group, sharded
     return problem
 
 
@@ -74,6 +81,11 @@ def cmd_spectrum(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any
     report, timings = ctx["report"], ctx["timings"]
     out["hessian"] = hessian_analysis(report, problem, args, ctx["store"], timings)
     if args.ntk_samples:
+        if problem.sharded:
+            raise CLIError("--ntk-samples under torchrun takes the first samples of the data "
+                           "set, but a DistributedSampler gives each rank only its shard: "
+                           "return the data as one batch or a list of batches (hessntk "
+                           "shards it), or drop --ntk-samples")
         outputs = args.ntk_outputs
         if outputs == "auto":
             outputs = "logits" if problem.classification else "raw"

@@ -72,6 +72,7 @@ class Problem:
     output_key: str | int | None = None
     outputs_fn: Callable[[Any], torch.Tensor] | None = None
     group: Any = None  # under torchrun: the Communicator of the ranks
+    sharded: bool = False  # the data is already this rank's (a DistributedSampler's)
 
     @property
     def outputs(self) -> dict[str, Any]:
@@ -86,13 +87,10 @@ class Problem:
     @property
     def local_data(self) -> Any:
         """The data of this rank's operators: its shard under torchrun, else all of it."""
-        if self.group is None:
+        if self.group is None or self.sharded:
             return self.data
         from hessntk.distributed import shard
-        from hessntk.distributed.sharding import has_distributed_sampler
 
-        if has_distributed_sampler(self.data):
-            return self.data
         try:
             return shard(self.data, rank=self.group.rank, size=self.group.size)
         except (TypeError, ValueError) as err:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from hessntk.cli import ranks
 
     t0 = time.perf_counter()
-    comm = ranks.communicator(args.timeout)  # torchrun: one process per rank
+    comm = ranks.communicator(args.timeout, args.device)  # torchrun: one process per rank
     try:
         with _threads(args.threads):
             return _run(args, argv, t0, comm)
@@ -175,12 +175,12 @@ def _compute(args: argparse.Namespace, out: Path, comm: Any = None
     from hessntk.report import PartialStore, Report
 
     timings: dict[str, float] = {}
-    report = Report(out, f"hessntk {args.command}", {})
+    lead = comm is None or comm.rank == 0
+    report = Report(out if lead else None, f"hessntk {args.command}", {})
     resume = bool(getattr(args, "resume", False))
     store = (PartialStore(out, resume=resume) if comm is None
              else RankZeroStore(comm, out, resume=resume))
     ctx = {"report": report, "store": store, "timings": timings, "group": comm}
-    lead = comm is None or comm.rank == 0
     with reporting(enabled=not args.quiet and lead), \
             warnings.catch_warnings(record=True) as caught:
         # hessntk's own warnings become notes of the report (and of the summary); others

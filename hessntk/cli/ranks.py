@@ -18,13 +18,18 @@ from hessntk.cli.text import CLIError, one_line
 __all__ = ["RankZeroStore", "communicator", "on_rank_zero"]
 
 
-def communicator(timeout: float) -> Any:
-    """The world :class:`~hessntk.distributed.Communicator` under torchrun, else None."""
+def communicator(timeout: float, device: str | None = None) -> Any:
+    """The world :class:`~hessntk.distributed.Communicator` under torchrun, else None.
+
+    NCCL for ``--device cuda...``, gloo for ``--device cpu``; without ``--device``, NCCL
+    when CUDA is available.
+    """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return None
     from hessntk.distributed import init
 
-    return init(timeout=timeout)
+    backend = None if device is None else ("nccl" if device.startswith("cuda") else "gloo")
+    return init(backend, timeout=timeout)
 
 
 def on_rank_zero(comm: Any, fn: Any) -> Any:

@@ -43,12 +43,15 @@ def init(backend: str | None = None, *, timeout: float = 120.0) -> Communicator:
         Default: NCCL when CUDA is available, gloo otherwise.
     timeout : float
         Seconds a collective waits for the other ranks before it fails: a rank that died
-        or stalls stops the others with a :class:`DistributedError` within this bound.
+        or stalls stops the others with a :class:`DistributedError` within this bound
+        (gloo; with NCCL, torch's watchdog may abort the process instead of raising).
 
     Returns
     -------
     Communicator
-        Of the world group. With NCCL the current CUDA device is set to ``LOCAL_RANK``.
+        Of the world group. With NCCL the current CUDA device is set to ``LOCAL_RANK``
+        (modulo the visible devices). When ``torch.distributed`` is already initialised,
+        that group's Communicator (its own backend and timeout; the arguments are unused).
 
     Raises
     ------
@@ -61,13 +64,15 @@ def init(backend: str | None = None, *, timeout: float = 120.0) -> Communicator:
     missing = [k for k in ENVIRONMENT if k not in os.environ]
     if missing:
         raise RuntimeError(
-            f"Expected torchrun's environment ({', '.join(ENVIRONMENT)}); got none of "
-            f"{missing}. Start with torchrun --nproc-per-node N ..., or set them."
+            f"Expected torchrun's environment ({', '.join(ENVIRONMENT)}); {', '.join(missing)} "
+            "not set. Start with torchrun --nproc-per-node N ..., or set them."
         )
     if not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ValueError(f"Expected timeout > 0 seconds; got {timeout!r}.")
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"Expected backend 'gloo' or 'nccl'; got {backend!r}.")
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     dist.init_process_group(backend, timeout=timedelta(seconds=float(timeout)))
     return Communicator()

@@ -14,12 +14,17 @@ from hessntk.distributed.communicator import Communicator, digest
 from hessntk.distributed.sharding import data_digest
 from hessntk.spectral.layout import ParamLayout
 
-__all__ = ["CHECKED_ROWS", "REPLICATED_FIX", "check_replicas", "check_shards", "check_vectors",
-           "communicator",
-           "parameter_checksum", "vector_checksum"]
+__all__ = ["CHECKED_ROWS", "REPLICATED_FIX", "agree", "check_replicas", "check_shards",
+           "check_vectors", "communicator", "parameter_checksum", "vector_checksum"]
 
 REPLICATED_FIX = ("The spectral core runs replicated: draw probes on the host from the same "
                   "seed on every rank (hessntk's functions do) and pass the same vectors.")
+
+
+def agree(comm: Communicator | None, fn: Any, what: str) -> Any:
+    """``fn()``: this rank's part; data parallel, an error on any rank stops every rank
+    (:meth:`Communicator.agree`)."""
+    return fn() if comm is None else comm.agree(fn, what)
 
 
 def communicator(group: Any) -> Communicator | None:

@@ -8,6 +8,7 @@ hang or a bare gloo message. The spectral core reaches these only through the du
 
 from __future__ import annotations
 
+import os
 import time
 import zlib
 from collections.abc import Sequence
@@ -67,12 +68,19 @@ class Communicator:
             )
         self.group = dist.group.WORLD if group is None else group
         self.rank = dist.get_rank(self.group)
+        if self.rank < 0:
+            raise ValueError("Expected a process group this process belongs to; got one it is "
+                             "not a member of (rank -1). Pass the group of this rank.")
         self.size = dist.get_world_size(self.group)
         self.backend = str(dist.get_backend(self.group))
         # Where collectives run: NCCL moves CUDA tensors only, gloo host tensors (and CUDA
         # ones by a copy we make explicit).
-        self.device = (torch.device("cuda", torch.cuda.current_device())
-                       if self.backend == "nccl" else torch.device("cpu"))
+        self.device = torch.device("cpu")
+        if self.backend == "nccl":  # this rank's GPU: LOCAL_RANK's (torchrun), else current
+            local = os.environ.get("LOCAL_RANK")
+            index = (int(local) % torch.cuda.device_count() if local is not None
+                     else torch.cuda.current_device())
+            self.device = torch.device("cuda", index)
         self.num_calls = 0
         self.num_bytes = 0
         self.seconds = 0.0
@@ -81,11 +89,15 @@ class Communicator:
         return f"Communicator(rank={self.rank}, size={self.size}, backend={self.backend!r})"
 
     # -- collectives ------------------------------------------------------------------------
-    def sum(self, x: torch.Tensor, what: str = "a sum") -> torch.Tensor:
-        """The elementwise sum of ``x`` over the ranks (the same bits on every rank)."""
+    def sum(self, x: torch.Tensor, what: str = "a sum", *, inplace: bool = False
+            ) -> torch.Tensor:
+        """The elementwise sum of ``x`` over the ranks (the same bits on every rank).
+
+        ``inplace``: ``x`` is a temporary the sum may overwrite (no copy on its device).
+        """
         if self.size == 1:
             return x
-        buf = self._wire(x)
+        buf = self._wire(x, copy=not inplace)
         self._call(dist.all_reduce, what, buf, group=self.group)
         return buf.to(x.device) if buf.device != x.device else buf
 
@@ -110,12 +122,12 @@ class Communicator:
         return out.to(x.device).movedim(0, dim)
 
     def broadcast(self, x: torch.Tensor, src: int, what: str = "a broadcast") -> torch.Tensor:
-        """Rank ``src``'s ``x`` on every rank (``x`` gives the shape and dtype elsewhere)."""
+        """Rank ``src``'s ``x`` on every rank (elsewhere ``x`` is the receive buffer: its
+        shape and dtype, overwritten when on the backend's device)."""
         if self.size == 1:
             return x
-        buf = self._wire(x)
-        root = src if self.group is dist.group.WORLD else dist.get_global_rank(self.group, src)
-        self._call(dist.broadcast, what, buf, root, group=self.group)
+        buf = self._wire(x, copy=False)
+        self._call(dist.broadcast, what, buf, self._global(src), group=self.group)
         return buf.to(x.device) if buf.device != x.device else buf
 
     def gather_numbers(self, values: Sequence[float], what: str) -> np.ndarray:
@@ -132,10 +144,9 @@ class Communicator:
         if self.size == 1:
             return obj
         box = [obj if self.rank == 0 else None]
-        root = 0 if self.group is dist.group.WORLD else dist.get_global_rank(self.group, 0)
         self.num_calls += 1
         try:
-            dist.broadcast_object_list(box, src=root, group=self.group)
+            dist.broadcast_object_list(box, src=self._global(0), group=self.group)
         except (RuntimeError, ValueError) as err:
             raise DistributedError(f"Rank {self.rank} of {self.size} could not complete {what}: "
                                    f"{err}.") from err
@@ -144,6 +155,27 @@ class Communicator:
     def barrier(self, what: str = "a barrier") -> None:
         if self.size > 1:
             self._call(dist.barrier, what, group=self.group)
+
+    def agree(self, fn: Any, what: str) -> Any:
+        """``fn()`` on every rank; if it raises on any, every rank raises (none waits).
+
+        A rank whose own ``fn`` failed raises its error; the others raise a
+        :class:`DistributedError` naming the failed ranks. One small all-gather.
+        """
+        try:
+            result, failure = fn(), None
+        except (ValueError, TypeError, FloatingPointError, RuntimeError) as err:
+            if isinstance(err, DistributedError):
+                raise
+            result, failure = None, err
+        flags = self.gather_numbers([failure is not None], f"the outcome of {what}")[:, 0]
+        if failure is not None:
+            raise failure
+        if flags.any():
+            bad = [int(r) for r in flags.nonzero()[0]]
+            raise DistributedError(f"Rank(s) {bad} of {self.size} failed in {what} (see their "
+                                   f"error); rank {self.rank} stops with them.")
+        return result
 
     # -- consistency checks -----------------------------------------------------------------
     def check_same(self, values: Sequence[float], what: str, fix: str) -> None:
@@ -165,11 +197,17 @@ class Communicator:
                                      f"on ranks {s} and {r}. {fix}")
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _wire(self, x: torch.Tensor) -> torch.Tensor:
-        """A contiguous copy on the device the backend moves (host memory for gloo)."""
+    def _global(self, rank: int) -> int:
+        """The global rank of the group's rank ``rank`` (what broadcasts name)."""
+        return rank if self.group is dist.group.WORLD else dist.get_global_rank(self.group, rank)
+
+    def _wire(self, x: torch.Tensor, copy: bool = True) -> torch.Tensor:
+        """``x`` contiguous on the device the backend moves (host memory for gloo): a copy,
+        or with ``copy=False`` itself when it already is."""
         if x.device != self.device:
             return x.detach().to(self.device).contiguous()
-        return x.detach().clone().contiguous()
+        x = x.detach()
+        return x.clone().contiguous() if copy or not x.is_contiguous() else x
 
     def _call(self, fn: Any, what: str, *args: Any, **kwargs: Any) -> None:
         self.num_calls += 1

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from hessntk._model import batch_size, is_single_batch, split_batch, tensor_leaves
+from hessntk._model import batch_size, is_single_batch, loader_sampler, split_batch, tensor_leaves
 from hessntk.distributed.communicator import Communicator
+from hessntk.spectral.layout import even_bounds
 
 __all__ = ["check_sampler", "data_digest", "shard"]
 
@@ -64,7 +65,8 @@ def shard(data: Any, group: Any = None, *, rank: int | None = None,
         if n < size:
             raise ValueError(f"Expected at least as many samples as ranks; got {n} samples "
                              f"for {size} ranks. Use fewer processes.")
-        sl = slice(rank * n // size, (rank + 1) * n // size)
+        bounds = even_bounds(n, size)
+        sl = slice(bounds[rank], bounds[rank + 1])
         if isinstance(data, Mapping):
             return {k: _take(v, sl, n) for k, v in data.items()}
         return (_take(x, sl, n), _take(y, sl, n))
@@ -84,7 +86,8 @@ def shard(data: Any, group: Any = None, *, rank: int | None = None,
         raise ValueError(f"Expected at least as many batches as ranks; got {b} batches for "
                          f"{size} ranks. Pass the data as one batch (split by samples) or "
                          "in more batches.")
-    return list(data[rank * b // size : (rank + 1) * b // size])
+    bounds = even_bounds(b, size)
+    return list(data[bounds[rank] : bounds[rank + 1]])
 
 
 def _take(tree: Any, sl: slice, n: int) -> Any:
@@ -100,12 +103,9 @@ def _take(tree: Any, sl: slice, n: int) -> Any:
 
 def has_distributed_sampler(data: Any) -> bool:
     """Whether ``data`` is a ``DataLoader`` drawing from a ``DistributedSampler``."""
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DistributedSampler
 
-    if not isinstance(data, DataLoader):
-        return False
-    sampler = data.batch_sampler.sampler if data.batch_sampler is not None else data.sampler
-    return isinstance(sampler, DistributedSampler)
+    return isinstance(loader_sampler(data), DistributedSampler)
 
 
 def check_sampler(data: Any, comm: Communicator | None) -> None:
@@ -116,11 +116,9 @@ def check_sampler(data: Any, comm: Communicator | None) -> None:
     ``rank`` must be the group's, and it must not pad (``drop_last=False`` with a data set
     whose size is not a multiple of the ranks repeats samples).
     """
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DistributedSampler
 
-    if not isinstance(data, DataLoader):
-        return
-    sampler = data.batch_sampler.sampler if data.batch_sampler is not None else data.sampler
+    sampler = loader_sampler(data)
     if not isinstance(sampler, DistributedSampler):
         return
     if comm is None:
@@ -155,6 +153,7 @@ def data_digest(data: Any) -> list[float]:
     leaves = list(tensor_leaves(x)) + list(tensor_leaves(y))
     total = sum(float(t.detach().double().sum()) for t in leaves if t.numel())
     weighted = sum(float((t.detach().double().reshape(-1)
-                          * torch.arange(1, t.numel() + 1, dtype=torch.float64)).sum())
+                          * torch.arange(1, t.numel() + 1, dtype=torch.float64,
+                                         device=t.device)).sum())
                    for t in leaves if t.numel())
     return [float(batch_size(x)), total, weighted]

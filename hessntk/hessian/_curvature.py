@@ -35,6 +35,7 @@ from hessntk._model import (
     to_device,
 )
 from hessntk.distributed.checks import (
+    agree,
     check_replicas,
     check_shards,
     check_vectors,
@@ -111,21 +112,23 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         self._primals = {name: p.detach() for name, p in self.params.items()}
         self._set_blocks(blocks)
         self.group = group
-        self.communicator = communicator(group)
-        check_sampler(data, self.communicator)
-        if self.communicator is not None:
-            check_replicas(self.communicator, self.layout, self.theta())
+        self.communicator = comm = communicator(group)
         if _checked is None:
-            _checked = self._check_data()
-            if self.communicator is not None:
-                check_shards(self.communicator, data)
-        self._local_samples, self._local_mean, self._counts = _checked
-        self._local_total = float(sum(self._counts))
+            def check() -> tuple[int, float, list[float]]:
+                check_sampler(data, comm)
+                return self._check_data()
+
+            _checked = agree(comm, check, "the check of the data")
+            if comm is not None:
+                check_shards(comm, data)
+        if comm is not None:
+            check_replicas(comm, self.layout, self.theta())
+        self._local_samples, self._loss_sum, self._counts = _checked
         # Global totals: batch b of any rank weighs c_b / (sum of c over every rank's batches).
-        totals = self._sum_numbers([self._local_samples, self._local_total,
-                                    self._local_total * self._local_mean], "the sample counts")
+        totals = self._sum_numbers([self._local_samples, float(sum(self._counts)),
+                                    self._loss_sum], "the sample counts")
         self.num_samples, self._total = round(totals[0]), totals[1]
-        self.loss = totals[2] / totals[1]
+        self.loss = totals[2] / self._total
         self._watch = ParamWatch(model, self.params, type(self).__name__)
 
     _own_loss_ok = False  # whether loss_fn=None (the model's own outputs.loss) is supported
@@ -188,8 +191,9 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
     def _check_data(self) -> tuple[int, float, list[float]]:
         """One forward pass over the data: validate batches, outputs and losses.
 
-        Returns the number of samples, the full-data mean loss and each batch's weight count
-        (its samples, or for the model's own loss its loss terms: see :func:`loss_terms`).
+        Returns the number of samples, ``sum_b c_b l_b`` and each batch's weight count
+        ``c_b`` (its samples, or for the model's own loss its loss terms: see
+        :func:`loss_terms`), all of this rank's data.
         """
         total, counts, losses = 0, [], []
         with torch.no_grad():
@@ -215,7 +219,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
                 total += n_b
                 counts.append(float(count))
                 losses.append(float(loss))
-        return total, _weighted_mean(losses, counts), counts
+        return total, _weighted_sum(losses, counts), counts
 
     # -- the protocol of hessntk.spectral.protocols.CurvatureLike ------------------------------
     def theta(self) -> torch.Tensor:
@@ -240,29 +244,37 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
             self.communicator.check_same(parameter_checksum(self.layout, params),
                                          "theta of loss_at",
                                          "Pass the same parameters on every rank.")
-        total = 0.0
-        with torch.no_grad():
-            for i, w, x, y in self._batches():
-                loss = self._loss(params, x, y)
-                _check_loss(loss, i)
-                total += w * float(loss)
-        return self._sum_numbers([total], "the loss")[0]
+        def local() -> float:
+            losses = []
+            with torch.no_grad():
+                for i, _, x, y in self._batches():
+                    loss = self._loss(params, x, y)
+                    _check_loss(loss, i)
+                    losses.append(float(loss))
+            return _weighted_sum(losses, self._counts)
+
+        part = agree(self.communicator, local, "the loss")
+        return self._sum_numbers([part], "the loss")[0] / self._total
 
     def gradient(self) -> torch.Tensor:
         """The gradient of the full-data mean loss, flat ``(P,)``: one pass over the data."""
         self._watch.check()
-        total = None
-        for i, w, x, y in self._batches():
-            leaves = {n: p.detach().requires_grad_(True) for n, p in self._primals.items()}
-            with torch.enable_grad():
-                loss = self._loss(leaves, x, y)
-                _check_loss(loss, i)
-                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-            g = self.layout.flatten([torch.zeros_like(p) if d is None else d
-                                     for d, p in zip(grads, leaves.values(), strict=True)])
-            check_finite(g, f"gradient of batch {i}")
-            total = w * g if total is None else total.add_(g, alpha=w)
-        return self._sum(total, "the gradient")
+
+        def local() -> torch.Tensor:
+            total = None
+            for i, w, x, y in self._batches():
+                leaves = {n: p.detach().requires_grad_(True) for n, p in self._primals.items()}
+                with torch.enable_grad():
+                    loss = self._loss(leaves, x, y)
+                    _check_loss(loss, i)
+                    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+                g = self.layout.flatten([torch.zeros_like(p) if d is None else d
+                                         for d, p in zip(grads, leaves.values(), strict=True)])
+                check_finite(g, f"gradient of batch {i}")
+                total = w * g if total is None else total.add_(g, alpha=w)
+            return total
+
+        return self._sum(agree(self.communicator, local, "the gradient"), "the gradient")
 
     # -- blocks ----------------------------------------------------------------------------------
     def _set_blocks(self, blocks: BlockSpec) -> None:
@@ -287,7 +299,7 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
             allow_train_mode=self.allow_train_mode,
             method=self.method,
             group=self.group,
-            _checked=(self._local_samples, self._local_mean, self._counts),
+            _checked=(self._local_samples, self._loss_sum, self._counts),
             **self._options(),
         )
 
@@ -318,7 +330,8 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         V = V.to(dtype=self.dtype, device=self.device)
         if self.communicator is not None:  # a rank-dependent vector would mix products
             check_vectors(self.communicator, V, self._product_name)
-        return self._sum(self._local_matmat(V), f"the {self._product_name}").T
+        what = f"the {self._product_name}"
+        return self._sum(agree(self.communicator, lambda: self._local_matmat(V), what), what).T
 
     def _local_matmat(self, V: torch.Tensor) -> torch.Tensor:
         """This rank's weighted share of ``(A V)^T`` (the full product on one process)."""
@@ -334,7 +347,8 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
     # -- the sum over ranks ------------------------------------------------------------------------
     def _sum(self, x: torch.Tensor, what: str) -> torch.Tensor:
         """``x`` summed over the ranks of the group (itself on one process)."""
-        return x if self.communicator is None else self.communicator.sum(x, what)
+        # x is this rank's temporary share: summed in place.
+        return x if self.communicator is None else self.communicator.sum(x, what, inplace=True)
 
     def _sum_numbers(self, values: list[float], what: str) -> list[float]:
         if self.communicator is None:
@@ -392,9 +406,9 @@ def _check_loss(loss: Any, index: int) -> None:
     check_finite(loss, f"loss of batch {index}")
 
 
-def _weighted_mean(losses: list[float], counts: list[float]) -> float:
-    """``sum_b c_b l_b / sum_b c_b`` (the same formula for ``loss`` and ``loss_at``)."""
-    return sum(c * loss for c, loss in zip(counts, losses, strict=True)) / sum(counts)
+def _weighted_sum(losses: list[float], counts: list[float]) -> float:
+    """``sum_b c_b l_b``: over the total count, the mean loss (``loss`` and ``loss_at``)."""
+    return sum(c * loss for c, loss in zip(counts, losses, strict=True))
 
 
 def _warn_loss_dtype(loss: torch.Tensor, dtype: torch.dtype, own: bool) -> None:

@@ -135,10 +135,10 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         raw = as_batch_list(data, "data")
         self._check_raw_batches(raw)
         self.batches: list[Batch] = convert_batches(
-            raw, "data", self.full.dtype, self.full.device
+            raw, "data", self.full.dtype, self.full.device if mesh is None else None
         )
         if mesh is not None:
-            self.batches = shard_batches(self.batches, sharded, size)
+            self.batches = shard_batches(self.batches, replicated, sharded, size)
         self.batch_sizes = [b.num_samples for b in self.batches]
         self.num_samples = sum(self.batch_sizes)
         self.weights = [n_b / self.num_samples for n_b in self.batch_sizes]

@@ -5,7 +5,10 @@ core hands them) replicated over the mesh and each batch's samples split along o
 axis; ``jax.jit`` then compiles each product once into a partitioned program whose batch
 mean is an all-reduce, so every device holds the same product. A batch whose size is not a
 multiple of the axis is split in two: the largest multiple, sharded, and the remainder,
-replicated (computed on every device); weights stay ``n_b / n``, so the product is exact.
+replicated (computed on every device); weights stay ``n_b / n``, so the product is exact
+for the losses these operators take: a batch's loss is the mean of per-sample terms (the
+operators weigh batches by their samples already; a token-mean or a batch-coupled loss is
+not one).
 
 Multi-host: call ``jax.distributed.initialize()`` on every host, build the mesh over
 ``jax.devices()`` (all hosts' devices) and pass global arrays as data (e.g.
@@ -22,12 +25,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hessntk.jax._common import Batch
 
-__all__ = ["mesh_shardings", "mesh_spans", "shard_batches"]
+__all__ = ["mesh_shardings", "mesh_spans", "place", "shard_batches"]
 
 
 def mesh_shardings(mesh: Any, batch_axis: str | None) -> tuple[NamedSharding, NamedSharding,
                                                                   int]:
-    """``(replicated, batch-sharded, axis size)`` of ``mesh`` along ``batch_axis``."""
+    """``(replicated, batch-sharded, axis size)`` of ``mesh`` along ``batch_axis``.
+
+    The data is converted where it is (host, one device, or already global arrays) and then
+    placed by these shardings, never first replicated on every device.
+    """
     if not isinstance(mesh, Mesh):
         raise TypeError(f"Expected mesh to be a jax.sharding.Mesh; got {type(mesh).__name__}.")
     axis = mesh.axis_names[0] if batch_axis is None else batch_axis
@@ -50,18 +57,26 @@ def mesh_spans(sizes: list[int], size: int) -> list[tuple[int, slice, bool]]:
     return spans
 
 
-def shard_batches(batches: list[Batch], sharded: NamedSharding, size: int) -> list[Batch]:
+def shard_batches(batches: list[Batch], replicated: NamedSharding, sharded: NamedSharding,
+                  size: int) -> list[Batch]:
     """Each batch's samples split over the mesh axis (a remainder of ``< size`` replicated)."""
-    return [_part(batches[i], samples, sharded if split else None)
+    return [_part(batches[i], samples, sharded if split else replicated)
             for i, samples, split in mesh_spans([b.num_samples for b in batches], size)]
 
 
-def _part(b: Batch, samples: slice, sharding: NamedSharding | None) -> Batch:
+def place(tree: Any, sharding: NamedSharding) -> Any:
+    """Every leaf of ``tree`` put by ``sharding`` (scalars replicated)."""
+    replicated = NamedSharding(sharding.mesh, PartitionSpec())
+    return jax.tree_util.tree_map(
+        lambda a: jax.device_put(a, sharding if getattr(a, "ndim", 0) > 0 else replicated),
+        tree)
+
+
+def _part(b: Batch, samples: slice, sharding: NamedSharding) -> Batch:
     def take(leaf: Any) -> Any:
         if getattr(leaf, "ndim", 0) == 0:
             return leaf
-        part = leaf[samples] if (samples.start, samples.stop) != (0, b.num_samples) else leaf
-        return part if sharding is None else jax.device_put(part, sharding)
+        return leaf[samples] if (samples.start, samples.stop) != (0, b.num_samples) else leaf
 
     n = samples.stop - samples.start
-    return Batch(jax.tree_util.tree_map(take, b.tree), n, b.signature)
+    return Batch(place(jax.tree_util.tree_map(take, b.tree), sharding), n, b.signature)

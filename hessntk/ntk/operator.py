@@ -11,7 +11,14 @@ from torch import nn
 
 from hessntk._model import ParamWatch, call_model, check_finite, concat_inputs, ravel_params
 from hessntk._priors import prior_label
-from hessntk.distributed.checks import check_replicas, check_shards, check_vectors, communicator
+from hessntk.distributed.checks import (
+    agree,
+    check_replicas,
+    check_shards,
+    check_vectors,
+    communicator,
+)
+from hessntk.distributed.sharding import check_sampler
 from hessntk.ntk._common import (
     OutputsSpec,
     as_batches,
@@ -117,37 +124,16 @@ class GramOperator(LinearOperator):
     ) -> None:
         self.group = group
         self.communicator = communicator(group)
+        comm = self.communicator
         self.problem = setup(
             model, params=params, prior=prior, outputs=outputs, output_key=output_key,
             outputs_fn=outputs_fn, allow_train_mode=allow_train_mode,
         )
-        pairs = [(x, _per_sample_targets(x, y)) for x, y in as_batches(inputs, data)]
-        if batch_size is not None:
-            if not (isinstance(batch_size, int) and batch_size >= 1):
-                raise ValueError(f"Expected batch_size to be a positive int; got {batch_size!r}.")
-            pairs = [
-                (slice_tree(x, sl), None if y is None else y[sl])
-                for x, y in pairs
-                for sl in (slice(s, s + batch_size)
-                           for s in range(0, check_inputs(x, "inputs"), batch_size))
-            ]
-        self.batches = [x for x, _ in pairs]
-        self._targets = [y for _, y in pairs]
-        check_same_signature(self.batches, "inputs")
-        sizes, cs = [], set()
-        for i, b in enumerate(self.batches):
-            n, c = self.problem.probe(b, f"batch {i}")
-            sizes.append(n)
-            cs.add(c)
-        if len(cs) != 1:
-            raise ValueError(
-                f"Expected every batch to give the same number of outputs per sample; got "
-                f"{sorted(cs)}."
-            )
+        check_sampler(data if data is not None else inputs, comm)
+        self.batches, self._targets, sizes, self.num_outputs = agree(self.communicator,
+            lambda: self._read(inputs, data, batch_size), "the check of the data")
         self.batch_sizes = sizes
-        self.num_outputs = cs.pop()
         self.layout = self.problem.layout
-        comm = self.communicator
         self._rank_samples = [sum(sizes)]
         if comm is not None:
             check_replicas(comm, self.layout, self.layout.flatten(self.problem.detached()))
@@ -174,6 +160,33 @@ class GramOperator(LinearOperator):
             backend="torch",
         )
 
+    def _read(self, inputs: Any, data: Any, batch_size: int | None
+              ) -> tuple[list[Any], list[Any], list[int], int]:
+        """This rank's batches, targets, batch sizes and outputs per sample, validated."""
+        pairs = [(x, _per_sample_targets(x, y)) for x, y in as_batches(inputs, data)]
+        if batch_size is not None:
+            if not (isinstance(batch_size, int) and batch_size >= 1):
+                raise ValueError(f"Expected batch_size to be a positive int; got {batch_size!r}.")
+            pairs = [
+                (slice_tree(x, sl), None if y is None else y[sl])
+                for x, y in pairs
+                for sl in (slice(s, s + batch_size)
+                           for s in range(0, check_inputs(x, "inputs"), batch_size))
+            ]
+        batches = [x for x, _ in pairs]
+        check_same_signature(batches, "inputs")
+        sizes, cs = [], set()
+        for i, b in enumerate(batches):
+            n, c = self.problem.probe(b, f"batch {i}")
+            sizes.append(n)
+            cs.add(c)
+        if len(cs) != 1:
+            raise ValueError(
+                f"Expected every batch to give the same number of outputs per sample; got "
+                f"{sorted(cs)}."
+            )
+        return batches, [y for _, y in pairs], sizes, cs.pop()
+
     # -- products ---------------------------------------------------------------------------
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self._apply(V.to(self.problem.dtype))
@@ -197,10 +210,11 @@ class GramOperator(LinearOperator):
 
     def _pull(self, V: torch.Tensor) -> dict[str, torch.Tensor]:
         """``J^T V`` (summed over the ranks) as a dict of ``(k, *shape)`` tensors."""
-        u = self._pull_local(V[self.rows])
+        u = agree(self.communicator, lambda: self._pull_local(V[self.rows]), "the Gram vjp")
         if self.communicator is None:
             return u
-        flat = self.communicator.sum(self.layout.flatten(u, batch_ndim=1), "the Gram vjp")
+        flat = self.communicator.sum(self.layout.flatten(u, batch_ndim=1), "the Gram vjp",
+                                     inplace=True)
         return self.layout.unravel(flat)
 
     def _pull_local(self, V: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -220,8 +234,8 @@ class GramOperator(LinearOperator):
 
     def _push(self, tangents: dict[str, torch.Tensor], k: int) -> torch.Tensor:
         """``J T`` of shape ``(N, k)`` for tangents given as ``(k, *shape)`` tensors."""
-        return self._gather_rows(self._push_local(tangents, k), self.num_outputs,
-                                 "the Gram jvp")
+        local = agree(self.communicator, lambda: self._push_local(tangents, k), "the Gram jvp")
+        return self._gather_rows(local, self.num_outputs, "the Gram jvp")
 
     def _push_local(self, tangents: dict[str, torch.Tensor], k: int) -> torch.Tensor:
         """This rank's rows of ``J T``: one vmapped jvp per batch."""
@@ -250,6 +264,8 @@ class GramOperator(LinearOperator):
         if V.ndim != 2 or V.shape[0] != self.shape[0]:
             raise ValueError(f"Expected V of shape ({self.shape[0]},) or ({self.shape[0]}, k); "
                              f"got {tuple(V.shape)}.")
+        if self.communicator is not None:
+            check_vectors(self.communicator, V, "Gram vjp")
         out = self.layout.flatten(self._pull(V), batch_ndim=1).T
         return out[:, 0] if vector else out
 
@@ -265,6 +281,8 @@ class GramOperator(LinearOperator):
         if T.ndim != 2 or T.shape[0] != self.layout.n:
             raise ValueError(f"Expected a tangent of shape ({self.layout.n},) or "
                              f"({self.layout.n}, k); got {tuple(tangent.shape)}.")
+        if self.communicator is not None:
+            check_vectors(self.communicator, T, "Gram jvp")
         out = self._push(self.layout.unravel(T.T, dim=-1), T.shape[1])
         return out[:, 0] if vector else out
 
@@ -342,8 +360,9 @@ class GramOperator(LinearOperator):
 
         Layer-structured for Linear / HF Conv1D / Conv2d / Embedding layers.
         ``weighted=False`` gives ``J J^T`` (identity prior). Data parallel: by row blocks
-        ``J_r S J_s^T``, each rank's Jacobian broadcast in turn (memory: two ranks'
-        Jacobians), the row blocks gathered.
+        ``J_r S J_s^T``, each rank's Jacobian broadcast in turn (memory: three Jacobian
+        shards, ``J_r``, ``J_r S`` and the one received; not layer-structured), the row
+        blocks gathered.
         """
         from hessntk.ntk.grams import gram
 

@@ -49,9 +49,13 @@ class Report:
     notes : list of str
     """
 
-    def __init__(self, folder: str | os.PathLike, title: str, data: dict[str, Any]) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, folder: str | os.PathLike | None, title: str,
+                 data: dict[str, Any]) -> None:
+        # folder None: a report kept in memory only (the ranks but 0 under torchrun), whose
+        # plots are neither drawn nor saved.
+        self.folder = None if folder is None else Path(folder)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
         self.title = title
         self.data = data
         self.sections: list[tuple[str, list[tuple[str, str, str]]]] = []
@@ -92,6 +96,8 @@ class Report:
 
         ``make`` is called here, so a missing matplotlib only skips the plot.
         """
+        if self.folder is None:
+            return None
         try:
             fig = make()
         except ImportError as err:

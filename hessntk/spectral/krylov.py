@@ -13,6 +13,7 @@ from hessntk._checks import count, refuse_low_precision
 from hessntk._progress import progress
 from hessntk.spectral._backend import Array
 from hessntk.spectral._threads import single_threaded_host_blas
+from hessntk.spectral.layout import even_bounds
 from hessntk.spectral.operators import LinearOperator, matmat_float64
 from hessntk.spectral.orthogonality import OmegaRecurrence
 from hessntk.spectral.probes import Seed, rademacher
@@ -161,7 +162,9 @@ def lanczos(
         the operator's dtype, the cast the product makes anyway: ``k n`` numbers), and the
         inner products are all-reduced (``k`` numbers, ``k j`` per Gram-Schmidt sweep).
         The numbers equal the unsharded run's to rounding (the inner products are summed
-        in another order). A returned basis holds this rank's slice.
+        in another order). A returned basis holds this rank's slice. What stays whole on
+        every rank: the start vectors, the gathered next vectors and the product (``k n``
+        each, transient), so a step needs ``~3 k n`` numbers beside the slices.
 
     Returns
     -------
@@ -443,7 +446,7 @@ def basis_shard(op: LinearOperator, shard_basis: bool) -> BasisShard | None:
             "group=torch.distributed.group.WORLD, or use shard_basis=False."
         )
     n, size = op.shape[0], comm.size
-    bounds = [r * n // size for r in range(size + 1)]
+    bounds = even_bounds(n, size)
     counts = tuple(bounds[r + 1] - bounds[r] for r in range(size))
     return BasisShard(comm, slice(bounds[comm.rank], bounds[comm.rank + 1]), counts)
 
@@ -460,10 +463,12 @@ def _reorthogonalise(xp: Any, Q: Array, w: Array, streamed: bool = False,
     (:data:`BASIS_BLOCK_BYTES`); classical Gram-Schmidt's coefficients depend on ``w``
     only, so each block is used once per sweep. ``shard``: ``Q`` and ``w`` hold this rank's
     slices; the partial inner products are summed over the ranks (one all-reduce of ``k j``
-    numbers per sweep), the correction stays local.
+    numbers per sweep, per block when streamed), the correction stays local.
     """
     before = xp.to_numpy(_norms(xp, w, shard))
-    per_vector = Q.shape[0] * Q.shape[2] * Q.element_size() if streamed else 1
+    # Sharded: the widest slice sets the block, so every rank makes the same collectives.
+    width = Q.shape[2] if shard is None else max(shard.counts)
+    per_vector = Q.shape[0] * width * Q.element_size() if streamed else 1
     step = max(1, (block_bytes or BASIS_BLOCK_BYTES) // per_vector) if streamed else Q.shape[1]
     for sweep in range(2):
         v = xp.cast(w, Q.dtype)  # no-op unless the basis is in the operator's dtype

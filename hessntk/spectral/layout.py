@@ -266,3 +266,14 @@ class ParamBlocks:
         they partition ``range(n)``, as ``hessntk.spectral.trace(..., blocks=)`` expects.
         """
         return [self.layout.index(names) for names in self._groups.values()]
+
+
+def even_bounds(n: int, parts: int) -> list[int]:
+    """Bounds ``[r n // parts for r in 0..parts]`` of ``parts`` contiguous, balanced ranges.
+
+    Examples
+    --------
+    >>> even_bounds(10, 3)
+    [0, 3, 6, 10]
+    """
+    return [r * n // parts for r in range(parts + 1)]

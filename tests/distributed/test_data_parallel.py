@@ -91,6 +91,14 @@ def test_a_stalled_rank_times_out_the_other(tmp_path: Path) -> None:
     assert 3.0 <= rank0["seconds"] <= 15.0  # the group timeout is 4 s
 
 
+def test_an_error_on_one_rank_stops_every_rank_at_once(tmp_path: Path) -> None:
+    (rank0, rank1), ranks, _ = _job(tmp_path, "nan_on_one_rank", timeout=60)
+    assert [r.returncode for r in ranks] == [0, 0], ranks[0].output
+    assert rank1["error"].startswith("FloatingPointError") and "batch 0" in rank1["error"]
+    assert rank0["error"].startswith("DistributedError: Rank(s) [1] of 2 failed in the check")
+    assert rank0["seconds"] < 10.0  # not the 20 s timeout
+
+
 @pytest.mark.parametrize(("job", "message"), [
     ("other_parameters", "Expected the same parameters"),
     ("same_data", "Expected each rank to hold its own data shard"),

@@ -95,6 +95,20 @@ def other_vectors(comm: hessntk.distributed.Communicator) -> dict:
     return _refused(lambda: H @ v)
 
 
+def nan_on_one_rank(comm: hessntk.distributed.Communicator) -> dict:
+    """Rank 1's shard holds a NaN: rank 1 raises its error, rank 0 stops too, at once."""
+    _, _, x, y = problems.mlp()
+    part = hessntk.distributed.shard((x.clone(), y), comm.group)
+    if comm.rank == 1:
+        part[0][0, 0] = float("nan")
+    start = time.monotonic()
+    try:
+        _mlp_operator(comm, data=part)
+    except (FloatingPointError, hessntk.distributed.DistributedError) as err:
+        return {"error": f"{type(err).__name__}: {err}", "seconds": time.monotonic() - start}
+    return {"error": None}
+
+
 def padding_sampler(comm: hessntk.distributed.Communicator) -> dict:
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -116,7 +130,8 @@ def exact_sampler(comm: hessntk.distributed.Communicator) -> dict:
 
 
 JOBS = {f.__name__: f for f in (core, rank_exits, rank_stalls, other_parameters, same_data,
-                                other_vectors, padding_sampler, exact_sampler)}
+                                other_vectors, nan_on_one_rank, padding_sampler,
+                                exact_sampler)}
 
 
 def main() -> None:

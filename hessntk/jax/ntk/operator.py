@@ -24,7 +24,7 @@ from hessntk.jax._common import (
 )
 from hessntk.jax.ntk._common import MAX_CHUNK_BYTES, _check_chunk, _chunk, _setup, observe
 from hessntk.jax.ntk.kernels import _jacobian_chunks, _pullback, _pushforward_into
-from hessntk.jax.sharding import mesh_shardings, mesh_spans
+from hessntk.jax.sharding import mesh_shardings, mesh_spans, place
 from hessntk.spectral.operators import LinearOperator
 
 __all__ = ["GramOperator"]
@@ -34,13 +34,6 @@ def batch_leading(tree: Any) -> int:
     """The number of samples of an inputs tree (the leading axis of its leaves)."""
     return next(int(leaf.shape[0]) for leaf in jax.tree_util.tree_leaves(tree)
                 if getattr(leaf, "ndim", 0) > 0)
-
-
-def _placed(tree: Any, sharding: Any) -> Any:
-    if sharding is None:
-        return tree
-    return jax.tree_util.tree_map(
-        lambda a: jax.device_put(a, sharding) if getattr(a, "ndim", 0) > 0 else a, tree)
 
 
 class GramOperator(LinearOperator):
@@ -131,7 +124,8 @@ class GramOperator(LinearOperator):
         else:
             raw = as_batch_list(inputs, "inputs")
         device = self.problem.layout.device
-        converted = convert_batches(raw, "inputs", self.problem.dtype, device)
+        converted = convert_batches(raw, "inputs", self.problem.dtype,
+                                    device if mesh is None else None)
         if targets is not None:  # one array per batch with the samples along axis 0, or None
             targets = [_per_sample_targets(y, b.num_samples) for y, b in
                        zip(targets, converted, strict=True)]
@@ -149,7 +143,7 @@ class GramOperator(LinearOperator):
             if batch_size is None:
                 raw = [b.tree for b in converted]
             parts = mesh_spans([batch_leading(b) for b in raw], size)
-            raw = [_placed(slice_tree(raw[i], sl), sharded if split else None)
+            raw = [place(slice_tree(raw[i], sl), sharded if split else replicated)
                    for i, sl, split in parts]
             if targets is not None:
                 targets = [targets[i][sl] for i, sl, _ in parts]
