@@ -44,12 +44,7 @@ def rank_exits(comm: hessntk.distributed.Communicator) -> dict:
     H = _mlp_operator(comm)
     if comm.rank == 1:
         os._exit(3)
-    start = time.monotonic()
-    try:
-        H @ torch.ones(H.shape[0], dtype=torch.float64)
-    except hessntk.distributed.DistributedError as err:
-        return {"error": str(err), "seconds": time.monotonic() - start}
-    return {"error": None}
+    return _timed_product(H)
 
 
 def rank_stalls(comm: hessntk.distributed.Communicator) -> dict:
@@ -58,6 +53,11 @@ def rank_stalls(comm: hessntk.distributed.Communicator) -> dict:
     if comm.rank == 1:
         time.sleep(3 * STALL_TIMEOUT)
         os._exit(0)
+    return _timed_product(H)
+
+
+def _timed_product(H: HessianOperator) -> dict:
+    """A product expected to fail: its DistributedError and how long it took to come."""
     start = time.monotonic()
     try:
         H @ torch.ones(H.shape[0], dtype=torch.float64)
