@@ -112,7 +112,7 @@ class Communicator:
             return x
         width = max(counts)
         moved = x.movedim(dim, 0)
-        buf = self._wire(moved)
+        buf = self._wire(moved, copy=False)  # all_gather only reads what it sends
         if buf.shape[0] < width:
             pad = buf.new_zeros((width - buf.shape[0], *buf.shape[1:]))
             buf = torch.cat([buf, pad])

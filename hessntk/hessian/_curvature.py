@@ -49,13 +49,13 @@ from hessntk.spectral.operators import LinearOperator
 __all__ = ["BlockSpec", "LossFn"]
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
+BlockSpec = str | Mapping[str, Sequence[str]]
 
 #: Default vectors per batched product. Per vector, on the MLP 301k (2 threads, 96 vectors):
 #: Hessian graph 12.9-17.5 ms at 16 against 20.1-21.1 at 32 and 18.6-26.3 in one chunk;
 #: func 11.8-16.1 against 15.7-20.8; GGN 11.6-14.5 against 14.6-15.6. Wider chunks only
 #: add the memory of their activations.
 CHUNK_SIZE = 16
-BlockSpec = str | Mapping[str, Sequence[str]]
 
 
 class _CurvatureOperator(ParamBlocks, LinearOperator):

@@ -158,7 +158,7 @@ class HessianOperator(_CurvatureOperator):
         cache_graph: bool | None = None,
         chunk_size: int | None = CHUNK_SIZE,
         group: Any = None,
-        _checked: tuple[int, float] | None = None,
+        _checked: tuple[int, float, list[float]] | None = None,
     ) -> None:
         super().__init__(
             model,

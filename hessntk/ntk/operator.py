@@ -123,15 +123,14 @@ class GramOperator(LinearOperator):
         group: Any = None,
     ) -> None:
         self.group = group
-        self.communicator = communicator(group)
-        comm = self.communicator
+        self.communicator = comm = communicator(group)
         self.problem = setup(
             model, params=params, prior=prior, outputs=outputs, output_key=output_key,
             outputs_fn=outputs_fn, allow_train_mode=allow_train_mode,
         )
         check_sampler(data if data is not None else inputs, comm)
-        self.batches, self._targets, sizes, self.num_outputs = agree(self.communicator,
-            lambda: self._read(inputs, data, batch_size), "the check of the data")
+        self.batches, self._targets, sizes, self.num_outputs = agree(
+            comm, lambda: self._read(inputs, data, batch_size), "the check of the data")
         self.batch_sizes = sizes
         self.layout = self.problem.layout
         self._rank_samples = [sum(sizes)]
