@@ -130,10 +130,10 @@ def _hessian_options(sub: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
                    "in |eigenvalue| (default: %(default)s)")
     g.add_argument("--reorth", choices=("partial", "full", "none"), default="partial",
                    help="Lanczos reorthogonalisation of the SLQ density: partial (a basis of "
-                   "8 n --steps bytes per probe, read only where orthogonality is lost; the "
-                   "numbers of full to rounding), full (read at every step) or none (16 n "
-                   "bytes; densities and traces stay accurate, for models whose basis does "
-                   "not fit) (default: %(default)s)")
+                   "4 n --steps bytes per probe for a float32 model, 8 for float64, read "
+                   "only where orthogonality is lost; the numbers of full to rounding), full "
+                   "(read at every step) or none (16 n bytes; densities and traces stay "
+                   "accurate, for models whose basis does not fit) (default: %(default)s)")
     g.add_argument("--per-layer", action="store_true",
                    help="also the SLQ spectrum of each layer's diagonal block, with the same "
                    "probes and steps (default: off)")

@@ -26,6 +26,7 @@ from hessntk.spectral import (
     slq,
 )
 from hessntk.spectral import trace as _spectral_trace
+from hessntk.spectral._backend import itemsize
 from hessntk.spectral.eigen import extreme_eigenvalues
 from hessntk.spectral.protocols import CurvatureLike, refuse_options
 from hessntk.spectral.quadrature import block_slq
@@ -216,7 +217,7 @@ def density(
     outputs_fn: Callable[[Any], torch.Tensor] | None = None,
     allow_train_mode: bool = False,
     reorth: str = "partial",
-    basis_dtype: str = "float64",
+    basis_dtype: str = "operator",
 ) -> SpectralDensity:
     """Estimate the spectral density of the loss Hessian (or GGN) by SLQ.
 
@@ -239,9 +240,10 @@ def density(
         Operator options.
     reorth : {"partial", "full", "none"}
         Lanczos reorthogonalisation (see :func:`hessntk.spectral.slq`): "none" for models
-        whose ``8 n m`` bytes of basis per probe do not fit.
-    basis_dtype : {"float64", "operator"}
-        The Lanczos vectors in float64 or in the model's dtype (half the memory for float32).
+        whose ``s n m`` bytes of basis per probe (``s`` bytes per entry) do not fit.
+    basis_dtype : {"operator", "float64"}
+        The stored Lanczos vectors in the model's dtype (default; half the memory of float64
+        for float32) or in float64.
 
     Returns
     -------
@@ -394,7 +396,8 @@ def block_density(
     ``num_probes`` probes of each block's size, ``num_matvecs`` steps capped at the block's
     size (where SLQ is exact). All blocks advance in one lockstep pass
     (:func:`hessntk.spectral.block_slq`: each step one product of the full operator) when
-    its float64 basis, ``8 n m num_probes num_blocks`` bytes, fits ``max_basis_bytes``;
+    its basis, ``s n m num_probes num_blocks`` bytes (``s`` bytes per entry of the model's
+    dtype), fits ``max_basis_bytes``;
     otherwise each block runs on its own restricted operator. The numbers agree to rounding.
 
     Returns
@@ -416,7 +419,7 @@ def block_density(
         allow_train_mode, default_blocks="layer", need_blocks=True,
     )  # fmt: skip
     n, B = op.shape[0], len(op.blocks)
-    if 8 * n * min(num_matvecs, n) * num_probes * B <= max_basis_bytes:
+    if itemsize(op.dtype) * n * min(num_matvecs, n) * num_probes * B <= max_basis_bytes:
         # One lockstep pass for all blocks: each step one product of the full operator.
         dens = block_slq(op, op.block_slices, num_probes=num_probes, num_matvecs=num_matvecs,
                          seed=seed)

@@ -38,6 +38,12 @@ from hessntk.hessian._norms import CompositeNorms
 
 __all__ = ["GGNOperator", "HessianOperator"]
 
+#: ``method="auto"`` on CPU pushes vectors through the gradient graph one at a time when
+#: every batch has at least this many samples (or loss terms) ...
+ONE_AT_A_TIME_SAMPLES = 256
+#: ... and samples x parameters reach this (``HessianOperator.one_at_a_time``).
+ONE_AT_A_TIME_WORK = 2**24
+
 class HessianOperator(_CurvatureOperator):
     """The Hessian of a model's full-data mean loss, over the selected parameters.
 
@@ -72,12 +78,16 @@ class HessianOperator(_CurvatureOperator):
         layer / instance / train-mode batch norm spelled out as exact composites (torch.func
         gets their fused kernels' second derivatives wrong in torch 2.13). ``"auto"``
         (default): ``"graph"`` for one vector and on CPU, ``"func"`` for several vectors on
-        CUDA. A fixed rule, not a timing: the two methods agree only to rounding, so a
-        choice by timing would make the numbers depend on the machine's load (and a resumed
-        run differ from an uninterrupted one). On CPU, MLP 301k, 2 threads, per vector in
-        gradients: graph 1.5 / 2.2 / 2.3 and func 3.9 / 2.2 / 2.2 at 1 / 8 / 16 vectors
-        (``benchmarks/bench_peers.py``); vmapped forward-mode convolutions are slower
-        still on CPU. All are exact.
+        CUDA; on CPU the vectors go through the graph one at a time when every batch has
+        at least 256 samples and samples x parameters >= 2**24 (:attr:`one_at_a_time`),
+        in chunks of ``chunk_size`` otherwise. A fixed rule, not a timing: the methods and
+        chunkings agree only to rounding, so a choice by timing would make the numbers
+        depend on the machine's load (and a resumed run differ from an uninterrupted one).
+        On CPU, 2 threads, ms per vector at 16 vectors, one at a time / in one chunk:
+        MLP 301k on 512 images 18 / 23 (one at a time by the rule), MLP 385 on 256
+        samples 0.51 / 0.19 and CNN 10k on 64 32x32 images 123 / 159 (both batched by the
+        rule; ``benchmarks/bench_peers.py`` compares the methods); vmapped forward-mode
+        convolutions are slower still on CPU. All are exact.
     cache_graph : bool, optional
         Keep each batch's gradient graph between products (method ``"graph"``), so a product
         costs one double-backward pass. Memory: the activations of every batch. Default:
@@ -107,6 +117,8 @@ class HessianOperator(_CurvatureOperator):
         The full-data mean loss at the parameters' values when the operator was built.
     batched_method : {"graph", "func"}
         The method of products of several vectors (``method``, or the rule of ``"auto"``).
+    one_at_a_time : bool
+        Whether ``"auto"`` pushes several vectors through the graph one at a time.
     blocks, block_slices, block_params
         The parameter blocks, their positions in the flat vector and their parameter names.
 
@@ -180,29 +192,42 @@ class HessianOperator(_CurvatureOperator):
         self._graphs: list[tuple[int, float, list[torch.Tensor], tuple[torch.Tensor, ...]]] = []
         self.batched_method = method if method != "auto" else (
             "func" if self.device.type == "cuda" else "graph")
+        # "auto" on CPU: a batch this large keeps one vector's backward compute-bound, and
+        # batching its vectors only makes the intermediates outgrow the caches (per vector,
+        # 16 at once against one at a time: MLP 301k on 512 images 23 against 18 ms).
+        # Small models gain from batching (an MLP 385 on 256 samples: 0.19 against 0.51
+        # ms). The rule keys on samples and parameters only, so it leaves some heavy
+        # models batched (a CNN 10k on 64 32x32 images: 159 against 123 ms).
+        smallest = min(self._counts, default=0)
+        self.one_at_a_time = (method == "auto" and self.device.type == "cpu"
+                              and smallest >= ONE_AT_A_TIME_SAMPLES
+                              and smallest * self.shape[0] >= ONE_AT_A_TIME_WORK)
 
     def _options(self) -> dict[str, Any]:
         return {"cache_graph": self.cache_graph, "chunk_size": self.chunk_size}
 
     def _local_matmat(self, V: torch.Tensor) -> torch.Tensor:
         method = self.method
-        if method == "auto" and V.shape[1] == 1:
-            method = "graph"
-        elif method == "auto":
+        if method == "auto" and (V.shape[1] == 1 or self.one_at_a_time):
+            return self._matmat_graph(V, step=1)
+        if method == "auto":
             method = self.batched_method
         return self._matmat_graph(V) if method == "graph" else super()._local_matmat(V)
 
-    def _matmat_graph(self, V: torch.Tensor) -> torch.Tensor:
+    def _matmat_graph(self, V: torch.Tensor, step: int | None = None) -> torch.Tensor:
         k = V.shape[1]
-        step = k if self.chunk_size is None else self.chunk_size
+        step = step or (k if self.chunk_size is None else self.chunk_size)
+        # Rows of a contiguous copy: tangents strided like the columns of V made every
+        # backward slower (MLP 301k, 16 vectors: 25-27 against 21-22 ms per vector).
+        rows = V.T.contiguous()
         out = None
         for i, w, leaves, grads in self._gradient_graphs():
             parts = []
             for start in range(0, k, step):  # one batched backward per chunk of vectors
-                chunk = V[:, start : start + step]
-                tangents = list(self.layout.unravel(chunk.T).values())
+                chunk = rows[start : start + step]
+                tangents = list(self.layout.unravel(chunk).values())
                 retain = self.cache_graph or start + step < k
-                hv = _batched_grad(grads, leaves, tangents, chunk.shape[1], retain)
+                hv = _batched_grad(grads, leaves, tangents, chunk.shape[0], retain)
                 parts.append(self.layout.flatten(hv, batch_ndim=1))
             HV = parts[0] if len(parts) == 1 else torch.cat(parts)
             check_finite(HV, f"{self._product_name} of batch {i}")

@@ -69,7 +69,7 @@ def eigsh(
     ncv: int | None = None,
     max_matvecs: int | None = None,
     return_eigenvectors: bool = True,
-    basis_dtype: str = "float64",
+    basis_dtype: str = "operator",
 ) -> EigshResult:
     """Compute ``k`` extreme eigenpairs of a symmetric operator.
 
@@ -101,11 +101,12 @@ def eigsh(
         ``converged=False`` and a warning is issued.
     return_eigenvectors : bool
         Return the Ritz vectors.
-    basis_dtype : {"float64", "operator"}
-        The Krylov basis in float64, or in the operator's dtype: half the memory and the
-        reads of the reorthogonalisation (most of eigsh's own time) for a float32 operator,
-        with coefficients and the new vector float64; the eigenvalues keep the accuracy of
-        the float32 products, the Ritz vectors are orthogonal to float32 rounding.
+    basis_dtype : {"operator", "float64"}
+        The Krylov basis in the operator's dtype (default) or in float64. For a float32
+        operator the default halves the memory and the reads of the reorthogonalisation
+        (most of eigsh's own time), with coefficients and the new vector float64: the
+        eigenvalues keep the accuracy of the float32 products and the Ritz vectors are
+        orthonormal to float32 rounding (``basis_dtype="float64"``: to float64's).
 
     Returns
     -------
@@ -159,19 +160,20 @@ def eigsh(
         norm_est = max(norm_est, before)
         Vj = V[: j + 1]
         h = np.zeros(j + 1)
-        for sweep in range(2):
+        for _ in range(2):
             # Classical Gram-Schmidt, the second sweep only where the first cancelled much of
             # A v (||w'|| < ||A v|| / sqrt(2), the DGKS criterion ARPACK uses).
             c = Vj @ xp.cast(w, stored)  # casts are no-ops with a float64 basis
             w = w - xp.cast(xp.transpose(Vj) @ c, xp.float64)
             h += xp.to_numpy(c)
-            if sweep == 0 and float(xp.to_numpy(xp.norm(w, axis=0))) >= before / np.sqrt(2.0):
+            beta = float(xp.to_numpy(xp.norm(w, axis=0)))
+            if beta >= before / np.sqrt(2.0):
                 break
+            before = beta
         if num_matvecs == 2 and j == 1:  # before any restart: V[0], V[1] = A V[0] / beta
             check_symmetry_step(op, h[:1], H[1:2, 0], np.array([norm_est]), "Krylov")
         H[: j + 1, j] = h
         H[j, : j + 1] = h
-        beta = float(xp.to_numpy(xp.norm(w, axis=0)))
         j += 1
         breakdown = beta <= BREAKDOWN_FACTOR * eps * max(norm_est, np.finfo(float).tiny)
         theta, S, sel = _ritz(H[:j, :j], k, which)

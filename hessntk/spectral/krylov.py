@@ -41,8 +41,9 @@ class Tridiagonal:
     num_matvecs : int
         Total products over all probes.
     num_reorth : int
-        Steps at which the new vectors were reorthogonalised against the basis (every step
-        with ``reorth="full"``, none with ``"none"``, some with ``"partial"``).
+        Steps at which new vectors were reorthogonalised against the basis (every step
+        with ``reorth="full"``, none with ``"none"``, some with ``"partial"``: those where
+        at least one probe was).
     basis : array of shape (num_probes, m, n) or None
         Orthonormal Lanczos vectors (in the ``basis_dtype`` of :func:`lanczos`, on the
         operator's backend), if requested.
@@ -91,7 +92,7 @@ def lanczos(
     return_basis: bool = False,
     max_steps: Any = None,
     reorth: str = "full",
-    basis_dtype: str = "float64",
+    basis_dtype: str = "operator",
     basis_device: Any = None,
     shard_basis: bool = False,
 ) -> Tridiagonal:
@@ -114,7 +115,8 @@ def lanczos(
     ``reorth="partial"`` keeps the basis but reads it only when Simon's omega recurrence
     (:class:`hessntk.spectral.orthogonality.OmegaRecurrence`, host work ``O(j)`` per step)
     estimates that some ``|q_i . q_{j+1}|`` exceeds ``sqrt(eps)`` of the products; then the
-    new vectors of that step and the next are reorthogonalised (all active probes together).
+    new vector of that probe is reorthogonalised at that step and the next (each probe by
+    its own estimate: the others' basis is not read).
     Semi-orthogonality gives the Ritz values, breakdowns and quadrature of full
     reorthogonalisation to ``eps ||A||`` (Simon 1984), tested against exact spectra; the
     stored basis is orthogonal to ``sqrt(eps)``, not to ``eps``.
@@ -138,12 +140,14 @@ def lanczos(
         lives in: :func:`hessntk.spectral.block_slq`). Default ``num_matvecs`` for all.
     reorth : {"full", "partial", "none"}
         Reorthogonalisation against the stored basis at every step, at the steps where the
-        omega recurrence asks for it (both: memory ``8 n m`` bytes per probe), or never
-        (memory ``16 n`` bytes per probe).
-    basis_dtype : {"float64", "operator"}
-        Precision of the stored basis: float64, or the operator's dtype (half the memory
-        and reads for a float32 operator; the coefficients, the recurrence and the current
-        vectors stay float64, and the basis is as orthogonal as the products are accurate).
+        omega recurrence asks for it (both: memory ``s n m`` bytes per probe, ``s`` bytes per
+        entry of ``basis_dtype``), or never (memory ``16 n`` bytes per probe).
+    basis_dtype : {"operator", "float64"}
+        Precision of the stored basis: the operator's dtype (default; for a float32
+        operator half the memory and reads of float64, and as orthogonal as its products
+        are accurate: the Ritz values and quadrature of a float64 basis to the products'
+        rounding, tested against exact spectra) or float64. The coefficients, the
+        recurrence and the current vectors stay float64 either way.
         The recurrence itself stays float64: in float32 its dot products over large ``n``
         lose more than the products' accuracy (measured: Ritz values 1e-4 off at
         ``n = 2e5``).
@@ -205,7 +209,7 @@ def lanczos(
         xp.zeros((k, m, width), stored) if on is None else
         xp.zeros_on((k, m, width), stored, on))
     omega = OmegaRecurrence(k, m, xp.eps(op.dtype)) if reorth == "partial" else None
-    forced = False  # the step after a partial reorthogonalisation is reorthogonalised too
+    forced = np.zeros(k, dtype=bool)  # probes whose previous step found orthogonality lost
     num_reorth = 0
     q = xp.transpose(V0)  # (k, n), float64
     q = q / xp.norm(q, axis=1)[:, None]
@@ -226,14 +230,12 @@ def lanczos(
     for j in progress(range(m), "Lanczos steps"):
         w = _apply(op, q if shard is None else shard.whole(q, op.dtype), j, active)
         total += len(active)
-        norm_est[active] = np.maximum(norm_est[active], xp.to_numpy(xp.norm(w, axis=1)))
         if shard is not None:
             w = w[:, shard.cols]
-        b_prev = xp.from_numpy(beta[active, j - 1] if j > 0 else np.zeros(len(active)),
-                               xp.float64)
-        if j == 1:
-            check_symmetry_step(op, xp.to_numpy(_dots(xp, first, w, shard)), beta[active, 0],
-                                norm_est[active], "Lanczos")
+        b_prev_host = beta[active, j - 1] if j > 0 else np.zeros(len(active))
+        b_prev = xp.from_numpy(b_prev_host, xp.float64)
+        # u.(A w) of the first two vectors, checked against beta_0 once ||A|| is estimated
+        symmetry = xp.to_numpy(_dots(xp, first, w, shard)) if j == 1 else None
         if full and xp.name == "jax" and len(active) == k and basis_dtype == "float64" and (
                 shard is None):
             basis, a, w, b = xp.lanczos_step(basis, q, w, b_prev, j)
@@ -256,20 +258,33 @@ def lanczos(
         alpha[active, j] = xp.to_numpy(a)
         b_host = xp.to_numpy(b)
         beta[active, j] = b_host
+        # ||A q_j||^2 = b_prev^2 + a^2 + b^2 for orthonormal q (local orthogonality holds in
+        # finite precision, Paige 1976): a lower bound on ||A|| without reading A q_j again.
+        norm_est[active] = np.maximum(norm_est[active], np.sqrt(
+            b_prev_host**2 + alpha[active, j] ** 2 + b_host**2))
+        if symmetry is not None:
+            check_symmetry_step(op, symmetry, beta[active, 0], norm_est[active], "Lanczos")
         if omega is not None:
-            over = omega.advance(active, j, alpha, beta, norm_est[active]).any()
-            if over or forced:
-                if xp.name == "jax" and len(active) == k:
-                    w = xp.reorthogonalise_all(basis, w)  # rows past j are zero
-                else:
-                    w = _reorthogonalise(xp, basis[rows, : j + 1], w, on is not None,
-                                         shard=shard)
+            over = omega.advance(active, j, alpha, beta, norm_est[active])
+            need = over | forced[active]  # each probe's own estimate, and the step after
+            forced[:] = False
+            forced[active] = over
+            if need.all() and xp.name == "jax" and len(active) == k:
+                w = xp.reorthogonalise_all(basis, w)  # rows past j are zero
+            elif need.all():
+                w = _reorthogonalise(xp, basis[rows, : j + 1], w, on is not None, shard=shard)
+            else:
+                for i in np.flatnonzero(need):
+                    p = int(active[i])  # one probe's rows of the basis: a view, no gather
+                    w = xp.set_index(w, i, _reorthogonalise(
+                        xp, basis[p : p + 1, : j + 1], w[i : i + 1], on is not None,
+                        shard=shard)[0])
+            if need.any():
                 b = _norms(xp, w, shard)
                 b_host = xp.to_numpy(b)
                 beta[active, j] = b_host
-                omega.reset(active, j)
+                omega.reset(active[need], j)
                 num_reorth += 1
-            forced = bool(over)
         elif full:
             num_reorth += 1
         num_steps[active] = j + 1

@@ -21,7 +21,7 @@ from hessntk.spectral._backend import (
     is_jax,
     is_torch,
 )
-from hessntk.spectral.probes import rademacher
+from hessntk.spectral.probes import as_generator
 
 
 def _infer_backend_name(dtype: Any) -> str:
@@ -311,7 +311,8 @@ def check_symmetric(
     ----------
     op : LinearOperator
     seed : int or numpy.random.Generator
-        Seed of the two random probes.
+        Seed of the two random probes (Gaussian: two sign vectors are parallel with
+        probability ``2^(1 - n)``, and parallel probes see no asymmetry).
     rtol : float, optional
         Largest accepted relative asymmetry; default ``sqrt(eps)`` of the operator dtype.
 
@@ -339,7 +340,7 @@ def check_symmetric(
         scale = max(float(np.abs(M).max()), np.finfo(np.float64).tiny)
         asym = float(np.abs(M - M.T).max()) / scale
     else:
-        U = rademacher(op.shape[0], 2, seed)
+        U = as_generator(seed).standard_normal((op.shape[0], 2))
         AU = xp.to_numpy(op.matmat(xp.from_numpy(U, op.dtype))).astype(np.float64)
         a, b = U[:, 0] @ AU[:, 1], U[:, 1] @ AU[:, 0]
         scale = np.linalg.norm(AU[:, 0]) * np.linalg.norm(U[:, 1])
@@ -354,8 +355,8 @@ def check_symmetric(
     return asym
 
 
-def matmat_float64(op: LinearOperator, X: Array, where: str) -> Array:
-    """Return ``A @ X`` for ``X`` of shape (n, k), computed in ``op.dtype``, as float64.
+def matmat_checked(op: LinearOperator, X: Array, where: str) -> Array:
+    """Return ``A @ X`` for ``X`` of shape (n, k), computed and returned in ``op.dtype``.
 
     Raises
     ------
@@ -369,7 +370,18 @@ def matmat_float64(op: LinearOperator, X: Array, where: str) -> Array:
             f"Non-finite operator product at {where} ({op!r}). Check the model, loss and "
             "data for NaN/Inf, or use float64."
         )
-    return xp.cast(Y, xp.float64)
+    return Y
+
+
+def matmat_float64(op: LinearOperator, X: Array, where: str) -> Array:
+    """Return ``A @ X`` for ``X`` of shape (n, k), computed in ``op.dtype``, as float64.
+
+    Raises
+    ------
+    FloatingPointError
+        If a product is not finite; the message names ``where`` (e.g. the Lanczos step).
+    """
+    return op._xp.cast(matmat_checked(op, X, where), op._xp.float64)
 
 
 def dense_matrix(op: LinearOperator) -> np.ndarray:

@@ -344,7 +344,7 @@ def slq(
     probes_per_group: int | None = None,
     store: GroupStore | None = None,
     reorth: str = "partial",
-    basis_dtype: str = "float64",
+    basis_dtype: str = "operator",
     basis_device: Any = None,
     shard_basis: bool = False,
 ) -> SpectralDensity:
@@ -363,8 +363,9 @@ def slq(
     v0 : array of shape (n, num_probes), optional
         Explicit probe vectors (e.g. shared between operators for common random numbers).
     max_basis_bytes : int
-        Memory allowed for the float64 Lanczos bases of the probes advancing together
-        (``8 * n * m`` bytes per probe with a basis, ``16 * n`` with ``reorth="none"``). Probes
+        Memory allowed for the Lanczos bases of the probes advancing together (``s * n *
+        m`` bytes per probe with a basis of ``s``-byte entries, ``16 * n`` with
+        ``reorth="none"``). Probes
         beyond it run in successive groups; the numbers are the same either way, since every
         probe's run is independent. One probe that does not fit is refused, naming the fixes.
     probes_per_group : int, optional
@@ -386,9 +387,9 @@ def slq(
         work per step, for operators whose basis does not fit; densities and traces of
         smooth functions stay accurate (Wasserstein-1 error against exact spectra tested),
         while ghost copies of converged outliers shift weight between copies.
-    basis_dtype : {"float64", "operator"}
-        The stored basis in float64 or in the operator's dtype (:func:`lanczos`): half the
-        memory and reads of the reorthogonalisation for a float32 operator.
+    basis_dtype : {"operator", "float64"}
+        The stored basis in the operator's dtype (default) or in float64 (:func:`lanczos`):
+        for a float32 operator the default takes half the memory and reads of float64.
     basis_device : torch device or str, optional
         ``"cpu"`` keeps a CUDA operator's basis in pinned host memory (:func:`lanczos`).
     shard_basis : bool

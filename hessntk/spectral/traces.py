@@ -19,7 +19,7 @@ import scipy.linalg
 from hessntk._checks import count
 from hessntk.spectral._backend import Array, Backend
 from hessntk.spectral._threads import single_threaded_host_blas
-from hessntk.spectral.operators import LinearOperator, matmat_float64
+from hessntk.spectral.operators import LinearOperator, matmat_checked, matmat_float64
 from hessntk.spectral.probes import Seed, as_generator, rademacher
 from hessntk.spectral.results import (
     BlockEstimate,
@@ -193,10 +193,9 @@ def diagonal(
         exact = xp.to_numpy(xp.sum(AQ * Q, axis=1))
         G = _probes(xp, n, m - 2 * s, rng)
         AG = _apply(op, xp, G - Q @ (xp.transpose(Q) @ G))
+        samples = xp.to_numpy(G * AG)
     else:
-        G = _probes(xp, n, m, rng)
-        AG = _apply(op, xp, G)
-    samples = xp.to_numpy(G * AG)
+        samples = xp.to_numpy(_signed_products(op, xp, m, rng))
     k = samples.shape[1]
     stderrs = samples.std(axis=1, ddof=1) / np.sqrt(k) if k > 1 else np.full(n, np.nan)
     return DiagonalEstimate(exact + samples.mean(axis=1), stderrs, m, method)
@@ -206,8 +205,7 @@ def diagonal(
 
 
 def _hutchinson(op, xp, m, rng, index):
-    Z = _probes(xp, op.shape[0], m, rng)
-    return _block_colsums(xp, Z * _apply(op, xp, Z), index), m, 0.0
+    return _block_colsums(xp, _signed_products(op, xp, m, rng), index), m, 0.0
 
 
 def _hutchpp(op, xp, m, rng, index):
@@ -292,6 +290,17 @@ def _exact(op: LinearOperator, index: list[Any]) -> np.ndarray:
 
 def _probes(xp: Backend, n: int, k: int, rng: np.random.Generator) -> Array:
     return xp.from_numpy(rademacher(n, k, rng), xp.float64)
+
+
+def _signed_products(op: LinearOperator, xp: Backend, k: int, rng: np.random.Generator) -> Array:
+    """``Z * (A Z)`` for ``k`` Rademacher probes ``Z``, as float64 (n, k).
+
+    +-1 is exact in every dtype and so is ``z_i (A z)_i``: the probes are made in float32 (the
+    same signs as :func:`_probes`) and the products multiplied in the operator's dtype; only
+    the sums of the callers need float64.
+    """
+    Z = xp.cast(xp.from_numpy(rademacher(op.shape[0], k, rng, np.float32)), op.dtype)
+    return xp.cast(Z * matmat_checked(op, Z, "trace estimation"), xp.float64)
 
 
 def _apply(op: LinearOperator, xp: Backend, X: Array) -> Array:

@@ -273,3 +273,27 @@ def test_auto_method_is_a_fixed_rule_so_numbers_never_depend_on_timing(hessian_c
     assert_close(first, ref @ V)
     # a second operator, or the same one later, gives the same bits
     assert torch.equal(b.matmat(V), first) and torch.equal(a.matmat(V), first)
+
+
+def test_auto_method_takes_heavy_batches_one_vector_at_a_time_on_cpu() -> None:
+    from hessntk.hessian.operators import ONE_AT_A_TIME_SAMPLES, ONE_AT_A_TIME_WORK
+
+    small, loss, batches, _ = case("mlp_tanh")
+    assert not HessianOperator(small, loss, batches).one_at_a_time  # small ones stay batched
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(),
+                          nn.Linear(256, 1)).double()
+    n = sum(p.numel() for p in model.parameters())
+    x, y = torch.randn(256, 16, dtype=DT), torch.randn(256, 1, dtype=DT)
+    assert 256 >= ONE_AT_A_TIME_SAMPLES and 256 * n >= ONE_AT_A_TIME_WORK
+    auto = HessianOperator(model, nn.MSELoss(), (x, y))
+    assert auto.one_at_a_time and auto.batched_method == "graph"
+    # the same products as the batched graph and forward-over-reverse, to rounding
+    V = torch.randn(n, 3, generator=torch.Generator().manual_seed(0), dtype=DT)
+    ref = HessianOperator(model, nn.MSELoss(), (x, y), method="func").matmat(V)
+    assert_close(auto.matmat(V), ref)
+    assert_close(HessianOperator(model, nn.MSELoss(), (x, y), method="graph").matmat(V), ref)
+    assert torch.equal(auto.matmat(V)[:, 1], auto.matvec(V[:, 1]))  # each one a matvec
+    # an explicit method, or one sample fewer, keeps the chunks
+    assert not HessianOperator(model, nn.MSELoss(), (x, y), method="graph").one_at_a_time
+    assert not HessianOperator(model, nn.MSELoss(), (x[:255], y[:255])).one_at_a_time
