@@ -222,16 +222,17 @@ class HessianOperator(_CurvatureOperator):
         rows = V.T.contiguous()
         out = None
         for i, w, leaves, grads in self._gradient_graphs():
-            parts = []
+            HV = V.new_empty((k, V.shape[0]))
             for start in range(0, k, step):  # one batched backward per chunk of vectors
                 chunk = rows[start : start + step]
                 tangents = list(self.layout.unravel(chunk).values())
                 retain = self.cache_graph or start + step < k
                 hv = _batched_grad(grads, leaves, tangents, chunk.shape[0], retain)
-                parts.append(self.layout.flatten(hv, batch_ndim=1))
-            HV = parts[0] if len(parts) == 1 else torch.cat(parts)
+                # the chunk's rows written in place: no list of parts concatenated again
+                torch.cat([t.reshape(chunk.shape[0], -1) for t in hv], dim=1,
+                          out=HV[start : start + step])
             check_finite(HV, f"{self._product_name} of batch {i}")
-            out = w * HV if out is None else out.add_(HV, alpha=w)
+            out = HV.mul_(w) if out is None else out.add_(HV, alpha=w)
         return out
 
     def _gradient_graphs(

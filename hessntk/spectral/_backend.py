@@ -150,7 +150,9 @@ class TorchBackend(Backend):
         return float(self._torch.finfo(dtype).eps)
 
     def from_numpy(self, a: np.ndarray, dtype: Any = None) -> Array:
-        t = self._torch.from_numpy(np.ascontiguousarray(a))
+        if not (a.flags.c_contiguous or a.flags.f_contiguous):  # e.g. negative strides
+            a = np.ascontiguousarray(a)
+        t = self._torch.from_numpy(a)  # column-major probes stay so: their rows are contiguous
         return t.to(device=self.device, dtype=dtype if dtype is not None else t.dtype)
 
     def to_numpy(self, x: Array) -> np.ndarray:

@@ -228,7 +228,11 @@ def lanczos(
     tol = BREAKDOWN_FACTOR * xp.eps(op.dtype)
     total = 0
     for j in progress(range(m), "Lanczos steps"):
-        w = _apply(op, q if shard is None else shard.whole(q, op.dtype), j, active)
+        # q in the products' dtype, made once: the product's input and, for a basis in that
+        # dtype, the stored row
+        q_op = xp.cast(q, op.dtype) if shard is None else shard.whole(q, op.dtype)
+        row = q_op if shard is None and stored == op.dtype else xp.cast(q, stored)
+        w = _apply(op, q_op, j, active)
         total += len(active)
         if shard is not None:
             w = w[:, shard.cols]
@@ -245,11 +249,11 @@ def lanczos(
             if on is not None and len(active) < k:
                 rows = xp.from_numpy(active).to(on)
             if basis is not None and on is not None:
-                basis[rows, j] = xp.cast(q, stored).to(on)
+                basis[rows, j] = row.to(on)
             elif basis is not None and xp.name == "jax" and len(active) == k:
-                basis = xp.store_row(basis, j, xp.cast(q, stored))
+                basis = xp.store_row(basis, j, row)
             elif basis is not None:
-                basis = xp.set_index(basis, (rows, j), xp.cast(q, stored))
+                basis = xp.set_index(basis, (rows, j), row)
             a, w = xp.recurrence(q, w, q_prev if j > 0 else None, b_prev,
                                  reduce=None if shard is None else shard.sum)
             if full:
@@ -380,7 +384,7 @@ def _start_vectors(
 
 
 def _apply(op: LinearOperator, q: Array, step: int, active: np.ndarray) -> Array:
-    """Return ``A q`` for float64 rows ``q`` of shape (k, n), as float64 rows."""
+    """Return ``A q`` for rows ``q`` (k, n), float64 or in the products' dtype, as float64."""
     xp = op._xp
     where = f"Lanczos step {step} (probes {active.tolist()})"
     return xp.transpose(matmat_float64(op, xp.transpose(q), where))

@@ -25,8 +25,10 @@ def as_generator(seed: Seed) -> np.random.Generator:
 def rademacher(n: int, k: int, seed: Seed = 0, dtype: Any = np.float64) -> np.ndarray:
     """Draw ``k`` Rademacher vectors (entries +-1) of length ``n``.
 
-    The signs are the bits of ``ceil(n k / 8)`` random bytes of the generator, row-major:
-    the same seed gives the same probes in every dtype (+-1 is exact in all of them).
+    The signs are the bits of ``ceil(n k / 8)`` random bytes of the generator: probe ``j``
+    takes bits ``j n`` to ``(j + 1) n - 1``, so the same seed gives the same probes in every
+    dtype (+-1 is exact in all of them). The array is column-major: each probe is
+    contiguous, as the rows ``V.T`` that products and Lanczos work on.
 
     Parameters
     ----------
@@ -37,7 +39,7 @@ def rademacher(n: int, k: int, seed: Seed = 0, dtype: Any = np.float64) -> np.nd
 
     Returns
     -------
-    numpy.ndarray of shape (n, k). Each column has squared norm exactly ``n``.
+    numpy.ndarray of shape (n, k), Fortran order. Each column has squared norm exactly ``n``.
 
     Examples
     --------
@@ -45,11 +47,10 @@ def rademacher(n: int, k: int, seed: Seed = 0, dtype: Any = np.float64) -> np.nd
     (3, 2)
     """
     rng = as_generator(seed)
-    # One random bit per sign (0.08 s for 301k x 100 float64, against 0.25-0.75 s for a
-    # byte per sign from rng.integers).
+    # One random bit per sign (0.05 s for 301k x 100, against 0.25-0.75 s for a byte per
+    # sign from rng.integers).
     raw = np.frombuffer(rng.bytes((n * k + 7) // 8), dtype=np.uint8)
-    signs = np.unpackbits(raw, count=n * k).reshape(n, k)
-    out = np.empty((n, k), dtype=dtype)
-    np.multiply(signs, out.dtype.type(2), out=out, casting="unsafe")
+    out = np.empty(n * k, dtype=dtype)
+    np.multiply(np.unpackbits(raw, count=n * k), out.dtype.type(2), out=out, casting="unsafe")
     out -= 1
-    return out
+    return out.reshape(k, n).T
