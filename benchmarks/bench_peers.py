@@ -1,20 +1,24 @@
 """hessntk side by side with its peers PyHessian, curvlinops and hessian-eigenthings.
 
-Run: ``python benchmarks/bench_peers.py [--threads 2] [--quick]`` (the peers ``pyhessian``,
-``curvlinops`` (``curvlinops-for-pytorch``) and ``hessian_eigenthings`` must be importable;
-a missing or broken peer prints ``peer X failed: <reason>`` and the rest goes on). The setting
-is issue 16's: the Hessian of the MLP 64-512-512-10 (301k parameters, float32, untrained,
-``torch.manual_seed(0)``) under ``CrossEntropyLoss`` on 512 standardised ``load_digits``
-images, ``torch.set_num_threads(2)`` (and the BLAS pools limited alike). ``--quick`` divides
-the products (trace 30, SLQ 2 probes x 30 steps, top 1 and 3 eigenvalues, PyHessian power
-iterations 30) so that the whole script runs in under about two minutes; the full settings
-(trace 100, SLQ 10 x 100, top 1 and 10) take several minutes on two cores.
+Run: ``python benchmarks/bench_peers.py [--threads 2] [--rounds 3] [--quick]`` (the peers
+``pyhessian``, ``curvlinops`` (``curvlinops-for-pytorch``) and ``hessian_eigenthings`` must be
+importable; a missing or broken peer prints ``peer X failed: <reason>`` and the rest goes on).
+The setting is issue 16's: the Hessian of the MLP 64-512-512-10 (301k parameters, float32,
+untrained, ``torch.manual_seed(0)``) under ``CrossEntropyLoss`` on 512 standardised
+``load_digits`` images, ``torch.set_num_threads(2)`` (and the BLAS pools limited alike).
+``--quick`` divides the products (trace 30, SLQ 2 probes x 30 steps, top 1 and 3 eigenvalues,
+PyHessian power iterations 30) so that the whole script runs in under about two minutes; the
+full settings (trace 100, SLQ 10 x 100, top 1 and 10) take several minutes on two cores.
 
 Every peer's products are counted and timed by wrapping its own product function (PyHessian's
 ``hessian_vector_product``, curvlinops' ``_matmat``, hessian-eigenthings' ``matvec``); ours
 by a ``CountingOperator``. So each run prints its wall time, its products and the seconds
 spent inside them, and ``wall/prod`` = wall time / product seconds (1.0 = all the time is in
 the products; above 1 is the algorithm's own overhead: reorthogonalisation, Python loops).
+
+The trace and eigenvalue candidates run ``--rounds`` times each, interleaved (every round
+runs all of them once, so that a drift of the machine's load hits all alike), and each row
+shows its run of median wall time; the SLQ section runs once (a minute per candidate).
 
 Sections and ratios:
 
@@ -71,6 +75,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_slq_overhead import digits_mlp
 
 Row = list[str]
+#: One timed run: (value as printed, wall s, products, seconds in the products).
+Run = tuple[Any, float, int, float]
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -196,6 +202,18 @@ class Peers:
         finally:
             self.release()
 
+    def runner(self, name: str, make: Callable[[], tuple[Any, Meter]],
+               call: Callable[[Any], Any], show: Callable[[Any], Any]) -> Callable[[], Run | None]:
+        """A candidate of :func:`median_runs`: :meth:`run`, its value shown by ``show``."""
+        def timed() -> Run | None:
+            got = self.run(name, make, call)
+            if got is None:
+                return None
+            out, wall, meter = got
+            return show(out), wall, meter.count, meter.seconds
+
+        return timed
+
     def pyhessian(self) -> tuple[Any, Meter]:
         """A ``pyhessian.hessian`` object; its products go through the metered hvp."""
         # the package's __init__ rebinds ``pyhessian.hessian`` to the class: take the module
@@ -235,6 +253,20 @@ class Peers:
         meter = Meter()
         op.matvec = meter.wrap(op.matvec, lambda v: 1)
         return op, meter
+
+
+def median_runs(candidates: list[tuple[str, Callable[[], Run | None]]],
+                rounds: int) -> dict[str, Run]:
+    """Run every candidate once per round, interleaved (so that a drift of the machine's
+    load hits all alike), and keep each one's run of median wall time."""
+    runs: dict[str, list[Run]] = {name: [] for name, _ in candidates}
+    for _ in range(rounds):
+        for name, call in candidates:
+            got = call()
+            if got is not None:
+                runs[name].append(got)
+    return {name: sorted(rs, key=lambda r: r[1])[len(rs) // 2] for name, rs in runs.items()
+            if rs}
 
 
 def mean_seconds(fn: Callable[[], Any], reps: int) -> float:
@@ -312,21 +344,22 @@ def bench_products(model: nn.Module, X: torch.Tensor, y: torch.Tensor, peers: Pe
 
 
 # -- 2. trace --------------------------------------------------------------------------------
-def bench_trace(op: HessianOperator, peers: Peers, budget: int) -> None:
+def bench_trace(op: HessianOperator, peers: Peers, budget: int, rounds: int) -> None:
     print(f"\n2. trace estimate from about {budget} products (wall s, products, seconds in "
           f"products, wall/prod, value +- stderr, ours/peer = our wall, same estimator / "
           f"peer's wall)")
     budgets = {"hutchinson": budget, "hutchpp": 3 * (budget // 3), "xtrace": budget - budget % 2}
-    ours: dict[str, float] = {}
-    rows = []
-    for method in ("xtrace", "hutchpp", "hutchinson"):
-        counted = CountingOperator(op)
-        start = time.perf_counter()
-        est = trace(counted, num_matvecs=budgets[method], method=method, seed=0)
-        wall = ours[method] = time.perf_counter() - start
-        rows.append([f"hessntk trace {method}", str(counted.num_matvecs), f3(wall),
-                     f3(counted.seconds), f"{wall / counted.seconds:.2f}",
-                     f"{est.value:.5g} +- {est.stderr:.2g}", "-"])
+
+    def our_trace(method: str) -> Callable[[], Run]:
+        def call() -> Run:
+            counted = CountingOperator(op)
+            start = time.perf_counter()
+            est = trace(counted, num_matvecs=budgets[method], method=method, seed=0)
+            wall = time.perf_counter() - start
+            return (f"{est.value:.5g} +- {est.stderr:.2g}", wall, counted.num_matvecs,
+                    counted.seconds)
+
+        return call
 
     def ph_trace(h: Any) -> float:
         # Its stopping test |mean - previous mean| / (previous mean + 1e-6) < tol divides by
@@ -350,25 +383,32 @@ def bench_trace(op: HessianOperator, peers: Peers, budget: int) -> None:
 
         return call
 
-    runs = [("PyHessian trace(maxIter, tol=-inf)", "hutchinson", peers.pyhessian, ph_trace),
-            ("curvlinops hutchinson_trace", "hutchinson", peers.curvlinops,
-             cl_trace("hutchinson_trace", "hutchinson")),
-            ("curvlinops hutchpp_trace", "hutchpp", peers.curvlinops,
-             cl_trace("hutchpp_trace", "hutchpp")),
-            ("curvlinops xtrace", "xtrace", peers.curvlinops, cl_trace("xtrace", "xtrace")),
-            ("hessian-eigenthings trace hutchinson", "hutchinson", peers.eigenthings,
-             et_trace("hutchinson", "hutchinson")),
-            ("hessian-eigenthings trace hutch++", "hutchpp", peers.eigenthings,
-             et_trace("hutch++", "hutchpp"))]
+    candidates = [(f"hessntk trace {m}", m, our_trace(m))
+                  for m in ("xtrace", "hutchpp", "hutchinson")]
+    candidates += [(name, est, peers.runner(name, make, call, g5)) for name, est, make, call in (
+        ("PyHessian trace(maxIter, tol=-inf)", "hutchinson", peers.pyhessian, ph_trace),
+        ("curvlinops hutchinson_trace", "hutchinson", peers.curvlinops,
+         cl_trace("hutchinson_trace", "hutchinson")),
+        ("curvlinops hutchpp_trace", "hutchpp", peers.curvlinops,
+         cl_trace("hutchpp_trace", "hutchpp")),
+        ("curvlinops xtrace", "xtrace", peers.curvlinops, cl_trace("xtrace", "xtrace")),
+        ("hessian-eigenthings trace hutchinson", "hutchinson", peers.eigenthings,
+         et_trace("hutchinson", "hutchinson")),
+        ("hessian-eigenthings trace hutch++", "hutchpp", peers.eigenthings,
+         et_trace("hutch++", "hutchpp")))]
+    medians = median_runs([(name, call) for name, _, call in candidates], rounds)
+    ours = {est: medians[name][1] for name, est, _ in candidates[:3]}
     walls: dict[str, float] = {}
-    for name, est, make, call in runs:
-        got = peers.run(name, make, call)
-        if got is None:
+    rows = []
+    for name, est, _ in candidates:
+        if name not in medians:
             continue
-        value, wall, meter = got
-        walls[name] = wall
-        rows.append([name, str(meter.count), f3(wall), f3(meter.seconds),
-                     f"{wall / meter.seconds:.2f}", g5(value), ratio(ours[est], wall)])
+        value, wall, count, seconds = medians[name]
+        mine = name.startswith("hessntk")
+        if not mine:
+            walls[name] = wall
+        rows.append([name, str(count), f3(wall), f3(seconds), f"{wall / seconds:.2f}", value,
+                     "-" if mine else ratio(ours[est], wall)])
     table(["trace", "products", "wall s", "prod s", "wall/prod", "value", "ours/peer"], rows)
     if walls:
         name = min(walls, key=walls.__getitem__)
@@ -378,34 +418,34 @@ def bench_trace(op: HessianOperator, peers: Peers, budget: int) -> None:
 
 
 # -- 3. top eigenvalues ----------------------------------------------------------------------
-def bench_eigen(op: HessianOperator, peers: Peers, ks: tuple[int, ...], power_iters: int) -> None:
+def bench_eigen(op: HessianOperator, peers: Peers, ks: tuple[int, ...], power_iters: int,
+                rounds: int) -> None:
     print(f"\n3. top-k eigenvalues (largest algebraic; hessntk eigsh tol 1e-6, PyHessian power "
           f"iteration maxIter={power_iters} tol=1e-3 with deflation, hessian-eigenthings "
           f"Lanczos with full reorth and our product count as steps, curvlinops to_scipy + "
           f"scipy eigsh tol 1e-6)")
     for k in ks:
-        bench_eigen_k(op, peers, k, power_iters)
+        bench_eigen_k(op, peers, k, power_iters, rounds)
 
 
-def bench_eigen_k(op: HessianOperator, peers: Peers, k: int, power_iters: int) -> None:
-    counted = CountingOperator(op)
-    start = time.perf_counter()
-    with quiet():
-        res = eigsh(counted, k=k, seed=0, return_eigenvectors=False)
-    wall_ours = time.perf_counter() - start
-    ref = np.asarray(res.eigenvalues, dtype=np.float64)
-    rows = [[f"hessntk eigsh k={k} (float32 basis)", str(counted.num_matvecs), f3(wall_ours),
-             f3(counted.seconds), f"{wall_ours / counted.seconds:.2f}", g5(ref[0]),
-             g5(ref[-1]), "-", "-", f"converged={res.converged}"]]
-    steps = max(counted.num_matvecs, 2 * k)
-    f64 = CountingOperator(op)
-    start = time.perf_counter()
-    with quiet():
-        res_f64 = eigsh(f64, k=k, seed=0, return_eigenvectors=False, basis_dtype="float64")
-    wall_f64 = time.perf_counter() - start
-    rows.append([f"hessntk eigsh k={k} float64 basis", str(f64.num_matvecs), f3(wall_f64),
-                 f3(f64.seconds), f"{wall_f64 / f64.seconds:.2f}", g5(res_f64.eigenvalues[0]),
-                 g5(res_f64.eigenvalues[-1]), "-", "-", f"converged={res_f64.converged}"])
+def bench_eigen_k(op: HessianOperator, peers: Peers, k: int, power_iters: int,
+                  rounds: int) -> None:
+    def our_eigsh(basis_dtype: str) -> Callable[[], Run]:
+        def call() -> Run:
+            counted = CountingOperator(op)
+            start = time.perf_counter()
+            with quiet():
+                res = eigsh(counted, k=k, seed=0, return_eigenvectors=False,
+                            basis_dtype=basis_dtype)
+            wall = time.perf_counter() - start
+            vals = np.asarray(res.eigenvalues, dtype=np.float64)
+            return (vals, f"converged={res.converged}"), wall, counted.num_matvecs, counted.seconds
+
+        return call
+
+    first = our_eigsh("operator")()  # the reference values and the peers' step count
+    ref = first[0][0]
+    steps = max(first[2], 2 * k)
 
     def ph_eig(h: Any) -> tuple[Any, str]:
         return h.eigenvalues(maxIter=power_iters, tol=1e-3, top_n=k)[0], ""
@@ -421,24 +461,32 @@ def bench_eigen_k(op: HessianOperator, peers: Peers, k: int, power_iters: int) -
 
         return sp_eigsh(H.to_scipy(), k=k, which="LA", tol=1e-6, return_eigenvectors=False), ""
 
+    ours = [f"hessntk eigsh k={k} (float32 basis)", f"hessntk eigsh k={k} float64 basis"]
+    candidates = [(ours[0], our_eigsh("operator")), (ours[1], our_eigsh("float64"))]
+    candidates += [(name, peers.runner(name, make, call, lambda out: out)) for name, make, call in (
+        (f"PyHessian eigenvalues top_n={k}", peers.pyhessian, ph_eig),
+        (f"hessian-eigenthings lanczos k={k}", peers.eigenthings, et_eig),
+        (f"curvlinops + scipy eigsh k={k}", peers.curvlinops, cl_eig))]
+    medians = median_runs(candidates, rounds)
+    wall_ours = medians[ours[0]][1]
     found: dict[str, np.ndarray] = {"hessntk": ref}
     walls: dict[str, float] = {}
-    for name, make, call in ((f"PyHessian eigenvalues top_n={k}", peers.pyhessian, ph_eig),
-                             (f"hessian-eigenthings lanczos k={k}", peers.eigenthings, et_eig),
-                             (f"curvlinops + scipy eigsh k={k}", peers.curvlinops, cl_eig)):
-        got = peers.run(name, make, call)
-        if got is None:
+    rows = []
+    for name, _ in candidates:
+        if name not in medians:
             continue
-        (vals, note), wall, meter = got
+        (vals, note), wall, count, seconds = medians[name]
         vals = np.sort(np.asarray(vals, dtype=np.float64))[::-1]
-        found[name] = vals
+        mine = name in ours
         m = min(len(vals), len(ref))
         diff = float(np.max(np.abs(vals[:m] - ref[:m]) / np.abs(ref[:m])))
-        if diff <= 1e-3:
-            walls[name] = wall
-        rows.append([name, str(meter.count), f3(wall), f3(meter.seconds),
-                     f"{wall / meter.seconds:.2f}", g5(vals[0]), g5(vals[-1]), f"{diff:.1e}",
-                     ratio(wall_ours, wall), note])
+        if not mine:
+            found[name] = vals
+            if diff <= 1e-3:
+                walls[name] = wall
+        rows.append([name, str(count), f3(wall), f3(seconds), f"{wall / seconds:.2f}",
+                     g5(vals[0]), g5(vals[-1]), "-" if mine else f"{diff:.1e}",
+                     "-" if mine else ratio(wall_ours, wall), note])
     table(["eigenvalues", "products", "wall s", "prod s", "wall/prod", "top", f"#{k}",
            "rel.diff", "ours/peer", "note"], rows)
     if k > 1:
@@ -524,6 +572,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true",
                         help="fewer products (trace 30, SLQ 2 x 30, top 1 and 3): < 2 min")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved runs of every trace and eigenvalue candidate; the "
+                        "run of median wall time is shown (default 3)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -545,8 +596,8 @@ def main() -> None:
               f"{' (--quick)' if quick else ''}")
         peers = Peers(model, X, y)
         op = bench_products(model, X, y, peers, reps)
-        bench_trace(op, peers, budget)
-        bench_eigen(op, peers, ks, power_iters)
+        bench_trace(op, peers, budget, args.rounds)
+        bench_eigen(op, peers, ks, power_iters, args.rounds)
         bench_slq(op, peers, probes, steps)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
