@@ -240,7 +240,7 @@ def lanczos(
         b_prev = xp.from_numpy(b_prev_host, xp.float64)
         # u.(A w) of the first two vectors, checked against beta_0 once ||A|| is estimated
         symmetry = xp.to_numpy(_dots(xp, first, w, shard)) if j == 1 else None
-        if full and xp.name == "jax" and len(active) == k and basis_dtype == "float64" and (
+        if full and xp.name == "jax" and len(active) == k and stored == xp.float64 and (
                 shard is None):
             basis, a, w, b = xp.lanczos_step(basis, q, w, b_prev, j)
         else:

@@ -374,13 +374,8 @@ def matmat_checked(op: LinearOperator, X: Array, where: str) -> Array:
 
 
 def matmat_float64(op: LinearOperator, X: Array, where: str) -> Array:
-    """Return ``A @ X`` for ``X`` of shape (n, k), computed in ``op.dtype``, as float64.
-
-    Raises
-    ------
-    FloatingPointError
-        If a product is not finite; the message names ``where`` (e.g. the Lanczos step).
-    """
+    """:func:`matmat_checked` (computed in ``op.dtype``, refusing non-finite products), as
+    float64."""
     return op._xp.cast(matmat_checked(op, X, where), op._xp.float64)
 
 
