@@ -131,3 +131,22 @@ def test_block_slq_is_slq_of_every_diagonal_block_in_one_pass():
     lam = np.linalg.eigvalsh(A[24:, 24:])
     assert dens[2].exact.all()
     assert np.abs(dens[2].nodes[..., None] - lam).min(axis=-1).max() < 1e-8
+
+
+def test_rademacher_probes_are_the_seeds_bits_in_every_dtype():
+    Z = rademacher(1000, 4, seed=3)
+    Z32 = rademacher(1000, 4, seed=3, dtype=np.float32)
+    assert Z.dtype == np.float64 and Z32.dtype == np.float32 and np.array_equal(Z, Z32)
+    assert set(np.unique(Z)) == {-1.0, 1.0} and np.all((Z**2).sum(axis=0) == 1000)
+    assert Z.flags.f_contiguous  # each probe contiguous: the rows products work on
+    # probe j holds bits j n ... (j + 1) n - 1 of the seed's bytes, so fewer probes are a prefix
+    np.testing.assert_array_equal(rademacher(1000, 2, seed=3), Z[:, :2])
+    bits = np.unpackbits(np.frombuffer(np.random.default_rng(3).bytes(500), np.uint8))
+    np.testing.assert_array_equal(Z.T.ravel(), 2.0 * bits - 1.0)
+    assert not np.array_equal(rademacher(1000, 4, seed=4), Z)
+    # balanced: each sign with probability 1/2 (4000 draws: 5 standard deviations = 158)
+    assert abs(int(Z.sum())) < 158
+    from hessntk.spectral._backend import TorchBackend
+
+    t = TorchBackend().from_numpy(Z)  # the backend keeps the layout: rows without a copy
+    assert t.T.is_contiguous() and np.array_equal(t.numpy(), Z)
