@@ -365,9 +365,9 @@ def slq(
     max_basis_bytes : int
         Memory allowed for the Lanczos bases of the probes advancing together (``s * n *
         m`` bytes per probe with a basis of ``s``-byte entries, ``16 * n`` with
-        ``reorth="none"``). Probes
-        beyond it run in successive groups; the numbers are the same either way, since every
-        probe's run is independent. One probe that does not fit is refused, naming the fixes.
+        ``reorth="none"``). Probes beyond it run in successive groups; the numbers are the
+        same either way, since every probe's run is independent. One probe that does not
+        fit is refused, naming the fixes.
     probes_per_group : int, optional
         Probes advancing together, instead of the groups ``max_basis_bytes`` implies: group
         ``g`` always holds probes ``g * probes_per_group, ...`` (the unit of ``store``).
