@@ -21,6 +21,7 @@ from hessntk.spectral._backend import Array, Backend
 from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.operators import LinearOperator, matmat_checked, matmat_float64
 from hessntk.spectral.probes import Seed, as_generator, rademacher
+from hessntk.spectral.qr import tall_qr
 from hessntk.spectral.results import (
     BlockEstimate,
     Estimate,
@@ -96,6 +97,14 @@ def trace(
         spectra: judge these with about 4 standard errors. 0 for "exact".
     BlockEstimate
         When ``blocks`` is given: per-block values and standard errors.
+
+    Notes
+    -----
+    The range sketches of "xtrace" and "hutchpp" are orthonormalised by CholeskyQR (one pass
+    when its loss of orthogonality is below the products' unit roundoff, else two), or by
+    Householder QR when the sketch is too ill-conditioned for it
+    (:func:`hessntk.spectral.qr.tall_qr`). The total of "xtrace" uses the symmetry of ``A``:
+    ``Omega^T A Q = (A Omega)^T Q = R^T``, one Gram product fewer than the paper's algorithm.
 
     Raises
     ------
@@ -211,10 +220,14 @@ def _hutchinson(op, xp, m, rng, index):
 def _hutchpp(op, xp, m, rng, index):
     s = m // 3
     Q, AQ = _range_sketch(op, xp, s, rng)
-    exact = _block_colsums(xp, Q * AQ, index).sum(axis=1)
     G = _probes(xp, op.shape[0], m - 2 * s, rng)
-    X = G - Q @ (xp.transpose(Q) @ G)
-    return _block_colsums(xp, X * _apply(op, xp, X), index), m, exact
+    X = xp.subtract_matmul(G, Q, xp.transpose(Q) @ G)  # (I - Q Q^T) G, in G's memory
+    AX = _apply(op, xp, X)
+    if _is_whole(index):
+        exact = float(xp.to_numpy(xp.sum(xp.column_dots(Q, AQ), 0)))
+        return xp.to_numpy(xp.column_dots(X, AX))[None, :], m, exact
+    exact = _block_colsums(xp, Q * AQ, index).sum(axis=1)
+    return _block_colsums(xp, X * AX, index), m, exact
 
 
 def _xtrace(op, xp, m, rng, index):
@@ -224,15 +237,26 @@ def _xtrace(op, xp, m, rng, index):
     s = m // 2
     Om = _probes(xp, op.shape[0], s, rng)
     Y = _apply(op, xp, Om)
-    Q, R = xp.qr(Y)
+    Q, R, qr_method = tall_qr(xp, Y, xp.eps(op.dtype) / 2)
     Z = _apply(op, xp, Q)
-    R = xp.to_numpy(R)
-    W = xp.to_numpy(xp.transpose(Q) @ Om)  # w_i = Q^T omega_i
     S = _leave_one_out_directions(R)
+    if _is_whole(index):
+        # For symmetric A the Grams of Y and of Om against Z follow from R: Q^T Y = R and
+        # Om^T Z = (A Om)^T Q = R^T; and Q^T Om = R^-T Y^T Om when R is well conditioned
+        # (CholeskyQR is used only then).
+        OY = xp.to_numpy(xp.transpose(Om) @ Y)
+        if qr_method == "householder":
+            W = xp.to_numpy(xp.transpose(Q) @ Om)
+        else:
+            W = scipy.linalg.solve_triangular(R, OY.T, trans="T")
+        grams = [(OY, R.T, R, xp.to_numpy(xp.transpose(Q) @ Z))]
+    else:
+        W = xp.to_numpy(xp.transpose(Q) @ Om)  # w_i = Q^T omega_i
+        grams = _block_grams(xp, index, (Om, Y), (Om, Z), (Q, Y), (Q, Z))
     c = np.sum(S * W, axis=0)
     Vm = W - S * c  # v_i = w_i - (s_i . w_i) s_i, so Q_(i) Q_(i)^T omega_i = Q v_i
     samples = []
-    for OY, OZ, QY, C in _block_grams(xp, index, (Om, Y), (Om, Z), (Q, Y), (Q, Z)):
+    for OY, OZ, QY, C in grams:
         t = np.trace(C) - _diag_quad(S, C, S)
         t += np.diag(OY) - _diag_quad(np.eye(s), OZ, Vm) - _diag_quad(Vm, QY, np.eye(s))
         t += _diag_quad(Vm, C, Vm)
@@ -308,8 +332,12 @@ def _apply(op: LinearOperator, xp: Backend, X: Array) -> Array:
 
 
 def _range_sketch(op, xp, s, rng):
-    Q, _ = xp.qr(_apply(op, xp, _probes(xp, op.shape[0], s, rng)))
+    Q, _, _ = tall_qr(xp, _apply(op, xp, _probes(xp, op.shape[0], s, rng)), xp.eps(op.dtype) / 2)
     return Q, _apply(op, xp, Q)
+
+
+def _is_whole(index: list[Any]) -> bool:
+    return len(index) == 1 and isinstance(index[0], slice) and index[0] == slice(None)
 
 
 def _as_blocks(blocks: Blocks | None, n: int) -> list[Any]:

@@ -62,3 +62,34 @@ def test_cuda_operator_matches_cpu():
     assert_close(trace(op, num_matvecs=30).value, trace(aslinearoperator(A), num_matvecs=30).value,
                  rtol=1e-10)
     assert slq(op, num_probes=2, num_matvecs=10).nodes.shape == (2, 10)
+
+
+@pytest.mark.parametrize("layout", ["F", "C"])
+def test_torch_host_arrays_from_numpy_keep_values_and_layout(layout):
+    # Casts and tall products of >= 4 MiB on the CPU write into numpy-allocated memory (huge
+    # pages); they must equal torch's own results and keep the column-major layout of probes.
+    from hessntk.spectral._backend import TorchBackend
+
+    xp = TorchBackend()
+    X32 = torch.from_numpy(np.asarray(np.random.default_rng(0).standard_normal((20000, 40)),
+                                      dtype=np.float32, order=layout))
+    X = xp.cast(X32, torch.float64)
+    assert X.dtype == torch.float64 and torch.equal(X, X32.to(torch.float64))
+    assert X.stride() == X32.stride()
+    B = torch.from_numpy(np.random.default_rng(1).standard_normal((40, 40)))
+    P = xp.matmul(X, B)
+    assert P.shape == (20000, 40) and torch.allclose(P, X @ B, rtol=1e-13, atol=1e-13)
+    assert (P.stride(0) == 1) == (layout == "F")
+    small = xp.cast(X32[:10], torch.float64)  # below the size: torch's own cast
+    assert torch.equal(small, X32[:10].to(torch.float64))
+    assert torch.equal(xp.cast(X32, torch.bfloat16), X32.to(torch.bfloat16))  # no numpy dtype
+
+
+def test_column_dots_and_subtract_matmul_on_every_backend(matrix):
+    xp = aslinearoperator(matrix)._xp
+    X, Y, B = A[:, :5], A[:, 5:10], A[:5, :5]
+    assert_close(xp.to_numpy(xp.column_dots(xp.from_numpy(X), xp.from_numpy(Y))),
+                 np.sum(X * Y, axis=0), rtol=1e-13)
+    C = xp.from_numpy(Y.copy())
+    assert_close(xp.to_numpy(xp.subtract_matmul(C, xp.from_numpy(X), xp.from_numpy(B))),
+                 Y - X @ B, rtol=1e-13)
