@@ -45,7 +45,7 @@ def tall_qr(xp: Backend, Y: Array, tol: float) -> tuple[Array, np.ndarray, str]:
     >>> Y = np.random.default_rng(0).standard_normal((1000, 5))
     >>> Q, R, method = tall_qr(Backend(), Y, tol=1e-7)
     >>> method, bool(np.allclose(Q @ R, Y)), bool(np.allclose(Q.T @ Q, np.eye(5)))
-    ('cholesky2', True, True)
+    ('cholesky', True, True)
     """
     n, k = Y.shape
     # Yamamoto et al. (2015), section 3, with u the float64 unit roundoff: for delta <= 1 the
