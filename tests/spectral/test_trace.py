@@ -123,49 +123,43 @@ def test_torch_float32_operator_matches_numpy(indefinite):
     assert_close(e32.value, e64.value, rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["xtrace", "hutchpp"])
-@pytest.mark.parametrize("spectrum,qr", [("flat", "cholesky2"), ("low rank", "householder")])
-def test_total_equals_one_block_through_each_qr(monkeypatch, method, spectrum, qr):
-    # The total takes shortcuts (XTrace: Q^T Y = R, Om^T Z = R^T and Q^T Om from R; Hutch++:
-    # column dots); a single block of all coordinates takes the general per-block Grams.
+@pytest.fixture
+def qr_methods(monkeypatch):
+    """The QR methods the trace estimators used, in call order."""
     import hessntk.spectral.traces as traces
 
-    used = []
+    used, tall_qr = [], traces.tall_qr
 
     def recorded(*args):
         out = tall_qr(*args)
         used.append(out[2])
         return out
 
-    tall_qr = traces.tall_qr
     monkeypatch.setattr(traces, "tall_qr", recorded)
+    return used
+
+
+@pytest.mark.parametrize("method", ["xtrace", "hutchpp"])
+@pytest.mark.parametrize("spectrum,qr", [("flat", "cholesky2"), ("low rank", "householder")])
+def test_total_equals_one_block_through_each_qr(qr_methods, method, spectrum, qr):
+    # The total takes shortcuts (XTrace: Q^T Y = R, Om^T Z = R^T and Q^T Om from R; Hutch++:
+    # column dots); a single block of all coordinates takes the general per-block Grams.
     lam = np.linspace(1.0, 2.0, 150) if spectrum == "flat" else np.r_[np.arange(1.0, 9.0),
                                                                        np.zeros(142)]
     A = matrix_with_spectrum(lam, seed=4)
     op = aslinearoperator(A)
     total = trace(op, num_matvecs=48, method=method, seed=2)
     block = trace(op, num_matvecs=48, method=method, seed=2, blocks=[np.arange(150)])
-    assert used == [qr, qr]
+    assert qr_methods == [qr, qr]
     assert_close(total.value, block.values[0], rtol=1e-12)
     assert_close(total.stderr, block.stderrs[0], rtol=1e-9, atol=1e-12 * abs(total.value))
     if spectrum == "low rank":  # rank 8 < the sketch: both are exact
         assert_close(total.value, lam.sum(), rtol=1e-10)
 
 
-def test_float32_operator_at_size_takes_one_cholesky_pass(monkeypatch):
+def test_float32_operator_at_size_takes_one_cholesky_pass(qr_methods):
     # n = 20000: host arrays above 4 MiB, and a sketch of condition ~3 whose one-pass
     # CholeskyQR bound, (5/64) delta^2 ~ 2e-9, is below float32's unit roundoff (6e-8).
-    import hessntk.spectral.traces as traces
-
-    used = []
-
-    def recorded(*args):
-        out = tall_qr(*args)
-        used.append(out[2])
-        return out
-
-    tall_qr = traces.tall_qr
-    monkeypatch.setattr(traces, "tall_qr", recorded)
     d = np.linspace(1.0, 3.0, 20000)
 
     def diagonal_operator(dtype):
@@ -176,6 +170,6 @@ def test_float32_operator_at_size_takes_one_cholesky_pass(monkeypatch):
     ops = {dt: diagonal_operator(dt) for dt in (torch.float32, torch.float64)}
     e32 = trace(ops[torch.float32], num_matvecs=40, seed=0)
     e64 = trace(ops[torch.float64], num_matvecs=40, seed=0)
-    assert used == ["cholesky", "cholesky2"]
+    assert qr_methods == ["cholesky", "cholesky2"]
     assert abs(e64.value - d.sum()) <= 4 * e64.stderr
     assert_close(e32.value, e64.value, rtol=1e-6)  # float32 products: ~1e-7 relative
