@@ -237,7 +237,7 @@ def _xtrace(op, xp, m, rng, index):
     s = m // 2
     Om = _probes(xp, op.shape[0], s, rng)
     Y = _apply(op, xp, Om)
-    Q, R, qr_method = tall_qr(xp, Y, xp.eps(op.dtype) / 2)
+    Q, R, qr_method = _orthonormalise(op, xp, Y)
     Z = _apply(op, xp, Q)
     S = _leave_one_out_directions(R)
     if _is_whole(index):
@@ -332,8 +332,13 @@ def _apply(op: LinearOperator, xp: Backend, X: Array) -> Array:
 
 
 def _range_sketch(op, xp, s, rng):
-    Q, _, _ = tall_qr(xp, _apply(op, xp, _probes(xp, op.shape[0], s, rng)), xp.eps(op.dtype) / 2)
+    Q, _, _ = _orthonormalise(op, xp, _apply(op, xp, _probes(xp, op.shape[0], s, rng)))
     return Q, _apply(op, xp, Q)
+
+
+def _orthonormalise(op, xp, Y):
+    """Thin QR of a sketch, orthonormal to the unit roundoff of the operator's products."""
+    return tall_qr(xp, Y, xp.eps(op.dtype) / 2)
 
 
 def _is_whole(index: list[Any]) -> bool:
