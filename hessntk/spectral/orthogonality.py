@@ -26,6 +26,8 @@ class OmegaRecurrence:
     eps : float
         Unit roundoff of the products (a float32 operator's products carry ``eps32 ||A||``
         errors even when the vectors are float64).
+    threshold : float, optional
+        The estimate that asks for reorthogonalisation; default ``sqrt(eps)``.
 
     Examples
     --------
@@ -35,9 +37,10 @@ class OmegaRecurrence:
     False
     """
 
-    def __init__(self, num_probes: int, num_steps: int, eps: float) -> None:
+    def __init__(self, num_probes: int, num_steps: int, eps: float,
+                 threshold: float | None = None) -> None:
         self.eps = float(eps)
-        self.threshold = float(np.sqrt(eps))
+        self.threshold = float(np.sqrt(eps) if threshold is None else threshold)
         self.prev = np.zeros((num_probes, num_steps + 1))  # omega[j - 1, :]
         self.cur = np.zeros((num_probes, num_steps + 1))  # omega[j, :]
         self.cur[:, 0] = 1.0
@@ -46,7 +49,7 @@ class OmegaRecurrence:
                 norm: np.ndarray) -> np.ndarray:
         """Estimate ``omega[j + 1, :j + 1]`` of the active probes from ``alpha[:, :j + 1]``
         and ``beta[:, :j + 1]`` (``beta[:, j]`` the new residual norm) and ``norm``, a lower
-        bound on ``||A||`` per active probe; return which probes exceed ``sqrt(eps)``."""
+        bound on ``||A||`` per active probe; return which probes exceed the threshold."""
         a, b = alpha[active, : j + 1], beta[active, : j + 1]
         cur, prev = self.cur[active], self.prev[active]
         bj = np.maximum(b[:, j], np.finfo(np.float64).tiny)
