@@ -430,13 +430,13 @@ def bench_eigen(op: HessianOperator, peers: Peers, ks: tuple[int, ...], power_it
 
 def bench_eigen_k(op: HessianOperator, peers: Peers, k: int, power_iters: int,
                   rounds: int) -> None:
-    def our_eigsh(basis_dtype: str) -> Callable[[], Run]:
+    def our_eigsh(basis_dtype: str, reorth: str = "partial") -> Callable[[], Run]:
         def call() -> Run:
             counted = CountingOperator(op)
             start = time.perf_counter()
             with quiet():
                 res = eigsh(counted, k=k, seed=0, return_eigenvectors=False,
-                            basis_dtype=basis_dtype)
+                            basis_dtype=basis_dtype, reorth=reorth)
             wall = time.perf_counter() - start
             vals = np.asarray(res.eigenvalues, dtype=np.float64)
             return (vals, f"converged={res.converged}"), wall, counted.num_matvecs, counted.seconds
@@ -461,8 +461,10 @@ def bench_eigen_k(op: HessianOperator, peers: Peers, k: int, power_iters: int,
 
         return sp_eigsh(H.to_scipy(), k=k, which="LA", tol=1e-6, return_eigenvectors=False), ""
 
-    ours = [f"hessntk eigsh k={k} (float32 basis)", f"hessntk eigsh k={k} float64 basis"]
-    candidates = [(ours[0], our_eigsh("operator")), (ours[1], our_eigsh("float64"))]
+    ours = [f"hessntk eigsh k={k} (partial, float32 basis)", f"hessntk eigsh k={k} reorth=full",
+            f"hessntk eigsh k={k} float64 basis"]
+    candidates = [(ours[0], our_eigsh("operator")), (ours[1], our_eigsh("operator", "full")),
+                  (ours[2], our_eigsh("float64"))]
     candidates += [(name, peers.runner(name, make, call, lambda out: out)) for name, make, call in (
         (f"PyHessian eigenvalues top_n={k}", peers.pyhessian, ph_eig),
         (f"hessian-eigenthings lanczos k={k}", peers.eigenthings, et_eig),
