@@ -254,8 +254,10 @@ def lanczos(
                 basis = xp.store_row(basis, j, row)
             elif basis is not None:
                 basis = xp.set_index(basis, (rows, j), row)
+            # w is ours when the product was cast to float64 (a new array): update in place
             a, w = xp.recurrence(q, w, q_prev if j > 0 else None, b_prev,
-                                 reduce=None if shard is None else shard.sum)
+                                 reduce=None if shard is None else shard.sum,
+                                 owned=op.dtype != xp.float64)
             if full:
                 w = _reorthogonalise(xp, basis[rows, : j + 1], w, on is not None, shard=shard)
             b = _norms(xp, w, shard)
@@ -301,8 +303,8 @@ def lanczos(
         keep = ~broke & (limits[active] > j + 1)
         if not keep.any():
             break
-        if keep.all():  # no copies while every probe goes on
-            q_prev, q = q, w / b[:, None]
+        if keep.all():  # no copies while every probe goes on (w is ours by now)
+            q_prev, q = q, xp.divide_rows(w, b)
         else:
             keep_dev = xp.from_numpy(np.flatnonzero(keep))
             q_prev = q[keep_dev]
