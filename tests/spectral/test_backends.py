@@ -93,3 +93,24 @@ def test_column_dots_and_subtract_matmul_on_every_backend(matrix):
     C = xp.from_numpy(Y.copy())
     assert_close(xp.to_numpy(xp.subtract_matmul(C, xp.from_numpy(X), xp.from_numpy(B))),
                  Y - X @ B, rtol=1e-13)
+
+
+def test_recurrence_in_place_equals_the_copying_one_on_every_backend(matrix):
+    # owned=True updates the caller's w in place (torch; numpy and jax return a new array):
+    # the numbers are the same to the bit, and divide_rows scales rows alike.
+    xp = aslinearoperator(matrix)._xp
+    q, q_prev, w = (xp.from_numpy(np.ascontiguousarray(A[i : i + 3])) for i in (0, 3, 6))
+    b_prev = xp.from_numpy(np.array([0.5, 1.5, 2.5]))
+    a_copy, w_copy = xp.recurrence(q, w, q_prev, b_prev)
+    np.testing.assert_array_equal(xp.to_numpy(w), A[6:9])  # the copying step left w alone
+    a_own, w_own = xp.recurrence(q, xp.from_numpy(A[6:9].copy()), q_prev, b_prev, owned=True)
+    np.testing.assert_array_equal(xp.to_numpy(a_own), xp.to_numpy(a_copy))
+    np.testing.assert_array_equal(xp.to_numpy(w_own), xp.to_numpy(w_copy))
+    expected = xp.to_numpy(w_copy) / np.array([2.0, 4.0, 8.0])[:, None]
+    scaled = xp.divide_rows(w_own, xp.from_numpy(np.array([2.0, 4.0, 8.0])))
+    np.testing.assert_array_equal(xp.to_numpy(scaled), expected)
+    if isinstance(w_own, torch.Tensor):
+        mine = torch.tensor(A[6:9])
+        _, out = xp.recurrence(q, mine, q_prev, b_prev, owned=True)
+        assert out.data_ptr() == mine.data_ptr()
+        assert xp.divide_rows(out, b_prev).data_ptr() == mine.data_ptr()
