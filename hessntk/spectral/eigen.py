@@ -22,6 +22,7 @@ from hessntk.spectral.krylov import (
 from hessntk.spectral.operators import LinearOperator, dense_matrix
 from hessntk.spectral.orthogonality import OmegaRecurrence
 from hessntk.spectral.probes import Seed, as_generator
+from hessntk.spectral.qr import cholesky_factor, tall_qr, upper_inverse
 
 _WHICH = ("LA", "SA", "LM")
 _REORTH = ("partial", "full")
@@ -350,9 +351,13 @@ def _rayleigh_ritz(xp: Any, Y: Array, theta: np.ndarray, a: np.ndarray, w: Array
         for i in range(0, Y.shape[0], _GRAM_CHUNK):
             part = xp.cast(Y[i : i + _GRAM_CHUNK], xp.float64)
             G += xp.to_numpy(xp.transpose(part) @ part)
-    R = scipy.linalg.cholesky(G, lower=False)
-    Rinv = scipy.linalg.solve_triangular(R, np.eye(len(theta)))
-    Q = xp.matmul(Y, xp.from_numpy(Rinv, Y.dtype))
+    R = cholesky_factor(G)
+    if R is None:  # not reached for a semi-orthogonal basis; kept as a guard
+        Q, R, _ = tall_qr(xp, xp.cast(Y, xp.float64), np.finfo(np.float64).eps)
+        Q, Rinv = xp.cast(Q, Y.dtype), upper_inverse(R)
+    else:
+        Rinv = upper_inverse(R)
+        Q = xp.matmul(Y, xp.from_numpy(Rinv, Y.dtype))
     g = xp.transpose(Q) @ xp.cast(w, Q.dtype)
     w = w - xp.cast(Q @ g, xp.float64)
     nu = float(xp.to_numpy(xp.norm(w, axis=0)))

@@ -52,24 +52,24 @@ def tall_qr(xp: Backend, Y: Array, tol: float) -> tuple[Array, np.ndarray, str]:
     # first Cholesky succeeds and ||Q1^T Q1 - I||_2 <= (5/64) delta^2; the second pass then
     # gives ||Q^T Q - I||_F <= 6 (n k u + k (k + 1) u).
     size = n * k + k * (k + 1)
-    R1 = _cholesky_factor(xp.to_numpy(xp.transpose(Y) @ Y))
+    R1 = cholesky_factor(xp.to_numpy(xp.transpose(Y) @ Y))
     if R1 is None:
         return (*_householder(xp, Y), "householder")
     kappa = np.linalg.cond(R1)  # = kappa(Y), up to the Gram's rounding
     delta = 8.0 * kappa * np.sqrt(size * _UNIT_ROUNDOFF)
     if not np.isfinite(kappa) or delta > 1.0:
         return (*_householder(xp, Y), "householder")
-    Q = xp.matmul(Y, xp.from_numpy(_upper_inverse(R1), Y.dtype))
+    Q = xp.matmul(Y, xp.from_numpy(upper_inverse(R1), Y.dtype))
     if 5.0 / 64.0 * delta**2 <= tol:
         return Q, R1, "cholesky"
-    R2 = _cholesky_factor(xp.to_numpy(xp.transpose(Q) @ Q))
+    R2 = cholesky_factor(xp.to_numpy(xp.transpose(Q) @ Q))
     if R2 is None:  # not reached within the bound above; kept as a guard
         return (*_householder(xp, Y), "householder")
-    Q = xp.matmul(Q, xp.from_numpy(_upper_inverse(R2), Y.dtype))
+    Q = xp.matmul(Q, xp.from_numpy(upper_inverse(R2), Y.dtype))
     return Q, R2 @ R1, "cholesky2"
 
 
-def _cholesky_factor(G: np.ndarray) -> np.ndarray | None:
+def cholesky_factor(G: np.ndarray) -> np.ndarray | None:
     """Upper ``R`` with ``R^T R = G``, or None when ``G`` is not numerically positive definite."""
     if not np.all(np.isfinite(G)):
         return None
@@ -79,7 +79,7 @@ def _cholesky_factor(G: np.ndarray) -> np.ndarray | None:
         return None
 
 
-def _upper_inverse(R: np.ndarray) -> np.ndarray:
+def upper_inverse(R: np.ndarray) -> np.ndarray:
     return scipy.linalg.solve_triangular(R, np.eye(R.shape[0]), lower=False)
 
 
