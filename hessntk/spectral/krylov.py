@@ -46,7 +46,7 @@ class Tridiagonal:
         at least one probe was).
     basis : array of shape (num_probes, m, n) or None
         Orthonormal Lanczos vectors (in the ``basis_dtype`` of :func:`lanczos`, on the
-        operator's backend), if requested.
+        operator's backend), if requested; rows past ``num_steps[i]`` are zero.
     """
 
     alpha: np.ndarray
@@ -205,9 +205,11 @@ def lanczos(
     V0 = _start_vectors(op, v0, num_probes, seed)
     k = V0.shape[1]
     keep_basis = reorth != "none" or return_basis
+    # Rows are written before they are read (no zeroing pass over k m n entries); those past
+    # a probe's last step are zeroed on return.
     basis = None if not keep_basis else (
-        xp.zeros((k, m, width), stored) if on is None else
-        xp.zeros_on((k, m, width), stored, on))
+        xp.empty((k, m, width), stored) if on is None else
+        xp.empty_on((k, m, width), stored, on))
     omega = OmegaRecurrence(k, m, xp.eps(op.dtype)) if reorth == "partial" else None
     forced = np.zeros(k, dtype=bool)  # probes whose previous step found orthogonality lost
     num_reorth = 0
@@ -317,9 +319,16 @@ def lanczos(
         num_steps=num_steps,
         breakdown=breakdown,
         num_matvecs=total,
-        basis=basis if return_basis else None,
+        basis=_zero_unwritten(xp, basis, num_steps, m) if return_basis else None,
         num_reorth=num_reorth,
     )
+
+
+def _zero_unwritten(xp: Any, basis: Array, num_steps: np.ndarray, m: int) -> Array:
+    """The basis with the rows past each probe's last step set to zero (never written)."""
+    for p in np.flatnonzero(num_steps < m):
+        basis = xp.set_index(basis, (int(p), slice(int(num_steps[p]), None)), 0.0)
+    return basis
 
 
 #: Reorthogonalisation options of :func:`lanczos` and :func:`hessntk.spectral.slq`.
@@ -446,7 +455,7 @@ class BasisShard:
 
 def _dots(xp: Any, a: Array, b: Array, shard: BasisShard | None) -> Array:
     """Row-wise dot products of (possibly sharded) rows."""
-    d = xp.sum(a * b, axis=1)
+    d = xp.row_dots(a, b)
     return d if shard is None else shard.sum(d)
 
 

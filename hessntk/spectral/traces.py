@@ -204,7 +204,7 @@ def diagonal(
         AG = _apply(op, xp, G - Q @ (xp.transpose(Q) @ G))
         samples = xp.to_numpy(G * AG)
     else:
-        samples = xp.to_numpy(_signed_products(op, xp, m, rng))
+        samples = xp.to_numpy(xp.cast(_signed_products(op, xp, m, rng), xp.float64))
     k = samples.shape[1]
     stderrs = samples.std(axis=1, ddof=1) / np.sqrt(k) if k > 1 else np.full(n, np.nan)
     return DiagonalEstimate(exact + samples.mean(axis=1), stderrs, m, method)
@@ -317,14 +317,14 @@ def _probes(xp: Backend, n: int, k: int, rng: np.random.Generator) -> Array:
 
 
 def _signed_products(op: LinearOperator, xp: Backend, k: int, rng: np.random.Generator) -> Array:
-    """``Z * (A Z)`` for ``k`` Rademacher probes ``Z``, as float64 (n, k).
+    """``Z * (A Z)`` for ``k`` Rademacher probes ``Z``, in the operator's dtype (n, k).
 
     +-1 is exact in every dtype and so is ``z_i (A z)_i``: the probes are made in float32 (the
     same signs as :func:`_probes`) and the products multiplied in the operator's dtype; only
-    the sums of the callers need float64.
+    the sums of the callers need float64 (:meth:`Backend.column_sums`).
     """
     Z = xp.cast(xp.from_numpy(rademacher(op.shape[0], k, rng, np.float32)), op.dtype)
-    return xp.cast(Z * matmat_checked(op, Z, "trace estimation"), xp.float64)
+    return Z * matmat_checked(op, Z, "trace estimation")
 
 
 def _apply(op: LinearOperator, xp: Backend, X: Array) -> Array:
@@ -381,7 +381,7 @@ def _block_rows(xp: Backend, X: Array, ix: Any) -> Array:
 
 def _block_colsums(xp: Backend, P: Array, index: list[Any]) -> np.ndarray:
     """Per-block column sums of ``P`` (n, k) -> (num_blocks, k) on the host."""
-    return np.stack([xp.to_numpy(xp.sum(_block_rows(xp, P, ix), axis=0)) for ix in index])
+    return np.stack([xp.to_numpy(xp.column_sums(_block_rows(xp, P, ix))) for ix in index])
 
 
 def _block_grams(xp: Backend, index: list[Any], *pairs: tuple[Array, Array], sizes=False):
