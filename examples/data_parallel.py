@@ -19,7 +19,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import hessntk
-from hessntk.distributed import init, shard
+from hessntk.distributed import close, init, shard
 from hessntk.hessian import HessianOperator
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,3 +49,5 @@ if comm is None or comm.rank == 0:
     if comm is not None:
         print(f"communication    {comm.num_calls} collectives, {comm.num_bytes / 2**20:.2f} MiB "
               "sent by rank 0")
+del H, comm  # the process group's last references, then close it before the exit
+close()

@@ -8,17 +8,20 @@ numbers, and the spectral core and the criteria run unchanged and replicated.
 
 >>> import hessntk.distributed as hd
 >>> sorted(hd.__all__)
-['Communicator', 'DistributedError', 'check_sampler', 'init', 'shard']
+['Communicator', 'DistributedError', 'check_sampler', 'close', 'init', 'shard']
 
 Typical use, under ``torchrun --nproc-per-node 2 script.py``::
 
     comm = hessntk.distributed.init(timeout=120)       # gloo on CPU, NCCL on GPU
     H = HessianOperator(model, loss_fn, hessntk.distributed.shard((x, y)), group=comm.group)
     density = hessntk.spectral.slq(H, num_probes=10, num_matvecs=100, seed=0)
+    del H, comm
+    hessntk.distributed.close()                         # barrier, destroy the group
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 
@@ -28,7 +31,7 @@ import torch.distributed as dist
 from hessntk.distributed.communicator import Communicator, DistributedError
 from hessntk.distributed.sharding import check_sampler, shard
 
-__all__ = ["Communicator", "DistributedError", "check_sampler", "init", "shard"]
+__all__ = ["Communicator", "DistributedError", "check_sampler", "close", "init", "shard"]
 
 #: Environment variables torchrun sets and :func:`init` reads.
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -76,3 +79,22 @@ def init(backend: str | None = None, *, timeout: float = 120.0) -> Communicator:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     dist.init_process_group(backend, timeout=timedelta(seconds=float(timeout)))
     return Communicator()
+
+
+def close() -> None:
+    """Wait for every rank, then destroy the default process group (the end of a script).
+
+    Left to the interpreter's exit, gloo's worker threads can abort a rank after its work is
+    done ("terminate called without an active exception": 3 of 18 torchrun runs of
+    ``examples/data_parallel.py``; none of 20 after ``close()`` with the operators and the
+    Communicator deleted first). A no-op when ``torch.distributed`` is not initialised.
+
+    Examples
+    --------
+    >>> close()  # one process: nothing to close
+    """
+    if not dist.is_initialized():
+        return
+    gc.collect()  # release process-group references held by unreachable cycles
+    dist.barrier()
+    dist.destroy_process_group()
