@@ -38,6 +38,21 @@ def test_breakdown_is_an_exact_early_stop():
     assert T.beta[0, 2] == 0.0
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_returned_basis_is_zero_past_a_breakdown(backend):
+    # The basis is allocated uninitialised; the rows a probe never reached come back zero.
+    d = np.repeat([1.0, 2.0, 5.0], 10)
+    op = aslinearoperator(np.diag(d) if backend == "numpy" else torch.tensor(np.diag(d)))
+    V0 = np.ones((30, 2))
+    V0[:10, 1] = 0.0  # the second probe sees two eigenvalues: it stops after 2 steps
+    T = lanczos(op, 12, v0=V0, return_basis=True)
+    assert T.num_steps.tolist() == [3, 2]
+    Q = np.asarray(T.basis)
+    assert np.all(Q[0, 3:] == 0.0) and np.all(Q[1, 2:] == 0.0)
+    for p, m in ((0, 3), (1, 2)):
+        assert_close(Q[p, :m] @ Q[p, :m].T, np.eye(m), atol=1e-14, rtol=0)
+
+
 def test_lockstep_probes_equal_separate_runs_and_count_products():
     A = marchenko_pastur_matrix(300, 100, seed=2)
     V = np.random.default_rng(0).standard_normal((100, 4))
