@@ -98,6 +98,21 @@ def test_diagonal_estimators():
     assert np.mean(np.abs(z) <= 3) > 0.95
 
 
+def test_hutchpp_diagonal_is_unbiased_on_a_full_rank_matrix():
+    # A flat spectrum: the sketch's range is far from invariant, so an estimator of
+    # diag((I - QQ^T) A (I - QQ^T)) in place of diag(A (I - QQ^T)) is biased (mean z about
+    # -0.14 here, measured); the right one has mean z within 0.03 of 0 and z-scores that are
+    # standard normal (4000 coordinates over 20 seeds: the mean's sd is about 0.017).
+    A = matrix_with_spectrum(np.linspace(0.5, 2.0, 200), seed=1)
+    z = np.concatenate([
+        (d.values - np.diag(A)) / d.stderrs
+        for d in (diagonal(aslinearoperator(A), num_matvecs=60, method="hutchpp", seed=s)
+                  for s in range(20))])
+    assert abs(np.mean(z)) < 0.07
+    assert np.mean(np.abs(z) <= 3) > 0.98
+    assert 0.9 < np.std(z) < 1.2
+
+
 def test_bad_arguments_and_determinism(indefinite):
     A, _ = indefinite
     op = aslinearoperator(A)
