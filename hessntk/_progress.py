@@ -3,7 +3,7 @@
 The library never prints. :func:`progress` hands its iterable back unchanged (no wrapper, no
 cost) unless a :func:`reporting` context is active *and* the bar's stream is a terminal; the
 ``hessntk`` command line enters that context unless ``--quiet`` is given. Long loops
-(Lanczos steps, SLQ probe groups, checkpoints) call :func:`progress` once each.
+(Lanczos steps, eigsh products, SLQ probe groups, checkpoints) call :func:`progress` once each.
 
 Examples
 --------

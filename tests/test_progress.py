@@ -10,7 +10,7 @@ import torch
 from hessntk import _progress
 from hessntk._progress import active, progress, reporting
 from hessntk.criteria import compare
-from hessntk.spectral import aslinearoperator, lanczos, slq
+from hessntk.spectral import aslinearoperator, eigsh, lanczos, slq
 
 
 def _op(n: int = 30):
@@ -44,8 +44,10 @@ def test_forced_bars_name_the_loops_and_close_on_break():
                 break
         lanczos(_op(), 5)
         slq(_op(), num_probes=4, num_matvecs=10, max_basis_bytes=8 * 30 * 10 * 2)
+        eigsh(_op(), k=2, seed=0)
     text = buf.getvalue()
     assert "short loop" in text and "Lanczos steps" in text and "SLQ probe groups" in text
+    assert "eigsh products" in text
     assert not active()  # the context restored the default
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 import scipy.linalg
 
 from hessntk._checks import count, positive, refuse_low_precision
+from hessntk._progress import progress
 from hessntk.spectral._backend import Array
 from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.krylov import (
@@ -179,7 +181,7 @@ def eigsh(
     j = 0  # number of basis vectors whose product is in H
     last_wanted = None
     num_matvecs = 0
-    while True:
+    for _ in progress(itertools.count(), "eigsh products", total=max_matvecs):
         w = _apply(op, V[j][None, :], num_matvecs, np.array([0]))[0]
         num_matvecs += 1
         # The couplings of A v_j the recurrence knows (beta_{j-1}, or the arrow after a
