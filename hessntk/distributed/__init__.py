@@ -86,7 +86,7 @@ def close() -> None:
 
     Left to the interpreter's exit, gloo's worker threads can abort a rank after its work is
     done ("terminate called without an active exception": 3 of 18 torchrun runs of
-    ``examples/data_parallel.py``; none of 20 after ``close()`` with the operators and the
+    ``examples/data_parallel.py``; none of 30 after ``close()`` with the operators and the
     Communicator deleted first). A no-op when ``torch.distributed`` is not initialised.
 
     Examples

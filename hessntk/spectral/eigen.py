@@ -166,7 +166,7 @@ def eigsh(
     rng = as_generator(seed)
     start = _start_vectors(op, None if v0 is None else v0, 1, rng)
     stored = basis_storage(op, basis_dtype)
-    V = xp.zeros((ncv + 1, n), stored)
+    V = xp.empty((ncv + 1, n), stored)  # row j is written before it is read
     q = q_prev = start[:, 0] / xp.norm(start[:, 0], axis=0)  # float64 v_j, v_{j-1}
     V = xp.set_index(V, 0, xp.cast(q, stored))
     H = np.zeros((ncv + 1, ncv + 1))
