@@ -192,7 +192,7 @@ def eigsh(
         h[known] = H[known, j]
         tridiagonal = len(known) == 1 and known[0] == j - 1
         a, w = xp.recurrence(q[None, :], w[None, :], q_prev[None, :] if tridiagonal else None,
-                             xp.from_numpy(h[known]))
+                             xp.from_numpy(h[known] if tridiagonal else np.zeros(1)))
         w, h[j] = w[0], float(xp.to_numpy(a)[0])
         if len(known) and not tridiagonal:  # the arrow after a restart
             part = xp.transpose(V[known]) @ xp.from_numpy(h[known], stored)
