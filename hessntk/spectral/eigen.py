@@ -344,19 +344,12 @@ def _rayleigh_ritz(xp: Any, Y: Array, theta: np.ndarray, a: np.ndarray, w: Array
     semi-orthogonal one, Simon 1984).
     """
     # One CholeskyQR pass: Y has condition 1 + loss, so Q is orthonormal to the rounding of
-    # its storage. The Gram is accumulated in float64 (a float32 Gram's own 1e-6 would
-    # exceed the loss it measures), from float64 chunks of Y.
-    if Y.dtype == xp.float64:
-        G = xp.to_numpy(xp.transpose(Y) @ Y)
-    else:
-        G = np.zeros((Y.shape[1], Y.shape[1]))
-        for i in range(0, Y.shape[0], _GRAM_CHUNK):
-            part = xp.cast(Y[i : i + _GRAM_CHUNK], xp.float64)
-            G += xp.to_numpy(xp.transpose(part) @ part)
-    R = cholesky_factor(G)
+    # its storage. The Gram is float64 (a float32 Gram's own 1e-6 would exceed the loss it
+    # measures).
+    R = cholesky_factor(xp.gram(Y, Y))
     if R is None:  # not reached for a semi-orthogonal basis; kept as a guard
-        Q, R, _ = tall_qr(xp, xp.cast(Y, xp.float64), np.finfo(np.float64).eps)
-        Q, Rinv = xp.cast(Q, Y.dtype), upper_inverse(R)
+        Q, R, _ = tall_qr(xp, Y, np.finfo(np.float64).eps)  # Q in Y's dtype
+        Rinv = upper_inverse(R)
     else:
         Rinv = upper_inverse(R)
         Q = xp.matmul(Y, xp.from_numpy(Rinv, Y.dtype))
@@ -366,9 +359,6 @@ def _rayleigh_ritz(xp: Any, Y: Array, theta: np.ndarray, a: np.ndarray, w: Array
     Ra = scipy.linalg.solve_triangular(R, a, trans="T")
     B = (R * theta) @ Rinv + Rinv.T @ F @ Rinv + np.outer(xp.to_numpy(g), Ra)
     return Q, (B + B.T) / 2, nu * Ra, w / nu if nu > 0 else w
-
-
-_GRAM_CHUNK = 1 << 14  # rows of a float32 block cast to float64 at once (2 MiB at m = 16)
 
 
 def _mm(xp: Any, Vrows: Array, S: np.ndarray) -> Array:

@@ -20,21 +20,26 @@ _UNIT_ROUNDOFF = np.finfo(np.float64).eps / 2
 
 
 def tall_qr(xp: Backend, Y: Array, tol: float) -> tuple[Array, np.ndarray, str]:
-    """Thin QR of the float64 array ``Y`` (n, k), ``Q`` orthonormal to within ``tol``.
+    """Thin QR of ``Y`` (n, k), ``Q`` orthonormal to within ``tol``.
+
+    The Grams are float64 whatever ``Y``'s dtype (:meth:`Backend.gram`) and ``Q`` is in
+    ``Y``'s dtype: a float32 sketch of a float32 operator gives a float32 ``Q``, orthonormal
+    to float32 rounding (the products round their inputs to float32 anyway), with half the
+    memory and none of the float64 copies.
 
     Parameters
     ----------
     xp : Backend
         The backend holding ``Y``.
-    Y : array of shape (n, k), float64, ``n >= k``
+    Y : array of shape (n, k), float32 or float64, ``n >= k``
     tol : float
-        Accepted ``||Q^T Q - I||_2``; one CholeskyQR pass is kept when its bound is below
-        it (pass the unit roundoff of the products' dtype: a loss of orthogonality below the
-        products' own rounding changes nothing).
+        Accepted ``||Q^T Q - I||_2`` in exact arithmetic; one CholeskyQR pass is kept when
+        its bound is below it (pass the unit roundoff of the products' dtype: a loss of
+        orthogonality below the products' own rounding changes nothing).
 
     Returns
     -------
-    Q : array of shape (n, k), float64, on the backend
+    Q : array of shape (n, k), in ``Y``'s dtype, on the backend
     R : numpy.ndarray of shape (k, k), upper triangular, float64
     method : {"cholesky", "cholesky2", "householder"}
         The factorisation used.
@@ -52,7 +57,7 @@ def tall_qr(xp: Backend, Y: Array, tol: float) -> tuple[Array, np.ndarray, str]:
     # first Cholesky succeeds and ||Q1^T Q1 - I||_2 <= (5/64) delta^2; the second pass then
     # gives ||Q^T Q - I||_F <= 6 (n k u + k (k + 1) u).
     size = n * k + k * (k + 1)
-    R1 = cholesky_factor(xp.to_numpy(xp.transpose(Y) @ Y))
+    R1 = cholesky_factor(xp.gram(Y, Y))
     if R1 is None:
         return (*_householder(xp, Y), "householder")
     kappa = np.linalg.cond(R1)  # = kappa(Y), up to the Gram's rounding
@@ -62,7 +67,7 @@ def tall_qr(xp: Backend, Y: Array, tol: float) -> tuple[Array, np.ndarray, str]:
     Q = xp.matmul(Y, xp.from_numpy(upper_inverse(R1), Y.dtype))
     if 5.0 / 64.0 * delta**2 <= tol:
         return Q, R1, "cholesky"
-    R2 = cholesky_factor(xp.to_numpy(xp.transpose(Q) @ Q))
+    R2 = cholesky_factor(xp.gram(Q, Q))
     if R2 is None:  # not reached within the bound above; kept as a guard
         return (*_householder(xp, Y), "householder")
     Q = xp.matmul(Q, xp.from_numpy(upper_inverse(R2), Y.dtype))
@@ -84,5 +89,5 @@ def upper_inverse(R: np.ndarray) -> np.ndarray:
 
 
 def _householder(xp: Backend, Y: Array) -> tuple[Array, np.ndarray]:
-    Q, R = xp.qr(Y)
-    return Q, xp.to_numpy(R)
+    Q, R = xp.qr(xp.cast(Y, xp.float64))
+    return xp.cast(Q, Y.dtype), xp.to_numpy(R)

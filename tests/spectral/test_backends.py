@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hessntk.spectral import aslinearoperator, eigsh, lanczos, slq, trace
+from hessntk.spectral import _backend, aslinearoperator, eigsh, lanczos, slq, trace
 from hessntk.spectral._backend import SUM_CHUNK
 from tests.helpers import assert_close, marchenko_pastur_matrix
 
@@ -86,11 +86,22 @@ def test_torch_host_arrays_from_numpy_keep_values_and_layout(layout):
     assert torch.equal(xp.cast(X32, torch.bfloat16), X32.to(torch.bfloat16))  # no numpy dtype
 
 
-def test_column_dots_and_subtract_matmul_on_every_backend(matrix):
+def test_float32_gram_sums_in_float64_on_every_backend(matrix, monkeypatch):
+    # Blocks of 7 rows (the last one short): the float64 Gram of the float32 entries, to
+    # float64 rounding; a float32 product would be off by about 5 eps32.
+    monkeypatch.setattr(_backend, "GRAM_BLOCK_BYTES", 8 * 5 * 7)
+    xp = aslinearoperator(matrix)._xp
+    X32, Y32 = A[:, :5].astype(np.float32), A[:, 5:10].astype(np.float32)
+    X, Y = xp.from_numpy(X32), xp.from_numpy(Y32)
+    X64, Y64 = X32.astype(np.float64), Y32.astype(np.float64)
+    assert_close(xp.gram(X, Y), X64.T @ Y64, rtol=1e-14)
+    assert_close(xp.gram(X, X), X64.T @ X64, rtol=1e-14)
+
+
+def test_gram_and_subtract_matmul_on_every_backend(matrix):
     xp = aslinearoperator(matrix)._xp
     X, Y, B = A[:, :5], A[:, 5:10], A[:5, :5]
-    assert_close(xp.to_numpy(xp.column_dots(xp.from_numpy(X), xp.from_numpy(Y))),
-                 np.sum(X * Y, axis=0), rtol=1e-13)
+    assert_close(xp.gram(xp.from_numpy(X), xp.from_numpy(Y)), X.T @ Y, rtol=1e-13)
     C = xp.from_numpy(Y.copy())
     assert_close(xp.to_numpy(xp.subtract_matmul(C, xp.from_numpy(X), xp.from_numpy(B))),
                  Y - X @ B, rtol=1e-13)
