@@ -208,7 +208,9 @@ def diagonal(
         AG = _apply(op, xp, G - Q @ xp.from_numpy(xp.gram(Q, G), Q.dtype))
         samples = np.asarray(xp.to_numpy(G * AG), np.float64)
     else:
-        samples = xp.to_numpy(xp.cast(_signed_products(op, xp, m, rng), xp.float64))
+        Z = _probes(xp, n, m, rng, op.dtype)  # z_i (A z)_i is exact in the products' dtype
+        samples = xp.to_numpy(xp.cast(Z * matmat_checked(op, Z, "diagonal estimation"),
+                                      xp.float64))
     k = samples.shape[1]
     stderrs = samples.std(axis=1, ddof=1) / np.sqrt(k) if k > 1 else np.full(n, np.nan)
     return DiagonalEstimate(exact + samples.mean(axis=1), stderrs, m, method)
@@ -218,7 +220,8 @@ def diagonal(
 
 
 def _hutchinson(op, xp, m, rng, index):
-    return _block_colsums(xp, _signed_products(op, xp, m, rng), index), m, 0.0
+    Z = _probes(xp, op.shape[0], m, rng, op.dtype)  # A Z as computed: no cast needed
+    return _block_dots(xp, Z, matmat_checked(op, Z, "trace estimation"), index), m, 0.0
 
 
 def _hutchpp(op, xp, m, rng, index):
@@ -227,8 +230,8 @@ def _hutchpp(op, xp, m, rng, index):
     G = _probes(xp, op.shape[0], m - 2 * s, rng, Q.dtype)
     X = xp.subtract_matmul(G, Q, xp.from_numpy(xp.gram(Q, G), G.dtype))  # (I - Q Q^T) G
     AX = _apply(op, xp, X)
-    exact = _block_colsums(xp, Q * AQ, index).sum(axis=1)
-    return _block_colsums(xp, X * AX, index), m, exact
+    exact = _block_dots(xp, Q, AQ, index).sum(axis=1)
+    return _block_dots(xp, X, AX, index), m, exact
 
 
 def _xtrace(op, xp, m, rng, index):
@@ -325,17 +328,6 @@ def _probes(xp: Backend, n: int, k: int, rng: np.random.Generator, dtype: Any) -
     return xp.from_numpy(rademacher(n, k, rng, np.float32), dtype)  # +-1: exact in any dtype
 
 
-def _signed_products(op: LinearOperator, xp: Backend, k: int, rng: np.random.Generator) -> Array:
-    """``Z * (A Z)`` for ``k`` Rademacher probes ``Z``, in the operator's dtype (n, k).
-
-    +-1 is exact in every dtype and so is ``z_i (A z)_i``: the probes are made in float32 (the
-    same signs as :func:`_probes`) and the products multiplied in the operator's dtype; only
-    the sums of the callers need float64 (:meth:`Backend.column_sums`).
-    """
-    Z = xp.cast(xp.from_numpy(rademacher(op.shape[0], k, rng, np.float32)), op.dtype)
-    return Z * matmat_checked(op, Z, "trace estimation")
-
-
 def _apply(op: LinearOperator, xp: Backend, X: Array) -> Array:
     """``A X`` in the dtype of the sketch ``X`` (:func:`_sketch_dtype`)."""
     return xp.cast(matmat_checked(op, X, "trace estimation"), X.dtype)
@@ -390,9 +382,10 @@ def _block_rows(xp: Backend, X: Array, ix: Any) -> Array:
     return X[xp.from_numpy(ix)]
 
 
-def _block_colsums(xp: Backend, P: Array, index: list[Any]) -> np.ndarray:
-    """Per-block column sums of ``P`` (n, k) -> (num_blocks, k) on the host."""
-    return np.stack([xp.to_numpy(xp.column_sums(_block_rows(xp, P, ix))) for ix in index])
+def _block_dots(xp: Backend, X: Array, Y: Array, index: list[Any]) -> np.ndarray:
+    """Per-block column dots of ``X`` and ``Y`` (n, k) -> (num_blocks, k), float64."""
+    return np.stack([xp.column_dots(_block_rows(xp, X, ix), _block_rows(xp, Y, ix))
+                     for ix in index])
 
 
 def _block_grams(xp: Backend, index: list[Any], *pairs: tuple[Array, Array], sizes=False):

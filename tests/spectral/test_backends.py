@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from hessntk.spectral import _backend, aslinearoperator, eigsh, lanczos, slq, trace
-from hessntk.spectral._backend import SUM_CHUNK
 from tests.helpers import assert_close, marchenko_pastur_matrix
 
 A = marchenko_pastur_matrix(300, 120, seed=0)
@@ -128,22 +127,21 @@ def test_recurrence_in_place_equals_the_copying_one_on_every_backend(matrix):
         assert xp.divide_rows(out, b_prev).data_ptr() == mine.data_ptr()
 
 
-def test_row_dots_and_column_sums_on_every_backend(matrix):
-    # column_sums sums float32 runs of SUM_CHUNK rows in float32, then in float64: within a
-    # few float32 roundings of the absolute sum; float64 input is summed in float64.
+def test_row_dots_and_column_dots_on_every_backend(matrix, monkeypatch):
+    # column_dots of float32 arrays sums the exact float64 products of their entries in
+    # float64 (blocks of 7 rows here, the last one short): to float64 rounding, where a
+    # float32 sum would be off by a few eps32.
+    monkeypatch.setattr(_backend, "GRAM_BLOCK_BYTES", 8 * 3 * 7)
     xp = aslinearoperator(matrix)._xp
     X, Y = np.ascontiguousarray(A[:4]), np.ascontiguousarray(A[4:8])
     assert_close(xp.to_numpy(xp.row_dots(xp.from_numpy(X), xp.from_numpy(Y))),
                  np.sum(X * Y, axis=1), rtol=1e-13)
     rng = np.random.default_rng(0)
-    n = 3 * SUM_CHUNK + 17  # a partial run at the end
-    Z = np.asfortranarray(rng.standard_normal((n, 3)) * 1e3)
-    assert_close(xp.to_numpy(xp.column_sums(xp.from_numpy(Z))), Z.sum(axis=0), rtol=1e-13)
-    Z32 = Z.astype(np.float32)
-    exact = Z32.astype(np.float64).sum(axis=0)
-    X32 = xp.from_numpy(Z32)
-    assert xp.eps(X32.dtype) == np.finfo(np.float32).eps
-    got = xp.to_numpy(xp.column_sums(X32))
+    Z, W = (np.asfortranarray(rng.standard_normal((300, 3)) * 1e3) for _ in range(2))
+    assert_close(xp.column_dots(xp.from_numpy(Z), xp.from_numpy(W)), np.sum(Z * W, axis=0),
+                 rtol=1e-13)
+    Z32, W32 = Z.astype(np.float32), W.astype(np.float32)
+    got = xp.column_dots(xp.from_numpy(Z32), xp.from_numpy(W32))
     assert got.dtype == np.float64
-    bound = 8 * np.finfo(np.float32).eps * np.abs(Z32).astype(np.float64).sum(axis=0)
-    assert np.all(np.abs(got - exact) <= bound)
+    exact = np.sum(Z32.astype(np.float64) * W32.astype(np.float64), axis=0)
+    assert_close(got, exact, rtol=1e-14)

@@ -138,10 +138,10 @@ def test_eigsh_partial_reorthogonalisation_in_float32(zoo):
 
 
 def test_hutchinson_trace_in_float32(zoo):
-    # Hutchinson on the float32 copy of each architecture sums its float32 samples in float32
-    # runs, then float64 (Backend.column_sums): its estimate equals the float64 mean of
-    # z^T H z over the same Rademacher probes to within eps32 of mean |z|^T |H| |z| (measured:
-    # 5e-10 to 5e-9 of it), and so does its standard error.
+    # Hutchinson on the float32 copy of each architecture sums z_i (A z)_i in float64 over
+    # float32 row blocks (Backend.column_dots): its estimate equals the float64 mean of
+    # z^T H z over the same Rademacher probes to within eps32 of mean |z|^T |H| |z| (measured
+    # with float32 runs: 5e-10 to 5e-9 of it), and so does its standard error.
     import copy
 
     from hessntk.spectral import trace
