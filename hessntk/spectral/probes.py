@@ -51,6 +51,13 @@ def rademacher(n: int, k: int, seed: Seed = 0, dtype: Any = np.float64) -> np.nd
     # sign from rng.integers).
     raw = np.frombuffer(rng.bytes((n * k + 7) // 8), dtype=np.uint8)
     out = np.empty(n * k, dtype=dtype)
-    np.multiply(np.unpackbits(raw, count=n * k), out.dtype.type(2), out=out, casting="unsafe")
+    two = out.dtype.type(2)
+    for start in range(0, raw.size, _BYTES_PER_CHUNK):  # a small bit buffer, not n k bytes
+        bits = np.unpackbits(raw[start : start + _BYTES_PER_CHUNK])
+        part = out[8 * start : 8 * start + bits.size]
+        np.multiply(bits[: part.size], two, out=part, casting="unsafe")
     out -= 1
     return out.reshape(k, n).T
+
+
+_BYTES_PER_CHUNK = 1 << 17  # random bytes unpacked at once (a 1 MiB buffer of bits)
