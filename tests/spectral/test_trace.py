@@ -131,11 +131,33 @@ def test_bad_arguments_and_determinism(indefinite):
     assert a.value == b.value and a.stderr == b.stderr
 
 
-def test_torch_float32_operator_matches_numpy(indefinite):
-    A, _ = indefinite
-    e64 = trace(aslinearoperator(A), num_matvecs=40, seed=0)
-    e32 = trace(aslinearoperator(torch.tensor(A, dtype=torch.float32)), num_matvecs=40, seed=0)
-    assert_close(e32.value, e64.value, rtol=1e-4)
+@pytest.mark.parametrize("method", ["hutchpp", "hutchinson"])
+def test_diagonal_of_a_float32_operator_matches_float64(method, indefinite):
+    # Same probes; the float32 products, sketch and Q change every coordinate by at most
+    # 2 eps32 ||A||_2 (measured 0.64 and 0.07 of eps32 ||A||_2); other probes would move
+    # them by about their standard errors, 1e4 times more.
+    A, lam = indefinite
+    d64 = diagonal(aslinearoperator(A), num_matvecs=60, method=method, seed=0)
+    d32 = diagonal(aslinearoperator(torch.tensor(A, dtype=torch.float32)), num_matvecs=60,
+                   method=method, seed=0)
+    bound = 2 * np.finfo(np.float32).eps * np.abs(lam).max()
+    assert d32.values.dtype == np.float64
+    assert np.abs(d32.values - d64.values).max() <= bound
+    assert np.abs(d32.stderrs - d64.stderrs).max() <= bound
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_torch_float32_operator_matches_numpy(indefinite, method):
+    # The same probes through float32 products, sketches and Q: within 4 eps32 sum |lambda|
+    # of the float64 estimate and its standard error (measured: XTrace 1.16, Hutch++ 0.02,
+    # Hutchinson 0.02 of eps32 sum |lambda|).
+    A, lam = indefinite
+    e64 = trace(aslinearoperator(A), num_matvecs=40, method=method, seed=0)
+    e32 = trace(aslinearoperator(torch.tensor(A, dtype=torch.float32)), num_matvecs=40,
+                method=method, seed=0)
+    bound = 4 * np.finfo(np.float32).eps * np.abs(lam).sum()
+    assert abs(e32.value - e64.value) <= bound
+    assert abs(e32.stderr - e64.stderr) <= bound
 
 
 @pytest.fixture
