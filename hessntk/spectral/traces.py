@@ -203,7 +203,7 @@ def diagonal(
     if method == "hutchpp":
         s = m // 3
         Q, AQ = _range_sketch(op, xp, s, rng)
-        exact = np.asarray(xp.to_numpy(AQ * Q), np.float64).sum(axis=1)
+        exact = xp.to_numpy(xp.sum(xp.cast(AQ * Q, xp.float64), axis=1))
         G = _probes(xp, n, m - 2 * s, rng, Q.dtype)
         AG = _apply(op, xp, G - Q @ xp.from_numpy(xp.gram(Q, G), Q.dtype))
         samples = np.asarray(xp.to_numpy(G * AG), np.float64)
@@ -317,9 +317,9 @@ def _exact(op: LinearOperator, index: list[Any]) -> np.ndarray:
 
 
 def _sketch_dtype(op: LinearOperator) -> Any:
-    """The dtype of probes, sketches and their products: the operator's (float32 sketches of
-    a float32 operator lose nothing, its products round their inputs to float32), float64
-    below float32."""
+    """The dtype of probes, sketches and their products: the operator's (a float32 operator's
+    products round their inputs to float32 anyway; its ``Q`` is orthonormal to float32
+    rounding), float64 below float32."""
     xp = op._xp
     return op.dtype if xp.eps(op.dtype) <= np.finfo(np.float32).eps else xp.float64
 

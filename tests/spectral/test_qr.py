@@ -70,17 +70,19 @@ def test_same_factors_on_torch_and_jax(kappa):
     assert np.linalg.norm(np.asarray(Q2) @ R2 - Y) <= 1e-14 * np.linalg.norm(Y)
 
 
-@pytest.mark.parametrize("kappa,method", [(1.0, "cholesky"), (1e3, "cholesky2"),
-                                          (1e9, "householder")])
+@pytest.mark.parametrize("kappa,method", [(1.0, "cholesky"), (40.0, "cholesky2"),
+                                          (1e3, "cholesky2"), (1e9, "householder")])
 @pytest.mark.parametrize("xp", [Backend(), TorchBackend()], ids=["numpy", "torch"])
 def test_float32_sketch_gives_a_float32_q_orthonormal_to_its_rounding(xp, kappa, method):
-    # Float64 Grams of the float32 entries, Q = Y R^-1 in float32: orthonormal and
-    # reconstructing Y to float32 rounding (measured 0.05-0.95 and 0.04-2.1 eps32).
+    # Float64 Grams of the float32 entries, Q = Y R^-1 in float32: one pass only where Q's
+    # measured loss is below tol (at kappa 40 one pass would leave 4.5 eps32, though the
+    # float64 bound allows it); orthonormal and reconstructing Y to float32 rounding
+    # (measured 0.05-0.95 and 0.04-2.1 eps32).
     e32 = np.finfo(np.float32).eps
     Y = sketch(2000, 20, kappa).astype(np.float32)
     Q, R, used = tall_qr(xp, xp.from_numpy(Y), e32 / 2)
     Q = np.asarray(xp.to_numpy(Q))
     assert used == method and Q.dtype == np.float32
     Q = Q.astype(np.float64)
-    assert orthogonality(Q) <= 2 * e32
+    assert orthogonality(Q) <= (e32 / 2 if used == "cholesky" else 2 * e32) * (1 + 1e-6)
     assert np.linalg.norm(Q @ R - Y, 2) <= 4 * e32 * np.linalg.norm(Y, 2)
