@@ -205,6 +205,7 @@ def diagonal(
         Q, AQ = _range_sketch(op, xp, s, rng)
         exact = xp.to_numpy(xp.sum(xp.cast(AQ * Q, xp.float64), axis=1))
         G = _probes(xp, n, m - 2 * s, rng, Q.dtype)
+        # out of place: the estimator needs both G and (I - Q Q^T) G
         AG = _apply(op, xp, G - Q @ xp.from_numpy(xp.gram(Q, G), Q.dtype))
         samples = np.asarray(xp.to_numpy(G * AG), np.float64)
     else:
