@@ -37,14 +37,18 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     t0 = time.perf_counter()
     comm = ranks.communicator(args.timeout, args.device)  # torchrun: one process per rank
-    try:
+    if comm is None:
         with _threads(args.threads):
             return _run(args, argv, t0, comm)
+    finished = False
+    try:
+        with _threads(args.threads):
+            code = _run(args, argv, t0, comm)
+        finished = True
+        return code
     finally:
-        if comm is not None:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        del comm  # close() collects what still refers to the process group
+        ranks.close(finished=finished)
 
 
 @contextlib.contextmanager

