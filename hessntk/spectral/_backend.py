@@ -10,7 +10,6 @@ the same probes on every backend.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import numpy as np
@@ -170,6 +169,16 @@ class Backend:
             a = self.set_index(a, rows, a[rows] @ b)
         return a
 
+    def combine_rows(self, x: Array, s: Array) -> Array:
+        """``x[:r] = s^T x[:j]`` for rows ``x`` (at least ``j``, n) and ``s`` (j, r), ``r <= j``,
+        written in column blocks (``x`` must be the caller's): a thick restart's Ritz vectors
+        over its Krylov basis with no (r, n) temporary and no transposing copy."""
+        j = s.shape[0]
+        st = self.transpose(s)
+        for cols in self._row_blocks(self.transpose(x[:j]), s):
+            x = self.set_index(x, (slice(0, s.shape[1]), cols), st @ x[:j, cols])
+        return x
+
     def _row_blocks(self, a: Array, b: Array) -> Any:
         """Row slices of (n, k) and (n, l) arrays whose float64 blocks take ``GRAM_BLOCK_BYTES``."""
         step = max(1, GRAM_BLOCK_BYTES // (8 * max(a.shape[1], b.shape[1], 1)))
@@ -239,9 +248,7 @@ class TorchBackend(Backend):
         return x.detach().cpu().numpy()
 
     def cast(self, x: Array, dtype: Any) -> Array:
-        if x.dtype == dtype or not self._on_host(x, dtype):
-            return x.to(dtype)
-        return self._host_empty(x.shape, dtype, _is_column_major(x)).copy_(x)
+        return x.to(dtype)  # keeps a column-major layout
 
     def move(self, x: Array) -> Array:
         return x.to(self.device)
@@ -250,10 +257,13 @@ class TorchBackend(Backend):
         return self._torch.zeros(shape, dtype=dtype or self.float64, device=self.device)
 
     def empty(self, shape: tuple[int, ...], dtype: Any = None) -> Array:
-        dtype = dtype or self.float64
-        if self.device.type == "cpu" and self._host_sized(dtype, math.prod(shape)):
-            return self._host_empty(shape, dtype, column_major=False)
-        return self._torch.empty(shape, dtype=dtype, device=self.device)
+        # torch's allocator, not numpy's: numpy asks the kernel for transparent huge pages
+        # (madvise), and where the kernel compacts memory to find them at fault time (THP
+        # defrag "madvise", a common default) first writes stall: filling a fresh 41 x 301k
+        # float32 eigsh basis took 2.1-2.4 ms per row in a new process against 0.25 from
+        # torch, and a 301k x 50 float32 -> float64 cast 90-152 ms against 22-23 (numpy's
+        # 11 ms once huge pages are free: a gain of 2x at best, a loss of 7-10x at worst).
+        return self._torch.empty(shape, dtype=dtype or self.float64, device=self.device)
 
     def empty_on(self, shape: tuple[int, ...], dtype: Any, device: Any) -> Array:
         """:meth:`empty` on another ``device``; pinned host memory when this backend is on
@@ -283,30 +293,11 @@ class TorchBackend(Backend):
         return self._torch.addmm(c, a, b, alpha=-1.0, out=c)
 
     def matmul(self, a: Array, b: Array) -> Array:
-        if a.dim() != 2 or not self._on_host(a, a.dtype, a.shape[0] * b.shape[-1]):
+        if not _is_column_major(a):
             return a @ b
-        out = self._host_empty((a.shape[0], b.shape[1]), a.dtype, _is_column_major(a))
-        return self._torch.matmul(a, b, out=out)
-
-    # Large host arrays come from numpy, which asks the kernel for transparent huge pages
-    # (madvise): first writes to a fresh 120 MB array then fault 60 times fewer pages, and
-    # a float32 -> float64 cast of a 301k x 50 block takes 21 ms instead of 46 ms (filling
-    # a 10 x 100 x 301k float32 Lanczos basis row by row: 0.13 s, against 0.30-0.37 s from
-    # torch.empty). torch's own CPU allocator does so only under THP_MEM_ALLOC_ENABLE=1.
-    _HOST_NUMPY_BYTES = 1 << 22
-
-    def _on_host(self, x: Array, dtype: Any, numel: int | None = None) -> bool:
-        return x.device.type == "cpu" and self._host_sized(
-            dtype, x.numel() if numel is None else numel)
-
-    def _host_sized(self, dtype: Any, numel: int) -> bool:
-        return (dtype in _numpy_dtypes(self._torch)
-                and numel * dtype.itemsize >= self._HOST_NUMPY_BYTES)
-
-    def _host_empty(self, shape: tuple[int, ...], dtype: Any, column_major: bool) -> Array:
-        a = np.empty(tuple(shape), _numpy_dtypes(self._torch)[dtype],
-                     order="F" if column_major else "C")
-        return self._torch.from_numpy(a)
+        # a column-major product of column-major probes (their columns stay contiguous)
+        out = self._torch.empty((b.shape[1], a.shape[0]), dtype=a.dtype, device=a.device)
+        return self._torch.matmul(a, b, out=self._torch.transpose(out, 0, 1))
 
     def transpose(self, x: Array) -> Array:
         return x.transpose(-1, -2)
@@ -376,11 +367,6 @@ class TorchBackend(Backend):
         return self._torch.eye(n, dtype=dtype or self.float64, device=self.device)
 
 
-@functools.cache
-def _numpy_dtypes(torch: Any) -> dict[Any, Any]:
-    return {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
-
-
 def _is_column_major(x: Any) -> bool:
     """A 2-D torch tensor stored by columns (as probes and their products are)."""
     return x.dim() == 2 and x.shape[1] > 1 and x.stride(0) == 1 and x.stride(1) == x.shape[0]
@@ -432,7 +418,8 @@ class JaxBackend(Backend):
         return self.zeros(shape, dtype)  # immutable arrays: the fused steps read zero rows
 
     def set_index(self, x: Array, index: Any, value: Array) -> Array:
-        return x.at[index].set(value)
+        # Cast to x's dtype first, as numpy's and torch's assignments do (jax warns otherwise).
+        return x.at[index].set(self._jnp.asarray(value, x.dtype))
 
     def lanczos_step(
         self, basis: Array, q: Array, w: Array, b_prev: Array, j: int
@@ -487,6 +474,9 @@ class JaxBackend(Backend):
 
     def matmul_inplace(self, a: Array, b: Array) -> Array:
         return a @ b  # immutable arrays
+
+    def combine_rows(self, x: Array, s: Array) -> Array:
+        return x.at[: s.shape[1]].set(self._jnp.transpose(s) @ x[: s.shape[0]])
 
     def _einsum(self, spec: str, *arrays: Array) -> Array:
         # (gram and column_dots use the shared row blocks: XLA's preferred_element_type

@@ -194,8 +194,8 @@ def eigsh(
         a, w = xp.recurrence(q[None, :], w[None, :], q_prev[None, :] if tridiagonal else None,
                              xp.from_numpy(h[known] if tridiagonal else np.zeros(1)))
         w, h[j] = w[0], float(xp.to_numpy(a)[0])
-        if len(known) and not tridiagonal:  # the arrow after a restart
-            part = xp.transpose(V[known]) @ xp.from_numpy(h[known], stored)
+        if len(known) and not tridiagonal:  # the arrow after a restart (a slice: no gather)
+            part = xp.transpose(V[:j]) @ xp.from_numpy(h[:j], stored)
             w = w - xp.cast(part, xp.float64)
         before = beta = float(xp.to_numpy(xp.norm(w, axis=0)))
         sweep = omega is None or sweep_next or j <= 1  # j = 1: the symmetry check reads h[0]
@@ -277,24 +277,25 @@ def eigsh(
         if j == ncv:  # thick restart from the most wanted Ritz vectors
             num_keep = min(ncv - 1, k + (ncv - k) // 2)
             keep = _order(theta, which)[:num_keep]
-            Y = _mm(xp, V[:j], S[:, keep])
+            V = xp.combine_rows(V, xp.from_numpy(np.ascontiguousarray(S[:, keep]), stored))
             H[:] = 0.0
             if skipped:  # a semi-orthogonal basis: orthonormalise the Ritz vectors first
-                Y, B, arrow, w = _rayleigh_ritz(xp, Y, theta[keep], beta * S[j - 1, keep], w,
-                                                S[:, keep].T @ D[:j, :j] @ S[:, keep])
+                Y, B, arrow, w = _rayleigh_ritz(
+                    xp, xp.transpose(V[:num_keep]), theta[keep], beta * S[j - 1, keep], w,
+                    S[:, keep].T @ D[:j, :j] @ S[:, keep])
+                V = xp.set_index(V, slice(0, num_keep), xp.transpose(Y))
                 H[:num_keep, :num_keep] = B
                 skipped = False
             else:
                 H[:num_keep, :num_keep] = np.diag(theta[keep])
                 arrow = beta * S[j - 1, keep]
-            V = xp.set_index(V, slice(0, num_keep), xp.cast(xp.transpose(Y), stored))
             H[num_keep, :num_keep] = H[:num_keep, num_keep] = arrow
             omega, D[:] = None, 0.0
             j = num_keep
         else:
             H[j, j - 1] = H[j - 1, j] = beta
         q_prev, q = q, w
-        V = xp.set_index(V, j, xp.cast(w, stored))
+        V = xp.set_index(V, j, w)  # cast to the basis dtype in the copy: no temporary
     order, values, vectors = sel, theta[sel], None
     if return_eigenvectors:
         vectors = xp.cast(_mm(xp, V[:j], S[:, order]), xp.float64)

@@ -65,9 +65,8 @@ def test_cuda_operator_matches_cpu():
 
 
 @pytest.mark.parametrize("layout", ["F", "C"])
-def test_torch_host_arrays_from_numpy_keep_values_and_layout(layout):
-    # Casts and tall products of >= 4 MiB on the CPU write into numpy-allocated memory (huge
-    # pages); they must equal torch's own results and keep the column-major layout of probes.
+def test_torch_casts_and_tall_products_keep_values_and_layout(layout):
+    # Probes and their products are column-major: casts and tall products keep that layout.
     from hessntk.spectral._backend import TorchBackend
 
     xp = TorchBackend()
@@ -80,9 +79,20 @@ def test_torch_host_arrays_from_numpy_keep_values_and_layout(layout):
     P = xp.matmul(X, B)
     assert P.shape == (20000, 40) and torch.allclose(P, X @ B, rtol=1e-13, atol=1e-13)
     assert (P.stride(0) == 1) == (layout == "F")
-    small = xp.cast(X32[:10], torch.float64)  # below the size: torch's own cast
-    assert torch.equal(small, X32[:10].to(torch.float64))
-    assert torch.equal(xp.cast(X32, torch.bfloat16), X32.to(torch.bfloat16))  # no numpy dtype
+    assert torch.equal(xp.cast(X32, torch.bfloat16), X32.to(torch.bfloat16))
+
+
+def test_combine_rows_on_every_backend(matrix, monkeypatch):
+    # x[:r] = s^T x[:j] in column blocks of 7 (the last one short); rows from r on are kept.
+    monkeypatch.setattr(_backend, "GRAM_BLOCK_BYTES", 8 * 5 * 7)
+    xp = aslinearoperator(matrix)._xp
+    X = np.ascontiguousarray(A[:6])  # (6, 300) rows
+    S = A[:5, 10:13]  # (5, 3): three combinations of the first five rows
+    for dtype, rtol in ((np.float64, 1e-13), (np.float32, 1e-5)):
+        mine = xp.from_numpy(X.astype(dtype))
+        got = xp.to_numpy(xp.combine_rows(mine, xp.from_numpy(S.astype(dtype))))
+        assert got.dtype == dtype
+        assert_close(got, np.concatenate([S.T @ X[:5], X[3:]]), rtol=rtol)
 
 
 def test_float32_gram_sums_in_float64_on_every_backend(matrix, monkeypatch):
