@@ -13,6 +13,7 @@ import importlib
 from typing import Any
 
 from hessntk import criteria, spectral
+from hessntk._memory import MemoryBudgetError
 from hessntk.spectral import (
     BlockEstimate,
     CountingOperator,
@@ -51,6 +52,7 @@ __all__ = [
     "EigshResult",
     "Estimate",
     "LinearOperator",
+    "MemoryBudgetError",
     "SpectralDensity",
     "Tridiagonal",
     "aslinearoperator",

@@ -12,6 +12,20 @@ import os
 DEFAULT_MEMORY_FRACTION = 0.25
 
 
+class MemoryBudgetError(ValueError):
+    """Arrays an algorithm would hold at once exceed its memory budget (``max_memory``).
+
+    Attributes
+    ----------
+    need, budget : int
+        Bytes needed and allowed.
+    """
+
+    def __init__(self, message: str, need: int, budget: int) -> None:
+        super().__init__(message)
+        self.need, self.budget = need, budget
+
+
 def host_memory() -> int:
     """Free host memory in bytes (``MemAvailable`` on Linux)."""
     try:

@@ -597,3 +597,14 @@ def test_spectrum_without_reorthogonalisation(tmp_path):
     full, none = (docs[r]["hessian"]["density"] for r in ("full", "none"))
     assert none["trace"]["value"] == pytest.approx(full["trace"]["value"], rel=1e-8)
     assert docs["none"]["settings"]["reorth"] == "none"
+
+
+def test_a_trace_that_does_not_fit_names_the_flag(tmp_path, monkeypatch, capsys):
+    import hessntk._memory
+
+    monkeypatch.setattr(hessntk._memory, "host_memory", lambda: 4000)  # a 1 kB budget
+    argv = ["spectrum", ENTRY, "--trace-matvecs", "20", "--out", str(tmp_path / "o"), *FAST]
+    assert main(argv) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "--trace-matvecs 20: the trace estimate would hold" in line
+    assert "lower --trace-matvecs" in line and "max_memory" not in line

@@ -8,8 +8,10 @@ and plots to the :class:`hessntk.report.Report`; the numbers come from the publi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,20 @@ SMOOTHING = 0.4
 
 __all__ = ["data_key", "hessian_analysis", "iic_analysis", "iic_options", "ntk_analysis",
            "quantization_analysis", "tail_dict"]
+
+
+@contextlib.contextmanager
+def trace_memory_in_flags(args: argparse.Namespace) -> Iterator[None]:
+    """A trace estimate refused for memory, in the words of ``--trace-matvecs``."""
+    from hessntk._memory import MemoryBudgetError, format_bytes
+
+    try:
+        yield
+    except MemoryBudgetError as err:
+        raise CLIError(
+            f"--trace-matvecs {args.trace_matvecs}: the trace estimate would hold "
+            f"{format_bytes(err.need)} at once, more than a quarter of the free memory "
+            f"({format_bytes(err.budget)}); lower --trace-matvecs") from err
 
 
 def tail_dict(fit: Any) -> dict[str, Any]:
@@ -71,10 +87,11 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
     k = min(args.k, n)
     top = timed(timings, "hessian_top", lambda: hessian.top_eigenvalues(
         op, k=k, tol=args.tol, seed=args.seed))
-    tr = timed(timings, "hessian_trace", lambda: hessian.trace(
-        op, num_matvecs=args.trace_matvecs, seed=args.seed))
-    layers = timed(timings, "hessian_layer_traces", lambda: hessian.block_traces(
-        op, num_matvecs=args.trace_matvecs, seed=args.seed))
+    with trace_memory_in_flags(args):
+        tr = timed(timings, "hessian_trace", lambda: hessian.trace(
+            op, num_matvecs=args.trace_matvecs, seed=args.seed))
+        layers = timed(timings, "hessian_layer_traces", lambda: hessian.block_traces(
+            op, num_matvecs=args.trace_matvecs, seed=args.seed))
     steps = min(args.steps, n)
     key = {"curvature": curvature, "params": fingerprint(dict(model.state_dict())),
            "loss": float(f"{op.loss:.12g}"), "data": data_key(data),
@@ -336,9 +353,10 @@ def quantization_analysis(report: Any, problem: Any, args: argparse.Namespace,
     bits = tuple(args.bits)
     scheme = {"quantizer": args.quantizer, "granularity": args.granularity,
               "group_size": getattr(args, "group_size", 128)}
-    sens = timed(timings, "quantization", lambda: quantization_sensitivity(
-        op, bits=bits, metric=args.metric, num_matvecs=args.trace_matvecs, seed=args.seed,
-        **scheme))
+    with trace_memory_in_flags(args):
+        sens = timed(timings, "quantization", lambda: quantization_sensitivity(
+            op, bits=bits, metric=args.metric, num_matvecs=args.trace_matvecs,
+            seed=args.seed, **scheme))
     out: dict[str, Any] = {"sensitivity": sens.to_dict()}
     meas = None
     if args.measure:

@@ -83,10 +83,12 @@ def _operator(
     )
 
 
-def _trace(op: LinearOperator, num_matvecs: int, method: str, seed: int, blocks: Any = None):
+def _trace(op: LinearOperator, num_matvecs: int, method: str, seed: int, blocks: Any = None,
+           max_memory: int | None = None):
     if num_matvecs >= op.shape[0]:
         method = "exact"  # as cheap as the budget, and without error
-    return _spectral_trace(op, num_matvecs=num_matvecs, method=method, seed=seed, blocks=blocks)
+    return _spectral_trace(op, num_matvecs=num_matvecs, method=method, seed=seed, blocks=blocks,
+                           max_memory=max_memory)
 
 
 def top_eigenvalues(
@@ -163,6 +165,7 @@ def trace(
     output_key: str | int | None = None,
     outputs_fn: Callable[[Any], torch.Tensor] | None = None,
     allow_train_mode: bool = False,
+    max_memory: int | None = None,
 ) -> Estimate:
     """Estimate the trace of the loss Hessian (or GGN) from ``num_matvecs`` products.
 
@@ -181,6 +184,10 @@ def trace(
     seed : int
     params, output_key, outputs_fn, allow_train_mode
         Operator options.
+    max_memory : int, optional
+        Bytes the estimator's vectors may take at once (:func:`hessntk.spectral.trace`;
+        default a quarter of the free memory): "hutchinson" fits its probes to it, the
+        others are refused with the fixes when they do not fit.
 
     Returns
     -------
@@ -200,7 +207,7 @@ def trace(
         model, loss_fn, data, curvature, params, None, output_key, outputs_fn,
         allow_train_mode,
     )  # fmt: skip
-    return _trace(op, num_matvecs, method, seed)
+    return _trace(op, num_matvecs, method, seed, max_memory=max_memory)
 
 
 def density(
@@ -339,6 +346,7 @@ def block_traces(
     output_key: str | int | None = None,
     outputs_fn: Callable[[Any], torch.Tensor] | None = None,
     allow_train_mode: bool = False,
+    max_memory: int | None = None,
 ) -> dict[str, Estimate]:
     """Estimate the trace of every diagonal block ``H_bb`` in one pass.
 
@@ -371,7 +379,7 @@ def block_traces(
         model, loss_fn, data, curvature, params, blocks, output_key, outputs_fn,
         allow_train_mode, default_blocks="layer", need_blocks=True,
     )  # fmt: skip
-    res = _trace(op, num_matvecs, method, seed, blocks=op.block_slices)
+    res = _trace(op, num_matvecs, method, seed, blocks=op.block_slices, max_memory=max_memory)
     return {name: res[i] for i, name in enumerate(op.blocks)}
 
 

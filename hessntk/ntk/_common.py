@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hessntk._memory import format_bytes, host_memory
+from hessntk._memory import format_bytes
 from hessntk._memory import memory_budget as _budget
 from hessntk._model import (
     ParamLayout,
@@ -62,10 +62,9 @@ __all__ = [
 
 def available_memory(device: torch.device) -> int:
     """Free memory in bytes on ``device``: ``mem_get_info`` on CUDA, else the host's."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    return host_memory()
+    from hessntk.spectral._backend import TorchBackend
+
+    return TorchBackend(device).free_memory()
 
 
 def memory_budget(max_memory: int | float | None, device: torch.device) -> int:

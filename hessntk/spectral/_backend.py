@@ -194,6 +194,12 @@ class Backend:
     def nbytes_per_float64(self) -> int:
         return 8
 
+    def free_memory(self) -> int:
+        """Free bytes where this backend's arrays live (the host's ``MemAvailable`` here)."""
+        from hessntk._memory import host_memory
+
+        return host_memory()
+
     # -- elementwise and reductions (quantizers, criteria) -------------------------------
     def amax(self, x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
         return np.max(x, axis=axis, keepdims=keepdims)
@@ -301,6 +307,11 @@ class TorchBackend(Backend):
 
     def transpose(self, x: Array) -> Array:
         return x.transpose(-1, -2)
+
+    def free_memory(self) -> int:
+        if self.device.type == "cuda":
+            return int(self._torch.cuda.mem_get_info(self.device)[0])
+        return super().free_memory()
 
     def all_finite(self, x: Array) -> bool:
         # See Backend.all_finite: a sum first (one read, no mask), elementwise only if needed.
@@ -488,6 +499,15 @@ class JaxBackend(Backend):
 
     def ready(self, x: Array) -> Array:
         return self._jax.block_until_ready(x)
+
+    def free_memory(self) -> int:
+        device = self.device if self.device is not None else self._jax.devices()[0]
+        if hasattr(device, "device_set"):  # a mesh sharding: the first of its devices
+            device = min(device.device_set, key=lambda d: d.id)
+        stats = device.memory_stats() if device.platform != "cpu" else None
+        if stats and "bytes_limit" in stats:
+            return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+        return super().free_memory()
 
     def amax(self, x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
         return self._jnp.max(x, axis=axis, keepdims=keepdims)

@@ -17,10 +17,11 @@ import numpy as np
 import scipy.linalg
 
 from hessntk._checks import count
-from hessntk.spectral._backend import Array, Backend
+from hessntk._memory import MemoryBudgetError, format_bytes, memory_budget
+from hessntk.spectral._backend import Array, Backend, itemsize
 from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.operators import LinearOperator, matmat_checked, matmat_float64
-from hessntk.spectral.probes import Seed, as_generator, rademacher
+from hessntk.spectral.probes import RademacherStream, Seed, as_generator, rademacher
 from hessntk.spectral.qr import tall_qr
 from hessntk.spectral.results import (
     BlockEstimate,
@@ -66,6 +67,7 @@ def trace(
     method: str = "xtrace",
     seed: Seed = 0,
     blocks: Blocks | None = None,
+    max_memory: int | None = None,
 ) -> Estimate | BlockEstimate:
     """Estimate ``tr(A)``, or the traces of diagonal blocks ``tr(A_bb)``, from products.
 
@@ -85,6 +87,17 @@ def trace(
     blocks : sequence of slices or 1-D integer index arrays, optional
         Disjoint coordinate sets; returns the trace of each diagonal block, all estimated
         from the same products as the total.
+    max_memory : int, optional
+        Bytes the estimator's vectors of length ``n`` may take at once (probes, sketches and
+        their products; the operator's own memory comes on top). Default: a quarter of the
+        free memory of the operator's device (``MemAvailable`` on the host,
+        ``torch.cuda.mem_get_info`` on CUDA). "hutchinson" takes its probes in groups that
+        fit, with the same numbers as one group; the others hold, with ``s`` bytes per entry
+        of the operator's dtype: "xtrace" ``2 m n s`` bytes (four ``n x m/2`` arrays),
+        "hutchpp" about ``4/3 m n s``, "xnystrace" ``32 m n`` (float64), and are refused
+        with the fixes when that exceeds ``max_memory``.
+        (A 124M-parameter float32 model with ``num_matvecs=100``: 99 GB for "xtrace",
+        2 x 496 MB per Hutchinson probe.)
 
     Returns
     -------
@@ -115,6 +128,8 @@ def trace(
     ValueError
         For an unknown method, a budget too small for the method or larger than ``n``,
         overlapping or out-of-range blocks, or (xnystrace) an operator that is not PSD.
+    hessntk.MemoryBudgetError
+        A ``ValueError`` for vectors that do not fit in ``max_memory`` (it names the fixes).
 
     References
     ----------
@@ -141,15 +156,17 @@ def trace(
     index = _as_blocks(blocks, n)
     rng = as_generator(seed)
     xp = op._xp
+    budget = memory_budget(max_memory, xp.free_memory() if max_memory is None else None)
+    _check_memory(op, method, m, budget, max_memory is None)
     if method == "exact":
-        samples = _exact(op, index)
+        samples = _exact(op, index, budget)
         values = samples[:, 0]
         stderrs = np.zeros_like(values)
         result = BlockEstimate(values, stderrs, n, method)
     else:
         fn = {"hutchinson": _hutchinson, "hutchpp": _hutchpp, "xtrace": _xtrace,
               "xnystrace": _xnystrace}[method]
-        samples, used, offset = fn(op, xp, m, rng, index)
+        samples, used, offset = fn(op, xp, m, rng, index, budget)
         result = mean_block_estimate(samples, used, method)
         result = BlockEstimate(result.values + offset, result.stderrs, used, method)
     if blocks is None:
@@ -220,12 +237,20 @@ def diagonal(
 # -- estimators: each returns per-block per-probe samples (B, k), products used, offset -----
 
 
-def _hutchinson(op, xp, m, rng, index):
-    Z = _probes(xp, op.shape[0], m, rng, op.dtype)  # A Z as computed: no cast needed
-    return _block_dots(xp, Z, matmat_checked(op, Z, "trace estimation"), index), m, 0.0
+def _hutchinson(op, xp, m, rng, index, budget):
+    n = op.shape[0]
+    group = min(m, budget // (2 * n * itemsize(op.dtype)))  # probes and products that fit
+    stream = RademacherStream(n, rng)
+    samples = []
+    for start in range(0, m, group):
+        # +-1 is exact in any dtype; A Z as computed: no cast needed
+        Z = xp.from_numpy(stream.take(min(group, m - start), np.float32), op.dtype)
+        samples.append(_block_dots(xp, Z, matmat_checked(op, Z, "trace estimation"), index))
+        del Z  # before the next group's probes
+    return np.concatenate(samples, axis=1), m, 0.0
 
 
-def _hutchpp(op, xp, m, rng, index):
+def _hutchpp(op, xp, m, rng, index, budget):
     s = m // 3
     Q, AQ = _range_sketch(op, xp, s, rng)
     G = _probes(xp, op.shape[0], m - 2 * s, rng, Q.dtype)
@@ -235,7 +260,7 @@ def _hutchpp(op, xp, m, rng, index):
     return _block_dots(xp, X, AX, index), m, exact
 
 
-def _xtrace(op, xp, m, rng, index):
+def _xtrace(op, xp, m, rng, index, budget):
     # Exchangeable leave-one-out estimator (Epperly, Tropp, Webber 2024, Sec. 2): for each
     # probe i, Q_(i) spans A Omega without column i; Q_(i) Q_(i)^T = Q (I - s_i s_i^T) Q^T with
     # s_i the unit vector orthogonal to R's other columns (Y = A Omega = Q R).
@@ -269,7 +294,7 @@ def _xtrace(op, xp, m, rng, index):
     return np.array(samples), 2 * s, 0.0
 
 
-def _xnystrace(op, xp, m, rng, index):
+def _xnystrace(op, xp, m, rng, index, budget):
     # Leave-one-out Nystrom (Epperly, Tropp, Webber 2024, Sec. 3) of A + nu I, whose trace
     # is tr(A) + n nu; nu is a tiny stabilising shift subtracted exactly at the end.
     n = op.shape[0]
@@ -301,10 +326,10 @@ def _xnystrace(op, xp, m, rng, index):
     return np.array(samples), m, np.array(offsets)
 
 
-def _exact(op: LinearOperator, index: list[Any]) -> np.ndarray:
+def _exact(op: LinearOperator, index: list[Any], budget: int) -> np.ndarray:
     xp = op._xp
     n = op.shape[0]
-    b = op.block_size or 64
+    b = max(1, min(op.block_size or 64, budget // (16 * n)))  # unit vectors and products
     diag = np.zeros(n)
     for i in range(0, n, b):
         cols = np.arange(i, min(i + b, n))
@@ -315,6 +340,35 @@ def _exact(op: LinearOperator, index: list[Any]) -> np.ndarray:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _check_memory(op: LinearOperator, method: str, m: int, budget: int, default: bool
+                  ) -> None:
+    """Refuse an estimator whose vectors of length ``n`` do not fit in ``budget`` bytes."""
+    n = op.shape[0]
+    s, g = m // 3, m - 2 * (m // 3)  # Hutch++'s sketch and residual probes
+    vectors = {"hutchinson": 2, "hutchpp": max(3 * s, 2 * s + 2 * g), "xtrace": 4 * (m // 2),
+               "xnystrace": 4 * m, "exact": 2}[method]
+    dtype = {"xnystrace": op._xp.float64, "exact": op._xp.float64,
+             "hutchinson": op.dtype}.get(method, _sketch_dtype(op))
+    need = vectors * n * itemsize(dtype)
+    if need <= budget:
+        return
+    what, fixes = {
+        "hutchinson": ("one probe and its product", "Give"),
+        "exact": ("one unit vector and its product", "Use method='hutchinson', or give"),
+    }.get(method, (f"num_matvecs={m}", "Use method='hutchinson' (it takes its probes in "
+                   "groups that fit), fewer num_matvecs, or give"))
+    allowed = "a quarter of the free memory" if default else "as given"
+    raise MemoryBudgetError(
+        f"trace(method={method!r}) holds {vectors} vectors of n = {n} entries in "
+        f"{_dtype_name(dtype)} for {what}: {format_bytes(need)}, more than max_memory = "
+        f"{format_bytes(budget)} ({allowed}). {fixes} a larger max_memory if the memory is "
+        "there.", need, budget)
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).rsplit(".", 1)[-1].replace("'>", "")
 
 
 def _sketch_dtype(op: LinearOperator) -> Any:

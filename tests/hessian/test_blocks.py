@@ -77,6 +77,16 @@ def test_block_traces_within_reported_error(relu_case) -> None:
         for name, e in est.items():
             assert e.num_matvecs <= 24 and e.stderr > 0
             assert abs(e.value - exact[name]) <= 4 * e.stderr + 1e-12, (method, name, e)
+    # Hutchinson's probes in groups of 3 (the budget of 2 x 3 float64 vectors): same numbers
+    n = sum(p.numel() for p in model.parameters())
+    whole = hessian.block_traces(model, loss, batches, blocks="tensor", num_matvecs=24,
+                                 method="hutchinson", seed=3)
+    groups = hessian.block_traces(model, loss, batches, blocks="tensor", num_matvecs=24,
+                                  method="hutchinson", seed=3, max_memory=2 * 3 * 8 * n)
+    for name, e in groups.items():
+        assert abs(e.value - whole[name].value) <= 1e-12 * abs(whole[name].value), name
+    with pytest.raises(ValueError, match="max_memory"):
+        hessian.trace(model, loss, batches, num_matvecs=24, max_memory=8 * n)
     # a budget of n products gives the exact traces
     exact_est = hessian.block_traces(model, loss, batches, blocks="tensor", num_matvecs=10**6)
     for name, e in exact_est.items():

@@ -171,3 +171,10 @@ def test_matmul_inplace_on_every_backend(matrix, monkeypatch):
     assert_close(xp.to_numpy(out), X @ B, rtol=1e-13)
     if xp.name != "jax":
         assert out is mine
+
+
+def test_free_memory_on_the_host(matrix, monkeypatch):
+    import hessntk._memory
+
+    monkeypatch.setattr(hessntk._memory, "host_memory", lambda: 12345)
+    assert aslinearoperator(matrix)._xp.free_memory() == 12345  # a host device: its memory

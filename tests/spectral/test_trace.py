@@ -218,3 +218,55 @@ def test_float32_operator_at_size_takes_one_cholesky_pass(qr_methods):
     assert qr_methods == ["cholesky", "cholesky2"]
     assert abs(e64.value - d.sum()) <= 4 * e64.stderr
     assert_close(e32.value, e64.value, rtol=1e-6)  # float32 products: ~1e-7 relative
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_hutchinson_in_groups_that_fit_gives_the_same_numbers(indefinite, library):
+    A, _ = indefinite
+    op = aslinearoperator(A if library == "numpy" else torch.tensor(A))
+    blocks = [slice(0, 70), np.arange(70, 200)]
+    whole = trace(op, num_matvecs=50, method="hutchinson", seed=3, blocks=blocks)
+    for group in (1, 7, 16):  # probes per group: 2 vectors of n float64 entries each
+        counted = CountingOperator(op)
+        parts = trace(counted, num_matvecs=50, method="hutchinson", seed=3, blocks=blocks,
+                      max_memory=2 * 8 * 200 * group)
+        assert counted.num_matvecs == 50
+        assert_close(parts.values, whole.values, rtol=1e-13)
+        assert_close(parts.stderrs, whole.stderrs, rtol=1e-13)
+
+
+@pytest.mark.parametrize("method, vectors, dtype", [
+    ("xtrace", 100, "float32"), ("hutchpp", 68, "float32"), ("xnystrace", 200, "float64"),
+    ("hutchinson", 2, "float32"), ("exact", 2, "float64")])
+def test_estimators_that_do_not_fit_are_refused_with_the_fixes(indefinite, method, vectors,
+                                                                 dtype):
+    from hessntk import MemoryBudgetError
+
+    A, _ = indefinite
+    op = CountingOperator(aslinearoperator(torch.tensor(A @ A, dtype=torch.float32)))  # PSD
+    need = vectors * 200 * (4 if dtype == "float32" else 8)
+    with pytest.raises(MemoryBudgetError, match=f"holds {vectors} vectors of n = 200 entries "
+                       f"in {dtype}") as info:
+        trace(op, num_matvecs=50, method=method, max_memory=need - 1)
+    assert isinstance(info.value, ValueError) and op.num_matvecs == 0  # refused up front
+    assert (info.value.need, info.value.budget) == (need, need - 1)
+    assert "a larger max_memory" in str(info.value)
+    if method not in ("hutchinson", "exact"):
+        assert "method='hutchinson'" in str(info.value) and "fewer num_matvecs" in str(info.value)
+    trace(op, num_matvecs=50, method=method, max_memory=need)  # just fits
+
+
+def test_default_memory_is_a_quarter_of_the_free_memory(indefinite, monkeypatch):
+    import hessntk._memory
+
+    A, lam = indefinite
+    op = aslinearoperator(A)
+    monkeypatch.setattr(hessntk._memory, "host_memory", lambda: 4 * 100 * 200 * 8 - 4)
+    with pytest.raises(ValueError, match=r"\(a quarter of the free memory\)"):
+        trace(op, num_matvecs=50, method="xtrace")  # 100 vectors: 160 kB > 40 kB
+    exact = trace(op, num_matvecs=200, method="exact")  # unit vectors in groups that fit
+    assert_close(exact.value, lam.sum(), rtol=1e-12)
+    assert trace(op, num_matvecs=50, method="hutchinson").num_matvecs == 50

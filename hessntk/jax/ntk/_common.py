@@ -211,14 +211,10 @@ def _setup(f: Callable, params: Any, prior: Any, outputs: OutputsSpec) -> _Probl
 
 def _budget(max_memory: int | float | None, device: Any) -> int:
     """``max_memory=`` in bytes, or a fraction of the device's (else the host's) free memory."""
-    free = None
-    if hasattr(device, "device_set"):  # a mesh sharding: the first of its devices
-        device = min(device.device_set, key=lambda d: d.id)
-    if max_memory is None and device.platform != "cpu":
-        stats = device.memory_stats()
-        if stats and "bytes_limit" in stats:
-            free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    return memory_budget(max_memory, free)
+    from hessntk.spectral._backend import JaxBackend
+
+    return memory_budget(max_memory,
+                         JaxBackend(device).free_memory() if max_memory is None else None)
 
 
 def _check_chunk(chunk_size: int | None) -> None:
