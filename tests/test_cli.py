@@ -599,12 +599,29 @@ def test_spectrum_without_reorthogonalisation(tmp_path):
     assert docs["none"]["settings"]["reorth"] == "none"
 
 
-def test_a_trace_that_does_not_fit_names_the_flag(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("fits", ["nothing", "the eigenvalues"])
+def test_what_does_not_fit_in_memory_names_its_flag(tmp_path, monkeypatch, capsys, fits):
     import hessntk._memory
 
-    monkeypatch.setattr(hessntk._memory, "host_memory", lambda: 4000)  # a 1 kB budget
-    argv = ["spectrum", ENTRY, "--trace-matvecs", "20", "--out", str(tmp_path / "o"), *FAST]
+    sys.path.insert(0, str(MODELS.parent))
+    try:
+        import cli_models
+    finally:
+        sys.path.remove(str(MODELS.parent))
+    net = cli_models.build()[0]
+    n, s = sum(p.numel() for p in net.parameters()), next(net.parameters()).element_size()
+    eigsh_bytes = (min(n, 40) + 1) * s * n + 24 * n  # ncv + 1 basis vectors, 3 float64
+    trace_bytes = 4 * 15 * s * n  # XTrace with 30 products: four n x 15 arrays
+    assert eigsh_bytes < trace_bytes
+    budget = 0 if fits == "nothing" else eigsh_bytes
+    monkeypatch.setattr(hessntk._memory, "host_memory", lambda: 4 * budget)  # a quarter
+    argv = ["spectrum", ENTRY, "--trace-matvecs", "30", "--k", "2", "--out",
+            str(tmp_path / "o"), *FAST]
     assert main(argv) == 2
     line = _one_line_error(capsys.readouterr().err)
-    assert "--trace-matvecs 20: the trace estimate would hold" in line
-    assert "lower --trace-matvecs" in line and "max_memory" not in line
+    if fits == "nothing":
+        assert "--k 2: the Krylov basis of the top eigenvalues would hold" in line
+    else:
+        assert "--trace-matvecs 30: the trace estimate would hold" in line
+        assert "lower --trace-matvecs" in line
+    assert "max_memory" not in line

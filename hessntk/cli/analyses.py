@@ -28,17 +28,23 @@ __all__ = ["data_key", "hessian_analysis", "iic_analysis", "iic_options", "ntk_a
 
 
 @contextlib.contextmanager
-def trace_memory_in_flags(args: argparse.Namespace) -> Iterator[None]:
-    """A trace estimate refused for memory, in the words of ``--trace-matvecs``."""
+def memory_in_flags(flag: str, value: Any, what: str, fix: str) -> Iterator[None]:
+    """A computation refused for memory (:class:`hessntk.MemoryBudgetError`), in the words
+    of the flag that sized it."""
     from hessntk._memory import MemoryBudgetError, format_bytes
 
     try:
         yield
     except MemoryBudgetError as err:
         raise CLIError(
-            f"--trace-matvecs {args.trace_matvecs}: the trace estimate would hold "
-            f"{format_bytes(err.need)} at once, more than a quarter of the free memory "
-            f"({format_bytes(err.budget)}); lower --trace-matvecs") from err
+            f"{flag} {value}: {what} would hold {format_bytes(err.need)} at once, more than a "
+            f"quarter of the free memory ({format_bytes(err.budget)}); {fix}") from err
+
+
+def trace_memory_in_flags(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """A trace estimate refused for memory, in the words of ``--trace-matvecs``."""
+    return memory_in_flags("--trace-matvecs", args.trace_matvecs, "the trace estimate",
+                           "lower --trace-matvecs")
 
 
 def tail_dict(fit: Any) -> dict[str, Any]:
@@ -85,8 +91,10 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
                 **problem.parallel)
     n = op.shape[0]
     k = min(args.k, n)
-    top = timed(timings, "hessian_top", lambda: hessian.top_eigenvalues(
-        op, k=k, tol=args.tol, seed=args.seed))
+    with memory_in_flags("--k", args.k, "the Krylov basis of the top eigenvalues",
+                         "run on a device with more free memory"):
+        top = timed(timings, "hessian_top", lambda: hessian.top_eigenvalues(
+            op, k=k, tol=args.tol, seed=args.seed))
     with trace_memory_in_flags(args):
         tr = timed(timings, "hessian_trace", lambda: hessian.trace(
             op, num_matvecs=args.trace_matvecs, seed=args.seed))

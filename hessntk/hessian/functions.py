@@ -107,6 +107,7 @@ def top_eigenvalues(
     output_key: str | int | None = None,
     outputs_fn: Callable[[Any], torch.Tensor] | None = None,
     allow_train_mode: bool = False,
+    max_memory: int | None = None,
 ) -> EigshResult:
     """Compute the ``k`` extreme eigenvalues of the loss Hessian (or GGN).
 
@@ -121,8 +122,8 @@ def top_eigenvalues(
     which : {"LA", "SA", "LM"}
         Largest algebraic (default), smallest algebraic or largest magnitude.
     curvature : {"hessian", "ggn"}
-    tol, seed, max_matvecs, return_eigenvectors
-        Passed to :func:`hessntk.spectral.eigen`. Eigenvectors are flat, shape ``(n, k)``;
+    tol, seed, max_matvecs, return_eigenvectors, max_memory
+        Passed to :func:`hessntk.spectral.eigsh`. Eigenvectors are flat, shape ``(n, k)``;
         ``HessianOperator(...).unravel(vecs, dim=0)`` shapes them like the parameters.
     params, output_key, outputs_fn, allow_train_mode
         Operator options (see :class:`~hessntk.hessian.HessianOperator`).
@@ -149,7 +150,7 @@ def top_eigenvalues(
         allow_train_mode,
     )  # fmt: skip
     return extreme_eigenvalues(op, k, which=which, tol=tol, seed=seed, max_matvecs=max_matvecs,
-                              return_eigenvectors=return_eigenvectors)
+                              return_eigenvectors=return_eigenvectors, max_memory=max_memory)
 
 
 def trace(

@@ -11,8 +11,9 @@ import numpy as np
 import scipy.linalg
 
 from hessntk._checks import count, positive, refuse_low_precision
+from hessntk._memory import MemoryBudgetError, format_bytes, memory_budget
 from hessntk._progress import progress
-from hessntk.spectral._backend import Array
+from hessntk.spectral._backend import Array, itemsize
 from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.krylov import (
     BREAKDOWN_FACTOR,
@@ -78,6 +79,7 @@ def eigsh(
     return_eigenvectors: bool = True,
     basis_dtype: str = "operator",
     reorth: str = "partial",
+    max_memory: int | None = None,
 ) -> EigshResult:
     """Compute ``k`` extreme eigenpairs of a symmetric operator.
 
@@ -126,6 +128,11 @@ def eigsh(
         float32 basis they came out 23x ``tol`` on a Marchenko-Pastur spectrum. ``"full"``:
         a sweep every step. Both give the same eigenvalues, orthonormality and residuals to
         the products' rounding (tested against exact spectra, float64 and float32).
+    max_memory : int, optional
+        Bytes the Krylov basis may take: ``(ncv + 1) n s`` with ``s`` bytes per entry of
+        ``basis_dtype``, plus three float64 vectors of length ``n`` (a 124M-parameter float32
+        model at the default ``ncv = 40``: 20.3 GB + 3 GB). Default: a quarter of the free
+        memory of the operator's device. A basis that does not fit is refused up front.
 
     Returns
     -------
@@ -135,6 +142,8 @@ def eigsh(
     ------
     ValueError
         For ``k`` outside ``[1, n)``, or an unknown ``which`` or ``reorth``.
+    hessntk.MemoryBudgetError
+        A ``ValueError`` for a basis that does not fit in ``max_memory`` (it names the fixes).
 
     Examples
     --------
@@ -163,9 +172,10 @@ def eigsh(
     max_matvecs = (max(1000, 20 * ncv) if max_matvecs is None
                    else count(max_matvecs, "max_matvecs"))
     xp = op._xp
+    stored = basis_storage(op, basis_dtype)
+    _check_memory(op, ncv, k, stored, max_memory)
     rng = as_generator(seed)
     start = _start_vectors(op, None if v0 is None else v0, 1, rng)
-    stored = basis_storage(op, basis_dtype)
     V = xp.empty((ncv + 1, n), stored)  # row j is written before it is read
     q = q_prev = start[:, 0] / xp.norm(start[:, 0], axis=0)  # float64 v_j, v_{j-1}
     V = xp.set_index(V, 0, xp.cast(q, stored))
@@ -316,6 +326,26 @@ def eigsh(
     )
 
 
+def _check_memory(op: LinearOperator, ncv: int, k: int, stored: Any, max_memory: int | None
+                  ) -> None:
+    """Refuse a Krylov basis (and the step's three float64 vectors) beyond the budget."""
+    xp, n = op._xp, op.shape[0]
+    budget = memory_budget(max_memory, xp.free_memory() if max_memory is None else None)
+    need = ((ncv + 1) * itemsize(stored) + 3 * 8) * n
+    if need <= budget:
+        return
+    smaller = (f"a smaller ncv (at least k + 1 = {k + 1}; more restarts), "
+               if ncv > k + 1 else "")
+    if stored != op.dtype:  # a float64 basis of a float32 operator
+        smaller += "basis_dtype='operator' (half the memory), "
+    raise MemoryBudgetError(
+        f"eigsh keeps a Krylov basis of ncv + 1 = {ncv + 1} vectors of n = {n} entries "
+        f"({itemsize(stored)} bytes each) and three float64 vectors: {format_bytes(need)}, "
+        f"more than max_memory = {format_bytes(budget)} "
+        f"({'a quarter of the free memory' if max_memory is None else 'as given'}). Use "
+        f"{smaller}or give a larger max_memory if the memory is there.", need, budget)
+
+
 def _order(theta: np.ndarray, which: str) -> np.ndarray:
     if which == "LA":
         return np.argsort(-theta, kind="stable")
@@ -376,6 +406,7 @@ def extreme_eigenvalues(
     seed: Seed = 0,
     max_matvecs: int | None = None,
     return_eigenvectors: bool = False,
+    max_memory: int | None = None,
 ) -> EigshResult:
     """The ``k`` extreme eigenpairs: :func:`eigsh` for ``k < n``, the dense matrix otherwise.
 
@@ -394,7 +425,7 @@ def extreme_eigenvalues(
         raise ValueError(f"Expected which in {_WHICH}; got {which!r}.")
     if k < n:
         return eigsh(op, k, which=which, tol=tol, seed=seed, max_matvecs=max_matvecs,
-                     return_eigenvectors=return_eigenvectors)
+                     return_eigenvectors=return_eigenvectors, max_memory=max_memory)
     xp = op._xp
     A = dense_matrix(op)
     vals, vecs = np.linalg.eigh(A)

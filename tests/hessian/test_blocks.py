@@ -117,6 +117,8 @@ def test_top_eigenvalues_and_eigenvectors(tanh_case) -> None:
     lam = np.linalg.eigvalsh(ref.numpy())
     res = hessian.top_eigenvalues(model, loss, batches, k=3, tol=1e-10, return_eigenvectors=True)
     assert res.converged
+    with pytest.raises(ValueError, match="Krylov basis .* max_memory = 8 B"):
+        hessian.top_eigenvalues(model, loss, batches, k=3, max_memory=8)
     np.testing.assert_allclose(res.eigenvalues, lam[::-1][:3], rtol=1e-9)
     vecs = torch.as_tensor(res.eigenvectors).to(DT)
     assert_close(ref @ vecs, vecs * torch.as_tensor(res.eigenvalues), rtol=1e-6)

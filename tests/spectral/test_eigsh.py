@@ -162,3 +162,19 @@ def test_basis_in_the_operator_dtype_keeps_the_float32_products_accuracy():
     assert np.abs(Y.T @ Y - np.eye(4)).max() < 1e-5
     R = A.double().numpy() @ Y - Y * low.eigenvalues
     assert np.linalg.norm(R, axis=0).max() < 1e-4 * 10.0
+
+
+def test_a_basis_that_does_not_fit_is_refused_up_front():
+    from hessntk import MemoryBudgetError
+
+    op = CountingOperator(aslinearoperator(torch.tensor(np.diag(np.arange(1.0, 101.0)),
+                                                        dtype=torch.float32)))
+    need = 41 * 4 * 100 + 3 * 8 * 100  # ncv + 1 float32 basis vectors, three float64 ones
+    with pytest.raises(MemoryBudgetError, match="ncv \\+ 1 = 41 vectors of n = 100") as info:
+        eigsh(op, k=3, max_memory=need - 1)
+    assert (info.value.need, info.value.budget) == (need, need - 1) and op.num_matvecs == 0
+    assert "a smaller ncv (at least k + 1 = 4" in str(info.value)
+    assert "basis_dtype='operator'" not in str(info.value)  # the basis is float32 already
+    with pytest.raises(ValueError, match="basis_dtype='operator' \\(half the memory\\)"):
+        eigsh(op, k=3, basis_dtype="float64", max_memory=need)
+    assert_close(eigsh(op, k=3, max_memory=need).eigenvalues, [100.0, 99.0, 98.0], rtol=1e-5)
