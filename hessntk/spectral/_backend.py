@@ -194,6 +194,11 @@ class Backend:
     def nbytes_per_float64(self) -> int:
         return 8
 
+    def rademacher(self, stream: Any, k: int, dtype: Any) -> Array:
+        """The next ``k`` probes of a :class:`~hessntk.spectral.probes.RademacherStream` as
+        an (n, k) column-major array in ``dtype`` (+-1 is exact in every dtype)."""
+        return self.from_numpy(stream.take(k, np.float32), dtype)
+
     def free_memory(self) -> int:
         """Free bytes where this backend's arrays live (the host's ``MemAvailable`` here)."""
         from hessntk._memory import host_memory
@@ -307,6 +312,15 @@ class TorchBackend(Backend):
 
     def transpose(self, x: Array) -> Array:
         return x.transpose(-1, -2)
+
+    def rademacher(self, stream: Any, k: int, dtype: Any) -> Array:
+        if self.device.type != "cpu":
+            return super().rademacher(stream, k, dtype)
+        # Written into torch's memory: numpy's own large arrays ask for huge pages, whose
+        # first writes stall where the kernel compacts memory (see empty).
+        rows = self._torch.empty((k, stream.n), dtype=self._torch.float32)
+        stream.take(k, out=rows.numpy())
+        return self.cast(self.transpose(rows), dtype)
 
     def free_memory(self) -> int:
         if self.device.type == "cuda":

@@ -16,7 +16,7 @@ from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.layout import even_bounds
 from hessntk.spectral.operators import LinearOperator, matmat_float64
 from hessntk.spectral.orthogonality import OmegaRecurrence
-from hessntk.spectral.probes import Seed, rademacher
+from hessntk.spectral.probes import RademacherStream, Seed
 
 # Lanczos breaks down (the Krylov space is invariant) when beta_j <= BREAKDOWN_FACTOR * eps *
 # ||A||, with eps the machine epsilon of the product dtype: products carry errors of that size.
@@ -379,7 +379,8 @@ def _start_vectors(
     xp = op._xp
     n = op.shape[0]
     if v0 is None:
-        return xp.from_numpy(rademacher(n, count(num_probes, "num_probes"), seed), xp.float64)
+        return xp.rademacher(RademacherStream(n, seed), count(num_probes, "num_probes"),
+                             xp.float64)
     if isinstance(v0, np.ndarray):
         V0 = xp.from_numpy(v0.astype(np.float64))
     else:

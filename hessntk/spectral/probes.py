@@ -73,8 +73,10 @@ class RademacherStream:
         self._raw = np.zeros(0, dtype=np.uint8)  # drawn bytes not yet used up
         self._bit = 0  # first unused bit of _raw[0]
 
-    def take(self, k: int, dtype: Any = np.float64) -> np.ndarray:
-        """The next ``k`` probes, shape (n, k), Fortran order."""
+    def take(self, k: int, dtype: Any = np.float64, out: np.ndarray | None = None
+             ) -> np.ndarray:
+        """The next ``k`` probes, shape (n, k), Fortran order; written into ``out`` (a
+        C-contiguous (k, n) array, e.g. a view of a torch tensor) when given."""
         total = self.n * k
         missing = total - (8 * self._raw.size - self._bit)
         if missing > 0:
@@ -83,19 +85,24 @@ class RademacherStream:
             # per sign from rng.integers).
             new = np.frombuffer(self._rng.bytes(4 * words), dtype=np.uint8)
             self._raw = np.concatenate([self._raw, new]) if self._raw.size else new
-        out = np.empty(total, dtype=dtype)
+        if out is None:
+            out = np.empty((k, self.n), dtype=dtype)
+        if out.shape != (k, self.n) or not out.flags.c_contiguous:
+            raise ValueError(f"Expected out of shape ({k}, {self.n}), C-contiguous; got "
+                             f"{out.shape}.")
+        flat = out.reshape(-1)
         two = out.dtype.type(2)
         done, bit = 0, self._bit
         while done < total:  # a small bit buffer at a time, not n k bytes
             first = bit // 8
             bits = np.unpackbits(self._raw[first : first + _BYTES_PER_CHUNK])[bit - 8 * first :]
             size = min(bits.size, total - done)
-            np.multiply(bits[:size], two, out=out[done : done + size], casting="unsafe")
+            np.multiply(bits[:size], two, out=flat[done : done + size], casting="unsafe")
             done += size
             bit += size
         self._raw, self._bit = self._raw[bit // 8 :], bit % 8
-        out -= 1
-        return out.reshape(k, self.n).T
+        flat -= 1
+        return out.T
 
 
 _BYTES_PER_CHUNK = 1 << 17  # random bytes unpacked at once (a 1 MiB buffer of bits)

@@ -21,7 +21,7 @@ from hessntk._memory import MemoryBudgetError, format_bytes, memory_budget
 from hessntk.spectral._backend import Array, Backend, itemsize
 from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.operators import LinearOperator, matmat_checked, matmat_float64
-from hessntk.spectral.probes import RademacherStream, Seed, as_generator, rademacher
+from hessntk.spectral.probes import RademacherStream, Seed, as_generator
 from hessntk.spectral.qr import tall_qr
 from hessntk.spectral.results import (
     BlockEstimate,
@@ -243,8 +243,7 @@ def _hutchinson(op, xp, m, rng, index, budget):
     stream = RademacherStream(n, rng)
     samples = []
     for start in range(0, m, group):
-        # +-1 is exact in any dtype; A Z as computed: no cast needed
-        Z = xp.from_numpy(stream.take(min(group, m - start), np.float32), op.dtype)
+        Z = xp.rademacher(stream, min(group, m - start), op.dtype)  # A Z needs no cast
         samples.append(_block_dots(xp, Z, matmat_checked(op, Z, "trace estimation"), index))
         del Z  # before the next group's probes
     return np.concatenate(samples, axis=1), m, 0.0
@@ -380,7 +379,7 @@ def _sketch_dtype(op: LinearOperator) -> Any:
 
 
 def _probes(xp: Backend, n: int, k: int, rng: np.random.Generator, dtype: Any) -> Array:
-    return xp.from_numpy(rademacher(n, k, rng, np.float32), dtype)  # +-1: exact in any dtype
+    return xp.rademacher(RademacherStream(n, rng), k, dtype)
 
 
 def _apply(op: LinearOperator, xp: Backend, X: Array) -> Array:

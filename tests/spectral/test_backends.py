@@ -178,3 +178,14 @@ def test_free_memory_on_the_host(matrix, monkeypatch):
 
     monkeypatch.setattr(hessntk._memory, "host_memory", lambda: 12345)
     assert aslinearoperator(matrix)._xp.free_memory() == 12345  # a host device: its memory
+
+
+def test_probes_are_the_same_on_every_backend(matrix):
+    from hessntk.spectral.probes import RademacherStream, rademacher
+
+    xp = aslinearoperator(matrix)._xp
+    stream = RademacherStream(300, seed=4)
+    first, second = xp.rademacher(stream, 3, xp.float64), xp.rademacher(stream, 5, xp.float64)
+    assert tuple(first.shape) == (300, 3) and first.dtype == xp.float64
+    got = np.hstack([xp.to_numpy(first), xp.to_numpy(second)])
+    assert np.array_equal(got, rademacher(300, 8, seed=4))

@@ -24,3 +24,11 @@ def test_probes_are_the_bits_of_the_generator_bytes():
     bits = np.unpackbits(np.frombuffer(np.random.default_rng(0).bytes(4), np.uint8))
     expected = (2.0 * bits[: n * k] - 1.0).reshape(k, n).T
     assert np.array_equal(rademacher(n, k, seed=0), expected)
+
+
+def test_probes_into_a_given_array_and_a_wrong_one():
+    rows = np.zeros((3, 7), np.float32)
+    got = RademacherStream(7, seed=1).take(3, out=rows)
+    assert np.shares_memory(got, rows) and np.array_equal(got, rademacher(7, 3, 1, np.float32))
+    with pytest.raises(ValueError, match=r"Expected out of shape \(3, 7\), C-contiguous"):
+        RademacherStream(7, seed=1).take(3, out=np.zeros((7, 3), np.float32))
