@@ -201,8 +201,10 @@ def eigsh(
         h = np.zeros(j + 1)
         h[known] = H[known, j]
         tridiagonal = len(known) == 1 and known[0] == j - 1
+        # w is ours when the product was cast to float64 (a new array): update in place
         a, w = xp.recurrence(q[None, :], w[None, :], q_prev[None, :] if tridiagonal else None,
-                             xp.from_numpy(h[known] if tridiagonal else np.zeros(1)))
+                             xp.from_numpy(h[known] if tridiagonal else np.zeros(1)),
+                             owned=op.dtype != xp.float64)
         w, h[j] = w[0], float(xp.to_numpy(a)[0])
         if len(known) and not tridiagonal:  # the arrow after a restart (a slice: no gather)
             part = xp.transpose(V[:j]) @ xp.from_numpy(h[:j], stored)
@@ -282,8 +284,8 @@ def eigsh(
             beta = 0.0
             w = w / xp.norm(w, axis=0)
             omega = None
-        else:
-            w = w / beta
+        else:  # w is ours by now (the recurrence's or a sweep's): divided in place
+            w = xp.divide_rows(w[None, :], xp.from_numpy(np.array([beta])))[0]
         if j == ncv:  # thick restart from the most wanted Ritz vectors
             num_keep = min(ncv - 1, k + (ncv - k) // 2)
             keep = _order(theta, which)[:num_keep]
