@@ -10,8 +10,9 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
 from hessntk._checks import count, refuse_low_precision
+from hessntk._memory import MemoryBudgetError, format_bytes, host_memory, memory_budget
 from hessntk._progress import progress
-from hessntk.spectral._backend import Array
+from hessntk.spectral._backend import Array, itemsize
 from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.layout import even_bounds
 from hessntk.spectral.operators import LinearOperator, matmat_float64
@@ -95,6 +96,7 @@ def lanczos(
     basis_dtype: str = "operator",
     basis_device: Any = None,
     shard_basis: bool = False,
+    max_basis_bytes: int | None = None,
 ) -> Tridiagonal:
     """Run Lanczos from one or several start vectors, with or without reorthogonalisation.
 
@@ -169,6 +171,13 @@ def lanczos(
         in another order). A returned basis holds this rank's slice. What stays whole on
         every rank: the start vectors, the gathered next vectors and the product (``k n``
         each, transient), so a step needs ``~3 k n`` numbers beside the slices.
+    max_basis_bytes : int, optional
+        Memory allowed for the stored basis (``k m n s`` bytes with ``s`` bytes per entry of
+        ``basis_dtype``, ``n`` the slice with ``shard_basis``; none with ``reorth="none"``
+        unless ``return_basis``). Default: a quarter of the free memory where the basis
+        lives (the operator's device, or the host for ``basis_device="cpu"``). A basis that
+        does not fit is refused up front, naming the fixes (:func:`hessntk.spectral.slq`
+        runs its probes in groups that fit instead).
 
     Returns
     -------
@@ -179,6 +188,8 @@ def lanczos(
     ValueError
         If ``num_matvecs`` is not in ``[1, n]``, ``v0`` has the wrong shape, or
         ``basis_device`` is given for a non-torch operator.
+    hessntk.MemoryBudgetError
+        A ``ValueError`` for a basis that does not fit in ``max_basis_bytes``.
     FloatingPointError
         If a product is not finite (the step and probe are named).
 
@@ -205,6 +216,8 @@ def lanczos(
     V0 = _start_vectors(op, v0, num_probes, seed)
     k = V0.shape[1]
     keep_basis = reorth != "none" or return_basis
+    if keep_basis:
+        _check_basis_memory(op, k, m, width, stored, on, max_basis_bytes)
     # Rows are written before they are read (no zeroing pass over k m n entries); those past
     # a probe's last step are zeroed on return.
     basis = None if not keep_basis else (
@@ -329,6 +342,27 @@ def _zero_unwritten(xp: Any, basis: Array, num_steps: np.ndarray, m: int) -> Arr
     for p in np.flatnonzero(num_steps < m):
         basis = xp.set_index(basis, (int(p), slice(int(num_steps[p]), None)), 0.0)
     return basis
+
+
+def _check_basis_memory(op: LinearOperator, k: int, m: int, width: int, stored: Any,
+                        on: Any, max_basis_bytes: int | None) -> None:
+    """Refuse a stored Lanczos basis beyond ``max_basis_bytes`` (default a quarter of the
+    free memory where it lives)."""
+    need = k * m * width * itemsize(stored)
+    if max_basis_bytes is None:
+        free = host_memory() if on is not None and on.type == "cpu" else op._xp.free_memory()
+        budget, allowed = memory_budget(None, free), "a quarter of the free memory"
+    else:
+        budget, allowed = int(max_basis_bytes), "as given"
+    if need <= budget:
+        return
+    raise MemoryBudgetError(
+        f"Lanczos keeps a basis of {k} probe(s) x {m} steps x {width} entries "
+        f"({itemsize(stored)} bytes each): {format_bytes(need)}, more than max_basis_bytes = "
+        f"{format_bytes(budget)} ({allowed}). Use reorth='none' (no basis; densities and "
+        "smooth traces stay accurate), fewer probes or num_matvecs, basis_device='cpu' for "
+        "a CUDA operator, shard_basis=True for a data-parallel one, or a larger "
+        "max_basis_bytes if the memory is there.", need, budget)
 
 
 #: Reorthogonalisation options of :func:`lanczos` and :func:`hessntk.spectral.slq`.

@@ -453,7 +453,8 @@ def slq(
         if T is None:
             T = lanczos(op, m, v0=V0[:, start : start + group], reorth=reorth,
                         basis_dtype=basis_dtype, basis_device=basis_device,
-                        shard_basis=shard_basis)
+                        shard_basis=shard_basis, max_basis_bytes=max(
+                            int(max_basis_bytes), group * per_probe))  # checked above
             if store is not None:
                 store.save(g, settings, T)
         densities.append(SpectralDensity.from_tridiagonal(T, n, op._xp.eps(op.dtype)))

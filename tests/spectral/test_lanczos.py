@@ -104,3 +104,24 @@ def test_bad_arguments():
         lanczos(op, 2, v0=np.ones(3))
     with pytest.raises(ValueError, match="non-zero"):
         lanczos(op, 2, v0=np.zeros(4))
+
+
+def test_a_basis_that_does_not_fit_is_refused_up_front(monkeypatch):
+    import hessntk._memory
+    from hessntk import MemoryBudgetError
+    from hessntk.spectral import slq
+
+    op = CountingOperator(aslinearoperator(np.diag(np.arange(1.0, 51.0))))
+    need = 3 * 20 * 50 * 8  # 3 probes x 20 steps x n = 50 float64 entries
+    with pytest.raises(MemoryBudgetError, match="basis of 3 probe\\(s\\) x 20 steps x 50") as e:
+        lanczos(op, 20, num_probes=3, max_basis_bytes=need - 1)
+    assert (e.value.need, e.value.budget) == (need, need - 1) and op.num_matvecs == 0
+    assert "reorth='none'" in str(e.value) and "(as given)" in str(e.value)
+    assert lanczos(op, 20, num_probes=3, max_basis_bytes=need).num_matvecs == 60
+    monkeypatch.setattr(hessntk._memory, "host_memory", lambda: 4 * need - 4)  # a quarter
+    with pytest.raises(ValueError, match="a quarter of the free memory"):
+        lanczos(op, 20, num_probes=3, reorth="partial")
+    T = lanczos(op, 20, num_probes=3, reorth="none")  # no basis: nothing to refuse
+    assert T.num_matvecs == 60 and T.basis is None
+    # slq runs its probes in groups that fit its own max_basis_bytes instead
+    assert slq(op, num_probes=3, num_matvecs=20, max_basis_bytes=need).num_probes == 3
