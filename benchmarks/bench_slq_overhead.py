@@ -38,8 +38,8 @@ def digits_mlp(width: int = 512, n: int = 512) -> tuple[nn.Module, torch.Tensor,
 
 def first_touch(k: int, m: int, n: int) -> float:
     """Seconds to write a fresh (k, m, n) float32 array one (k, n) row at a time (host
-    memory from numpy, as the library allocates a large basis)."""
-    basis = torch.from_numpy(np.empty((k, m, n), np.float32))
+    memory from torch's allocator, as the library allocates a large basis)."""
+    basis = torch.empty((k, m, n), dtype=torch.float32)
     row = torch.ones(k, n)
     start = time.perf_counter()
     for j in range(m):

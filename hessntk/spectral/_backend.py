@@ -304,9 +304,10 @@ class TorchBackend(Backend):
         return self._torch.addmm(c, a, b, alpha=-1.0, out=c)
 
     def matmul(self, a: Array, b: Array) -> Array:
-        if not _is_column_major(a):
+        if a.device.type != "cpu" or not _is_column_major(a):
             return a @ b
-        # a column-major product of column-major probes (their columns stay contiguous)
+        # on the host, a column-major product of column-major probes (their columns stay
+        # contiguous)
         out = self._torch.empty((b.shape[1], a.shape[0]), dtype=a.dtype, device=a.device)
         return self._torch.matmul(a, b, out=self._torch.transpose(out, 0, 1))
 
