@@ -65,6 +65,12 @@ class Backend:
         x[index] = value
         return x
 
+    def cast_into(self, out: Array, x: Array) -> Array:
+        """``x`` cast to ``out``'s dtype, written over ``out`` where the backend allows
+        (``out`` must be the caller's, of ``x``'s shape): no fresh array."""
+        out[...] = x
+        return out
+
     def stack(self, xs: list[Array], axis: int = 0) -> Array:
         return np.stack(xs, axis=axis)
 
@@ -323,6 +329,9 @@ class TorchBackend(Backend):
         stream.take(k, out=rows.numpy())
         return self.cast(self.transpose(rows), dtype)
 
+    def cast_into(self, out: Array, x: Array) -> Array:
+        return out.copy_(x)
+
     def free_memory(self) -> int:
         if self.device.type == "cuda":
             return int(self._torch.cuda.mem_get_info(self.device)[0])
@@ -446,6 +455,9 @@ class JaxBackend(Backend):
     def set_index(self, x: Array, index: Any, value: Array) -> Array:
         # Cast to x's dtype first, as numpy's and torch's assignments do (jax warns otherwise).
         return x.at[index].set(self._jnp.asarray(value, x.dtype))
+
+    def cast_into(self, out: Array, x: Array) -> Array:
+        return x.astype(out.dtype)  # immutable arrays
 
     def lanczos_step(
         self, basis: Array, q: Array, w: Array, b_prev: Array, j: int

@@ -15,7 +15,7 @@ from hessntk._progress import progress
 from hessntk.spectral._backend import Array, itemsize
 from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.layout import even_bounds
-from hessntk.spectral.operators import LinearOperator, matmat_float64
+from hessntk.spectral.operators import LinearOperator, matmat_checked, matmat_float64
 from hessntk.spectral.orthogonality import OmegaRecurrence
 from hessntk.spectral.probes import RademacherStream, Seed
 
@@ -242,12 +242,23 @@ def lanczos(
         np.asarray(max_steps, dtype=np.int64).reshape(k), m)
     tol = BREAKDOWN_FACTOR * xp.eps(op.dtype)
     total = 0
+    # The casts to and from the products' dtype write into the previous step's arrays, which
+    # are no longer read: a fresh (k, n) array per step costs its page faults (10 x 5M
+    # entries: a float32 -> float64 cast took 74 ms into fresh memory, 26 ms into a reused
+    # array; the float64 -> float32 one 50 and 21 ms).
+    reuse = shard is None and op.dtype != xp.float64
+    q_op = spare = None
     for j in progress(range(m), "Lanczos steps"):
         # q in the products' dtype, made once: the product's input and, for a basis in that
         # dtype, the stored row
-        q_op = xp.cast(q, op.dtype) if shard is None else shard.whole(q, op.dtype)
+        if shard is not None:
+            q_op = shard.whole(q, op.dtype)
+        elif reuse and _same_shape(q_op, q):
+            q_op = xp.cast_into(q_op, q)
+        else:
+            q_op = xp.cast(q, op.dtype)
         row = q_op if shard is None and stored == op.dtype else xp.cast(q, stored)
-        w = _apply(op, q_op, j, active)
+        w = _apply(op, q_op, j, active, out=spare if reuse else None)
         total += len(active)
         if shard is not None:
             w = w[:, shard.cols]
@@ -319,8 +330,11 @@ def lanczos(
         if not keep.any():
             break
         if keep.all():  # no copies while every probe goes on (w is ours by now)
+            retired = q_prev  # no longer read: the next product's float64 home
             q_prev, q = q, xp.divide_rows(w, b)
+            spare = retired
         else:
+            spare = None
             keep_dev = xp.from_numpy(np.flatnonzero(keep))
             q_prev = q[keep_dev]
             first = first[keep_dev] if j == 0 else first
@@ -429,11 +443,19 @@ def _start_vectors(
     return V0
 
 
-def _apply(op: LinearOperator, q: Array, step: int, active: np.ndarray) -> Array:
-    """Return ``A q`` for rows ``q`` (k, n), float64 or in the products' dtype, as float64."""
+def _apply(op: LinearOperator, q: Array, step: int, active: np.ndarray,
+           out: Array | None = None) -> Array:
+    """Return ``A q`` for rows ``q`` (k, n), float64 or in the products' dtype, as float64
+    (written into ``out``, a float64 (k, n) array of the caller's, when given)."""
     xp = op._xp
     where = f"Lanczos step {step} (probes {active.tolist()})"
-    return xp.transpose(matmat_float64(op, xp.transpose(q), where))
+    if out is None or not _same_shape(out, q):
+        return xp.transpose(matmat_float64(op, xp.transpose(q), where))
+    return xp.cast_into(out, xp.transpose(matmat_checked(op, xp.transpose(q), where)))
+
+
+def _same_shape(a: Array | None, b: Array) -> bool:
+    return a is not None and tuple(a.shape) == tuple(b.shape)
 
 
 BASIS_DTYPES = ("float64", "operator")

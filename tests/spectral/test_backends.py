@@ -189,3 +189,13 @@ def test_probes_are_the_same_on_every_backend(matrix):
     assert tuple(first.shape) == (300, 3) and first.dtype == xp.float64
     got = np.hstack([xp.to_numpy(first), xp.to_numpy(second)])
     assert np.array_equal(got, rademacher(300, 8, seed=4))
+
+
+def test_cast_into_on_every_backend(matrix):
+    xp = aslinearoperator(matrix)._xp
+    out = xp.from_numpy(np.zeros(A[:3].shape, np.float32))
+    got = xp.cast_into(out, xp.from_numpy(A[:3]))
+    assert got.dtype == out.dtype and tuple(got.shape) == A[:3].shape
+    assert np.array_equal(xp.to_numpy(got), A[:3].astype(np.float32))
+    if xp.name != "jax":
+        assert got is out  # written over the caller's array
