@@ -7,6 +7,7 @@ they know it; otherwise the host's ``MemAvailable`` is used.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 #: Fraction of the free memory that ``max_memory=None`` allows.
 DEFAULT_MEMORY_FRACTION = 0.25
@@ -41,21 +42,43 @@ def host_memory() -> int:
         return 4 * 2**30
 
 
-def memory_budget(max_memory: int | float | None, free: int | None = None) -> int:
+def memory_budget(max_memory: int | float | None, free: int | None = None,
+                  name: str = "max_memory") -> int:
     """Resolve ``max_memory=`` (bytes, or None for a fraction of ``free`` / host memory).
 
     Raises
     ------
     TypeError, ValueError
-        A budget that is not a positive number of bytes.
+        A budget that is not a positive number of bytes (named ``name``).
     """
     if max_memory is None:
         return int(DEFAULT_MEMORY_FRACTION * (host_memory() if free is None else free))
     if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)):
-        raise TypeError(f"Expected max_memory in bytes (int) or None; got {max_memory!r}.")
+        raise TypeError(f"Expected {name} in bytes (int) or None; got {max_memory!r}.")
     if not max_memory > 0:
-        raise ValueError(f"Expected a positive max_memory in bytes; got {max_memory}.")
+        raise ValueError(f"Expected a positive {name} in bytes; got {max_memory}.")
     return int(max_memory)
+
+
+#: How a refusal names the default budget (DEFAULT_MEMORY_FRACTION of the free memory).
+DEFAULT_BUDGET = "a quarter of the free memory"
+
+
+def budget_of(max_memory: int | float | None, free: Callable[[], int],
+              name: str = "max_memory") -> tuple[int, str]:
+    """The budget in bytes (``free()`` is read only for the default) and how a refusal
+    names it: :data:`DEFAULT_BUDGET` or "as given".
+
+    Examples
+    --------
+    >>> budget_of(1000, lambda: 0)
+    (1000, 'as given')
+    >>> budget_of(None, lambda: 4000)
+    (1000, 'a quarter of the free memory')
+    """
+    if max_memory is None:
+        return memory_budget(None, free()), DEFAULT_BUDGET
+    return memory_budget(max_memory, name=name), "as given"
 
 
 def format_bytes(num: float) -> str:

@@ -31,14 +31,14 @@ __all__ = ["data_key", "hessian_analysis", "iic_analysis", "iic_options", "ntk_a
 def memory_in_flags(flag: str, value: Any, what: str, fix: str) -> Iterator[None]:
     """A computation refused for memory (:class:`hessntk.MemoryBudgetError`), in the words
     of the flag that sized it."""
-    from hessntk._memory import MemoryBudgetError, format_bytes
+    from hessntk._memory import DEFAULT_BUDGET, MemoryBudgetError, format_bytes
 
     try:
         yield
-    except MemoryBudgetError as err:
+    except MemoryBudgetError as err:  # the CLI leaves every budget at its default
         raise CLIError(
-            f"{flag} {value}: {what} would hold {format_bytes(err.need)} at once, more than a "
-            f"quarter of the free memory ({format_bytes(err.budget)}); {fix}") from err
+            f"{flag} {value}: {what} would hold {format_bytes(err.need)} at once, more than "
+            f"{DEFAULT_BUDGET} ({format_bytes(err.budget)}); {fix}") from err
 
 
 def trace_memory_in_flags(args: argparse.Namespace) -> contextlib.AbstractContextManager:

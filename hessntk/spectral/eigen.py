@@ -11,7 +11,7 @@ import numpy as np
 import scipy.linalg
 
 from hessntk._checks import count, positive, refuse_low_precision
-from hessntk._memory import MemoryBudgetError, format_bytes, memory_budget
+from hessntk._memory import MemoryBudgetError, budget_of, format_bytes
 from hessntk._progress import progress
 from hessntk.spectral._backend import Array, itemsize
 from hessntk.spectral._threads import single_threaded_host_blas
@@ -332,7 +332,7 @@ def _check_memory(op: LinearOperator, ncv: int, k: int, stored: Any, max_memory:
                   ) -> None:
     """Refuse a Krylov basis (and the step's three float64 vectors) beyond the budget."""
     xp, n = op._xp, op.shape[0]
-    budget = memory_budget(max_memory, xp.free_memory() if max_memory is None else None)
+    budget, allowed = budget_of(max_memory, xp.free_memory)
     need = ((ncv + 1) * itemsize(stored) + 3 * 8) * n
     if need <= budget:
         return
@@ -343,8 +343,7 @@ def _check_memory(op: LinearOperator, ncv: int, k: int, stored: Any, max_memory:
     raise MemoryBudgetError(
         f"eigsh keeps a Krylov basis of ncv + 1 = {ncv + 1} vectors of n = {n} entries "
         f"({itemsize(stored)} bytes each) and three float64 vectors: {format_bytes(need)}, "
-        f"more than max_memory = {format_bytes(budget)} "
-        f"({'a quarter of the free memory' if max_memory is None else 'as given'}). Use "
+        f"more than max_memory = {format_bytes(budget)} ({allowed}). Use "
         f"{smaller}or give a larger max_memory if the memory is there.", need, budget)
 
 

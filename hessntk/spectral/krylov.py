@@ -10,7 +10,7 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
 from hessntk._checks import count, refuse_low_precision
-from hessntk._memory import MemoryBudgetError, format_bytes, host_memory, memory_budget
+from hessntk._memory import MemoryBudgetError, budget_of, format_bytes, host_memory
 from hessntk._progress import progress
 from hessntk.spectral._backend import Array, itemsize
 from hessntk.spectral._threads import single_threaded_host_blas
@@ -363,11 +363,8 @@ def _check_basis_memory(op: LinearOperator, k: int, m: int, width: int, stored: 
     """Refuse a stored Lanczos basis beyond ``max_basis_bytes`` (default a quarter of the
     free memory where it lives)."""
     need = k * m * width * itemsize(stored)
-    if max_basis_bytes is None:
-        free = host_memory() if on is not None and on.type == "cpu" else op._xp.free_memory()
-        budget, allowed = memory_budget(None, free), "a quarter of the free memory"
-    else:
-        budget, allowed = int(max_basis_bytes), "as given"
+    free = host_memory if on is not None and on.type == "cpu" else op._xp.free_memory
+    budget, allowed = budget_of(max_basis_bytes, free, "max_basis_bytes")
     if need <= budget:
         return
     raise MemoryBudgetError(

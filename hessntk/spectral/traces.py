@@ -17,7 +17,7 @@ import numpy as np
 import scipy.linalg
 
 from hessntk._checks import count
-from hessntk._memory import MemoryBudgetError, format_bytes, memory_budget
+from hessntk._memory import MemoryBudgetError, budget_of, format_bytes
 from hessntk.spectral._backend import Array, Backend, itemsize
 from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.operators import LinearOperator, matmat_checked, matmat_float64
@@ -156,17 +156,19 @@ def trace(
     index = _as_blocks(blocks, n)
     rng = as_generator(seed)
     xp = op._xp
-    budget = memory_budget(max_memory, xp.free_memory() if max_memory is None else None)
-    _check_memory(op, method, m, budget, max_memory is None)
+    budget, allowed = budget_of(max_memory, xp.free_memory)
+    _check_memory(op, method, m, budget, allowed)
     if method == "exact":
         samples = _exact(op, index, budget)
         values = samples[:, 0]
         stderrs = np.zeros_like(values)
         result = BlockEstimate(values, stderrs, n, method)
     else:
-        fn = {"hutchinson": _hutchinson, "hutchpp": _hutchpp, "xtrace": _xtrace,
-              "xnystrace": _xnystrace}[method]
-        samples, used, offset = fn(op, xp, m, rng, index, budget)
+        if method == "hutchinson":  # probes in groups that fit the budget
+            samples, used, offset = _hutchinson(op, xp, m, rng, index, budget)
+        else:  # the others hold their sketches whole (checked above)
+            fn = {"hutchpp": _hutchpp, "xtrace": _xtrace, "xnystrace": _xnystrace}[method]
+            samples, used, offset = fn(op, xp, m, rng, index)
         result = mean_block_estimate(samples, used, method)
         result = BlockEstimate(result.values + offset, result.stderrs, used, method)
     if blocks is None:
@@ -249,7 +251,7 @@ def _hutchinson(op, xp, m, rng, index, budget):
     return np.concatenate(samples, axis=1), m, 0.0
 
 
-def _hutchpp(op, xp, m, rng, index, budget):
+def _hutchpp(op, xp, m, rng, index):
     s = m // 3
     Q, AQ = _range_sketch(op, xp, s, rng)
     G = _probes(xp, op.shape[0], m - 2 * s, rng, Q.dtype)
@@ -259,7 +261,7 @@ def _hutchpp(op, xp, m, rng, index, budget):
     return _block_dots(xp, X, AX, index), m, exact
 
 
-def _xtrace(op, xp, m, rng, index, budget):
+def _xtrace(op, xp, m, rng, index):
     # Exchangeable leave-one-out estimator (Epperly, Tropp, Webber 2024, Sec. 2): for each
     # probe i, Q_(i) spans A Omega without column i; Q_(i) Q_(i)^T = Q (I - s_i s_i^T) Q^T with
     # s_i the unit vector orthogonal to R's other columns (Y = A Omega = Q R).
@@ -293,7 +295,7 @@ def _xtrace(op, xp, m, rng, index, budget):
     return np.array(samples), 2 * s, 0.0
 
 
-def _xnystrace(op, xp, m, rng, index, budget):
+def _xnystrace(op, xp, m, rng, index):
     # Leave-one-out Nystrom (Epperly, Tropp, Webber 2024, Sec. 3) of A + nu I, whose trace
     # is tr(A) + n nu; nu is a tiny stabilising shift subtracted exactly at the end.
     n = op.shape[0]
@@ -341,7 +343,7 @@ def _exact(op: LinearOperator, index: list[Any], budget: int) -> np.ndarray:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _check_memory(op: LinearOperator, method: str, m: int, budget: int, default: bool
+def _check_memory(op: LinearOperator, method: str, m: int, budget: int, allowed: str
                   ) -> None:
     """Refuse an estimator whose vectors of length ``n`` do not fit in ``budget`` bytes."""
     n = op.shape[0]
@@ -358,7 +360,6 @@ def _check_memory(op: LinearOperator, method: str, m: int, budget: int, default:
         "exact": ("one unit vector and its product", "Use method='hutchinson', or give"),
     }.get(method, (f"num_matvecs={m}", "Use method='hutchinson' (it takes its probes in "
                    "groups that fit), fewer num_matvecs, or give"))
-    allowed = "a quarter of the free memory" if default else "as given"
     raise MemoryBudgetError(
         f"trace(method={method!r}) holds {vectors} vectors of n = {n} entries in "
         f"{_dtype_name(dtype)} for {what}: {format_bytes(need)}, more than max_memory = "
