@@ -179,7 +179,8 @@ def trace(
 
 @single_threaded_host_blas
 def diagonal(
-    op: LinearOperator, *, num_matvecs: int, method: str = "hutchpp", seed: Seed = 0
+    op: LinearOperator, *, num_matvecs: int, method: str = "hutchpp", seed: Seed = 0,
+    max_memory: int | None = None,
 ) -> DiagonalEstimate:
     """Estimate ``diag(A)`` from products.
 
@@ -195,10 +196,28 @@ def diagonal(
         Product budget, ``<= n``.
     method : {"hutchpp", "hutchinson"}
     seed : int or numpy.random.Generator
+    max_memory : int, optional
+        Bytes the estimator's arrays of ``n`` entries may take at once (the operator's own
+        memory comes on top). Default: a quarter of the free memory of the operator's device.
+        "hutchinson" takes its probes in groups that fit (each probe, its product and their
+        entrywise product in the operator's dtype and a float64 copy of it: ``(3 s + 8) n``
+        bytes with ``s`` bytes per entry), merging the groups' means and variances (Chan,
+        Golub and LeVeque 1979), so the estimate is the one group's to rounding; "hutchpp"
+        holds its sketch whole, about ``(max(3 s, s + 3 g) s + 8 g) n`` bytes with
+        ``s = num_matvecs // 3`` sketch and ``g = num_matvecs - 2 s`` residual probes, and
+        is refused with the fixes when that exceeds ``max_memory``. Only ``n``-vectors
+        (the running mean and variance) come back to the host.
 
     Returns
     -------
     DiagonalEstimate
+
+    Raises
+    ------
+    ValueError
+        For an unknown method or a budget outside ``[1, n]`` (``[3, n]`` for "hutchpp").
+    hessntk.MemoryBudgetError
+        A ``ValueError`` for arrays that do not fit in ``max_memory`` (it names the fixes).
 
     Examples
     --------
@@ -218,22 +237,82 @@ def diagonal(
         raise ValueError(f"Expected {lo} <= num_matvecs <= n = {n}; got {num_matvecs}.")
     xp = op._xp
     rng = as_generator(seed)
-    exact = np.zeros(n)
+    budget, allowed = budget_of(max_memory, xp.free_memory)
+    per_probe = _check_diagonal_memory(op, method, m, budget, allowed)
     if method == "hutchpp":
         s = m // 3
         Q, AQ = _range_sketch(op, xp, s, rng)
-        exact = xp.to_numpy(xp.sum(xp.cast(AQ * Q, xp.float64), axis=1))
+        exact = xp.sum(xp.cast(AQ * Q, xp.float64), axis=1)
+        del AQ
         G = _probes(xp, n, m - 2 * s, rng, Q.dtype)
         # out of place: the estimator needs both G and (I - Q Q^T) G
         AG = _apply(op, xp, G - Q @ xp.from_numpy(xp.gram(Q, G), Q.dtype))
-        samples = np.asarray(xp.to_numpy(G * AG), np.float64)
+        moments = _Moments.of(xp, G * AG)
+        values = xp.to_numpy(exact + moments.mean)
     else:
-        Z = _probes(xp, n, m, rng, op.dtype)  # z_i (A z)_i is exact in the products' dtype
-        samples = xp.to_numpy(xp.cast(Z * matmat_checked(op, Z, "diagonal estimation"),
-                                      xp.float64))
-    k = samples.shape[1]
-    stderrs = samples.std(axis=1, ddof=1) / np.sqrt(k) if k > 1 else np.full(n, np.nan)
-    return DiagonalEstimate(exact + samples.mean(axis=1), stderrs, m, method)
+        group = min(m, budget // per_probe)
+        stream = RademacherStream(n, rng)
+        moments = None
+        for start in range(0, m, group):
+            Z = xp.rademacher(stream, min(group, m - start), op.dtype)
+            # z_i (A z)_i is exact in the products' dtype
+            part = _Moments.of(xp, Z * matmat_checked(op, Z, "diagonal estimation"))
+            moments = part if moments is None else moments.merge(part)
+            del Z, part  # before the next group's probes
+        values = xp.to_numpy(moments.mean)
+    k = moments.count
+    stderrs = (np.sqrt(xp.to_numpy(moments.m2) / (k - 1) / k) if k > 1
+               else np.full(n, np.nan))
+    return DiagonalEstimate(values, stderrs, m, method)
+
+
+@dataclass(frozen=True)
+class _Moments:
+    """Count, mean and sum of squared deviations of the columns of (n, k) samples, per row,
+    float64 on the backend; :meth:`merge` combines two groups (Chan, Golub and LeVeque,
+    "Updating formulae and a pairwise algorithm for computing sample variances", 1979)."""
+
+    count: int
+    mean: Array
+    m2: Array
+
+    @classmethod
+    def of(cls, xp: Backend, samples: Array) -> _Moments:
+        x = xp.cast(samples, xp.float64)
+        mean = xp.sum(x, axis=1) / x.shape[1]
+        d = x - mean[:, None]
+        return cls(x.shape[1], mean, xp.sum(d * d, axis=1))
+
+    def merge(self, other: _Moments) -> _Moments:
+        count = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / count)
+        m2 = self.m2 + other.m2 + delta * delta * (self.count * other.count / count)
+        return _Moments(count, mean, m2)
+
+
+def _check_diagonal_memory(op: LinearOperator, method: str, m: int, budget: int,
+                           allowed: str) -> int:
+    """Refuse a diagonal estimator that does not fit in ``budget`` bytes; return the bytes
+    per Hutchinson probe."""
+    n = op.shape[0]
+    size = itemsize(op.dtype if method == "hutchinson" else _sketch_dtype(op))
+    per_probe = (3 * size + 8) * n
+    if method == "hutchinson":
+        need, what = per_probe, "one probe, its product and their float64 entrywise product"
+        fixes = "Give"
+    else:
+        s, g = m // 3, m - 2 * (m // 3)
+        need = (max(3 * s, s + 3 * g) * size + 8 * g) * n
+        what = f"the sketch and residual probes of num_matvecs={m}"
+        fixes = ("Use method='hutchinson' (it takes its probes in groups that fit), fewer "
+                 "num_matvecs, or give")
+    if need <= budget:
+        return per_probe
+    raise MemoryBudgetError(
+        f"diagonal(method={method!r}) holds {format_bytes(need)} of arrays of n = {n} "
+        f"entries for {what}, more than max_memory = {format_bytes(budget)} ({allowed}). "
+        f"{fixes} a larger max_memory if the memory is there.", need, budget)
 
 
 # -- estimators: each returns per-block per-probe samples (B, k), products used, offset -----

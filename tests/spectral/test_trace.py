@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from hessntk.spectral import CountingOperator, aslinearoperator, diagonal, trace
+from hessntk.spectral import CountingOperator, aslinearoperator, diagonal, rademacher, trace
 from tests.helpers import assert_close, matrix_with_spectrum, power_law_spectrum
 
 METHODS = ["hutchinson", "hutchpp", "xtrace"]
@@ -257,6 +257,42 @@ def test_estimators_that_do_not_fit_are_refused_with_the_fixes(indefinite, metho
     if method not in ("hutchinson", "exact"):
         assert "method='hutchinson'" in str(info.value) and "fewer num_matvecs" in str(info.value)
     trace(op, num_matvecs=50, method=method, max_memory=need)  # just fits
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_diagonal_hutchinson_in_groups_that_fit_gives_the_same_numbers(indefinite, library):
+    A, _ = indefinite
+    op = aslinearoperator(A if library == "numpy" else torch.tensor(A))
+    whole = diagonal(op, num_matvecs=50, method="hutchinson", seed=3)
+    for group in (1, 7, 16):  # per probe: three float64 vectors and their float64 product
+        counted = CountingOperator(op)
+        parts = diagonal(counted, num_matvecs=50, method="hutchinson", seed=3,
+                         max_memory=(3 * 8 + 8) * 200 * group)
+        assert counted.num_matvecs == 50
+        assert_close(parts.values, whole.values, rtol=1e-13, atol=1e-15)
+        assert_close(parts.stderrs, whole.stderrs, rtol=1e-12)
+    # the merged moments are the two-pass mean and standard error of the same samples
+    Z = rademacher(200, 50, seed=3)
+    samples = Z * (A @ Z)
+    assert_close(whole.values, samples.mean(axis=1), rtol=1e-13, atol=1e-15)
+    assert_close(whole.stderrs, samples.std(axis=1, ddof=1) / np.sqrt(50), rtol=1e-12)
+
+
+@pytest.mark.parametrize("method, need", [
+    ("hutchinson", (3 * 4 + 8) * 200), ("hutchpp", (max(48, 16 + 54) * 4 + 8 * 18) * 200)])
+def test_diagonal_estimators_that_do_not_fit_are_refused_with_the_fixes(indefinite, method,
+                                                                          need):
+    from hessntk import MemoryBudgetError
+
+    A, _ = indefinite
+    op = CountingOperator(aslinearoperator(torch.tensor(A, dtype=torch.float32)))
+    with pytest.raises(MemoryBudgetError, match=f"diagonal\\(method='{method}'\\) holds") as info:
+        diagonal(op, num_matvecs=50, method=method, max_memory=need - 1)
+    assert op.num_matvecs == 0 and (info.value.need, info.value.budget) == (need, need - 1)
+    assert "a larger max_memory" in str(info.value)
+    if method == "hutchpp":
+        assert "method='hutchinson'" in str(info.value) and "fewer num_matvecs" in str(info.value)
+    assert diagonal(op, num_matvecs=50, method=method, max_memory=need).num_matvecs == 50
 
 
 def test_default_memory_is_a_quarter_of_the_free_memory(indefinite, monkeypatch):
