@@ -17,8 +17,13 @@ import numpy as np
 Array = Any
 
 
-#: Bytes of the float64 row blocks of lower-precision Grams and dots (:meth:`Backend.gram`).
+#: Bytes of the float64 row blocks of lower-precision Grams and dots (:meth:`Backend.gram`)
+#: on the host: blocks that stay in cache while they are cast and multiplied.
 GRAM_BLOCK_BYTES = 1 << 21
+
+#: The same on an accelerator (CUDA, a JAX GPU or TPU), where each block is a few kernel
+#: launches: with host-sized blocks a 124M x 50 float32 Gram would take 24k launches.
+DEVICE_BLOCK_BYTES = 1 << 27
 
 
 class Backend:
@@ -186,9 +191,15 @@ class Backend:
         return x
 
     def _row_blocks(self, a: Array, b: Array) -> Any:
-        """Row slices of (n, k) and (n, l) arrays whose float64 blocks take ``GRAM_BLOCK_BYTES``."""
-        step = max(1, GRAM_BLOCK_BYTES // (8 * max(a.shape[1], b.shape[1], 1)))
+        """Row slices of (n, k) and (n, l) arrays whose float64 blocks take
+        :data:`GRAM_BLOCK_BYTES` (:data:`DEVICE_BLOCK_BYTES` on an accelerator)."""
+        size = GRAM_BLOCK_BYTES if self.on_host() else DEVICE_BLOCK_BYTES
+        step = max(1, size // (8 * max(a.shape[1], b.shape[1], 1)))
         return (slice(i, i + step) for i in range(0, a.shape[0], step))
+
+    def on_host(self) -> bool:
+        """Whether the arrays live in host memory (numpy; torch on CPU; JAX on CPU)."""
+        return True
 
     def _einsum(self, spec: str, *arrays: Array) -> Array:
         return np.einsum(spec, *arrays)
@@ -247,6 +258,9 @@ class TorchBackend(Backend):
 
         self._torch = torch
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+
+    def on_host(self) -> bool:
+        return self.device.type == "cpu"
 
     @property
     def float64(self) -> Any:
@@ -527,10 +541,17 @@ class JaxBackend(Backend):
     def ready(self, x: Array) -> Array:
         return self._jax.block_until_ready(x)
 
-    def free_memory(self) -> int:
+    def _first_device(self) -> Any:
         device = self.device if self.device is not None else self._jax.devices()[0]
         if hasattr(device, "device_set"):  # a mesh sharding: the first of its devices
             device = min(device.device_set, key=lambda d: d.id)
+        return device
+
+    def on_host(self) -> bool:
+        return self._first_device().platform == "cpu"
+
+    def free_memory(self) -> int:
+        device = self._first_device()
         stats = device.memory_stats() if device.platform != "cpu" else None
         if stats and "bytes_limit" in stats:
             return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))

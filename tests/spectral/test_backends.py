@@ -95,6 +95,21 @@ def test_combine_rows_on_every_backend(matrix, monkeypatch):
         assert_close(got, np.concatenate([S.T @ X[:5], X[3:]]), rtol=rtol)
 
 
+def test_row_blocks_are_cache_sized_on_the_host_and_large_on_accelerators(matrix):
+    # Host blocks of GRAM_BLOCK_BYTES float64 entries; on an accelerator (a torch "meta"
+    # device stands in for CUDA: only shapes are used) DEVICE_BLOCK_BYTES, few launches.
+    xp = aslinearoperator(matrix)._xp
+    assert xp.on_host()
+    n, k = 10_000_000, 50
+    a = torch.empty((n, k), device="meta")
+    host = list(_backend.TorchBackend()._row_blocks(a, a))
+    device = list(_backend.TorchBackend("meta")._row_blocks(a, a))
+    assert not _backend.TorchBackend("meta").on_host()
+    assert host[0] == slice(0, _backend.GRAM_BLOCK_BYTES // (8 * k))
+    assert device[0] == slice(0, _backend.DEVICE_BLOCK_BYTES // (8 * k))
+    assert len(device) == -(-n // (_backend.DEVICE_BLOCK_BYTES // (8 * k))) < len(host) / 50
+
+
 def test_float32_gram_sums_in_float64_on_every_backend(matrix, monkeypatch):
     # Blocks of 7 rows (the last one short): the float64 Gram of the float32 entries, to
     # float64 rounding; a float32 product would be off by about 5 eps32.
