@@ -10,8 +10,10 @@ parameters, known through exact products:
   :mod:`hessntk.hessian._norms`). ``benchmarks/bench_hessian.py`` measured each the faster of the
   two in its case.
 - :class:`GGNOperator`: ``G v = J^T (d^2 loss / d out^2) J v``, positive semi-definite for
-  convex losses (MSE, cross-entropy): a ``jvp`` of the model, a forward-over-reverse product
-  with the Hessian of the loss with respect to the outputs, and a ``vjp`` of the model.
+  convex losses (MSE, cross-entropy): with the same ``method`` rule, three backward passes
+  through the batch's cached graphs (``J v`` by the double-vjp trick, the output-space loss
+  Hessian, ``J^T``), or a ``jvp`` of the model, a forward-over-reverse product with the
+  loss Hessian in output space and a ``vjp``.
 
 A ``matmat`` of ``k`` vectors is one batched call per data batch, never a Python loop over
 the vectors. Over several batches the product is that of the full-data mean loss: batch
@@ -44,7 +46,93 @@ ONE_AT_A_TIME_SAMPLES = 256
 #: ... and samples x parameters reach this (``HessianOperator.one_at_a_time``).
 ONE_AT_A_TIME_WORK = 2**24
 
-class HessianOperator(_CurvatureOperator):
+class _GraphCurvature(_CurvatureOperator):
+    """Products by differentiating a per-batch autograd graph again (``method="graph"``) or
+    by ``torch.func`` (``"func"``), with the ``"auto"`` rule of :class:`HessianOperator`;
+    subclasses say what the graph of a batch is (:meth:`_build_graph`) and how ``k``
+    vectors go through it (:meth:`_graph_product`)."""
+
+    _methods = ("auto", "graph", "func")
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, *,
+                 cache_graph: bool | None = None, **options: Any) -> None:
+        super().__init__(model, loss_fn, data, **options)
+        method = self.method
+        if cache_graph is None:
+            cache_graph = _num_batches(data) == 1
+        self.cache_graph = bool(cache_graph)
+        self._graphs: list[tuple[int, float, Any]] = []
+        self.batched_method = method if method != "auto" else (
+            "func" if self.device.type == "cuda" else "graph")
+        # "auto" on CPU: a batch this large keeps one vector's backward compute-bound, and
+        # batching its vectors only makes the intermediates outgrow the caches (per vector,
+        # 16 at once against one at a time: MLP 301k on 512 images 23 against 18 ms).
+        # Small models gain from batching (an MLP 385 on 256 samples: 0.19 against 0.51
+        # ms). The rule keys on samples and parameters only, so it leaves some heavy
+        # models batched (a CNN 10k on 64 32x32 images: 159 against 123 ms).
+        smallest = min(self._counts, default=0)
+        self.one_at_a_time = (method == "auto" and self.device.type == "cpu"
+                              and smallest >= ONE_AT_A_TIME_SAMPLES
+                              and smallest * self.shape[0] >= ONE_AT_A_TIME_WORK)
+
+    def _options(self) -> dict[str, Any]:
+        return {"cache_graph": self.cache_graph, "chunk_size": self.chunk_size}
+
+    def _local_matmat(self, V: torch.Tensor) -> torch.Tensor:
+        method = self.method
+        if method == "auto" and (V.shape[1] == 1 or self.one_at_a_time):
+            return self._matmat_graph(V, step=1)
+        if method == "auto":
+            method = self.batched_method
+        return self._matmat_graph(V) if method == "graph" else super()._local_matmat(V)
+
+    def _matmat_graph(self, V: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        k = V.shape[1]
+        step = step or (k if self.chunk_size is None else self.chunk_size)
+        # Rows of a contiguous copy: tangents strided like the columns of V made every
+        # backward slower (MLP 301k, 16 vectors: 25-27 against 21-22 ms per vector).
+        rows = V.T.contiguous()
+        out = None
+        for i, w, graph in self._batch_graphs():
+            HV = V.new_empty((k, V.shape[0]))
+            for start in range(0, k, step):  # one batched backward per chunk of vectors
+                chunk = rows[start : start + step]
+                tangents = list(self.layout.unravel(chunk).values())
+                retain = self.cache_graph or start + step < k
+                hv = self._graph_product(graph, tangents, chunk.shape[0], retain)
+                # the chunk's rows written in place: no list of parts concatenated again
+                torch.cat([t.reshape(chunk.shape[0], -1) for t in hv], dim=1,
+                          out=HV[start : start + step])
+            check_finite(HV, f"{self._product_name} of batch {i}")
+            out = HV.mul_(w) if out is None else out.add_(HV, alpha=w)
+        return out
+
+    def _batch_graphs(self) -> Iterator[tuple[int, float, Any]]:
+        """Yield ``(index, weight, graph)`` per batch, from the cache if kept."""
+        if self._graphs:
+            yield from self._graphs
+            return
+        built = []
+        for i, w, x, y in self._batches():
+            leaves = {name: p.detach().requires_grad_(True) for name, p in self._primals.items()}
+            with torch.enable_grad():
+                graph = self._build_graph(i, leaves, x, y)
+            if self.cache_graph:
+                built.append((i, w, graph))
+            yield i, w, graph
+        if self.cache_graph:
+            self._graphs = built  # only a complete pass is kept
+
+    def _build_graph(self, index: int, leaves: dict[str, torch.Tensor], x: Any, y: Any
+                     ) -> Any:
+        raise NotImplementedError
+
+    def _graph_product(self, graph: Any, tangents: list[torch.Tensor], k: int,
+                       retain: bool) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+
+class HessianOperator(_GraphCurvature):
     """The Hessian of a model's full-data mean loss, over the selected parameters.
 
     Parameters
@@ -182,79 +270,24 @@ class HessianOperator(_CurvatureOperator):
             outputs_fn=outputs_fn,
             allow_train_mode=allow_train_mode,
             method=method,
+            cache_graph=cache_graph,
             chunk_size=chunk_size,
             group=group,
             _checked=_checked,
         )
-        if cache_graph is None:
-            cache_graph = _num_batches(data) == 1
-        self.cache_graph = bool(cache_graph)
-        self._graphs: list[tuple[int, float, list[torch.Tensor], tuple[torch.Tensor, ...]]] = []
-        self.batched_method = method if method != "auto" else (
-            "func" if self.device.type == "cuda" else "graph")
-        # "auto" on CPU: a batch this large keeps one vector's backward compute-bound, and
-        # batching its vectors only makes the intermediates outgrow the caches (per vector,
-        # 16 at once against one at a time: MLP 301k on 512 images 23 against 18 ms).
-        # Small models gain from batching (an MLP 385 on 256 samples: 0.19 against 0.51
-        # ms). The rule keys on samples and parameters only, so it leaves some heavy
-        # models batched (a CNN 10k on 64 32x32 images: 159 against 123 ms).
-        smallest = min(self._counts, default=0)
-        self.one_at_a_time = (method == "auto" and self.device.type == "cpu"
-                              and smallest >= ONE_AT_A_TIME_SAMPLES
-                              and smallest * self.shape[0] >= ONE_AT_A_TIME_WORK)
 
-    def _options(self) -> dict[str, Any]:
-        return {"cache_graph": self.cache_graph, "chunk_size": self.chunk_size}
+    def _build_graph(self, index: int, leaves: dict[str, torch.Tensor], x: Any, y: Any
+                     ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
+        """The batch's gradient, with its graph (``create_graph=True``)."""
+        loss = self._loss(leaves, x, y)
+        _check_loss(loss, index)
+        params = list(leaves.values())
+        return params, torch.autograd.grad(loss, params, create_graph=True)
 
-    def _local_matmat(self, V: torch.Tensor) -> torch.Tensor:
-        method = self.method
-        if method == "auto" and (V.shape[1] == 1 or self.one_at_a_time):
-            return self._matmat_graph(V, step=1)
-        if method == "auto":
-            method = self.batched_method
-        return self._matmat_graph(V) if method == "graph" else super()._local_matmat(V)
-
-    def _matmat_graph(self, V: torch.Tensor, step: int | None = None) -> torch.Tensor:
-        k = V.shape[1]
-        step = step or (k if self.chunk_size is None else self.chunk_size)
-        # Rows of a contiguous copy: tangents strided like the columns of V made every
-        # backward slower (MLP 301k, 16 vectors: 25-27 against 21-22 ms per vector).
-        rows = V.T.contiguous()
-        out = None
-        for i, w, leaves, grads in self._gradient_graphs():
-            HV = V.new_empty((k, V.shape[0]))
-            for start in range(0, k, step):  # one batched backward per chunk of vectors
-                chunk = rows[start : start + step]
-                tangents = list(self.layout.unravel(chunk).values())
-                retain = self.cache_graph or start + step < k
-                hv = _batched_grad(grads, leaves, tangents, chunk.shape[0], retain)
-                # the chunk's rows written in place: no list of parts concatenated again
-                torch.cat([t.reshape(chunk.shape[0], -1) for t in hv], dim=1,
-                          out=HV[start : start + step])
-            check_finite(HV, f"{self._product_name} of batch {i}")
-            out = HV.mul_(w) if out is None else out.add_(HV, alpha=w)
-        return out
-
-    def _gradient_graphs(
-        self,
-    ) -> Iterator[tuple[int, float, list[torch.Tensor], tuple[torch.Tensor, ...]]]:
-        """Yield ``(index, weight, leaves, gradient)`` per batch, from the cache if kept."""
-        if self._graphs:
-            yield from self._graphs
-            return
-        built = []
-        for i, w, x, y in self._batches():
-            leaves = [p.detach().requires_grad_(True) for p in self._primals.values()]
-            with torch.enable_grad():
-                named = dict(zip(self.layout.names, leaves, strict=True))
-                loss = self._loss(named, x, y)
-                _check_loss(loss, i)
-                grads = torch.autograd.grad(loss, leaves, create_graph=True)
-            if self.cache_graph:
-                built.append((i, w, leaves, grads))
-            yield i, w, leaves, grads
-        if self.cache_graph:
-            self._graphs = built  # only a complete pass is kept
+    def _graph_product(self, graph: Any, tangents: list[torch.Tensor], k: int,
+                       retain: bool) -> list[torch.Tensor]:
+        leaves, grads = graph
+        return _batched_grad(grads, leaves, tangents, k, retain)
 
     def _batch_product(
         self, index: int, x: Any, y: Any, tangents: dict[str, torch.Tensor]
@@ -332,7 +365,7 @@ def _batched_grad(
     ]
 
 
-class GGNOperator(_CurvatureOperator):
+class GGNOperator(_GraphCurvature):
     """The generalised Gauss-Newton matrix ``J^T (d^2 loss / d out^2) J`` of the mean loss.
 
     Positive semi-definite for losses convex in the outputs (MSE, cross-entropy). Weighted
@@ -340,10 +373,23 @@ class GGNOperator(_CurvatureOperator):
     ``Lambda_b`` is the Hessian of the batch's mean loss with respect to the model outputs.
     Equal to the Hessian for models linear in the parameters.
 
-    Parameters are those of :class:`HessianOperator` except ``cache_graph``; ``method`` is
-    ``"func"`` only (a ``jvp`` of the model, a forward-over-reverse product with the loss
-    Hessian in output space, and a ``vjp``, vmapped over the vectors in chunks of at most
-    ``chunk_size``).
+    Parameters are those of :class:`HessianOperator`, with the same ``method`` rule and
+    ``cache_graph`` default:
+
+    - ``"graph"``: from the batch's forward graph ``out(theta)``, the graph of ``J^T u``
+      (``create_graph=True``, linear in a dummy ``u``) and of the loss gradient in output
+      space, three backward passes per chunk of vectors: ``J v`` as the derivative of
+      ``J^T u`` with respect to ``u`` (the "double-vjp" trick), ``Lambda J v`` and
+      ``J^T (Lambda J v)``, each ``torch.autograd.grad(..., is_grads_batched=True)``.
+      With ``cache_graph`` (one batch) a product costs no forward pass.
+    - ``"func"``: a ``jvp`` of the model, a forward-over-reverse product with the loss
+      Hessian in output space and a ``vjp``, vmapped over the vectors in chunks of at most
+      ``chunk_size``; a forward pass per product.
+
+    Both are exact. MLP 301k on 512 images, float32, 2 threads, ms per vector at 1 / 8 / 16
+    vectors (one gradient 3.6): graph 4.6 / 5.3 / 5.7, func 11.3 / 5.4 / 5.5, ``"auto"``
+    (one at a time by the rule) 5.2 / 5.2 / 5.3; ``benchmarks/bench_peers.py`` times them
+    beside the Hessian's.
 
     Examples
     --------
@@ -353,11 +399,68 @@ class GGNOperator(_CurvatureOperator):
     >>> G = GGNOperator(net, torch.nn.CrossEntropyLoss(), (x, y), blocks="layer")
     >>> G.blocks
     ['0', '2']
+    >>> G.matmat(torch.randn(G.shape[0], 3)).shape
+    torch.Size([26, 3])
     """
 
-    _methods = ("func",)
     _product_name = "GGN-vector product"
     kind = "ggn"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: Any,
+        *,
+        params: ParamSpec = None,
+        blocks: BlockSpec = "tensor",
+        output_key: str | int | None = None,
+        outputs_fn: Callable[[Any], torch.Tensor] | None = None,
+        allow_train_mode: bool = False,
+        method: str = "auto",
+        cache_graph: bool | None = None,
+        chunk_size: int | None = CHUNK_SIZE,
+        group: Any = None,
+        _checked: tuple[int, float, list[float]] | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            loss_fn,
+            data,
+            params=params,
+            blocks=blocks,
+            output_key=output_key,
+            outputs_fn=outputs_fn,
+            allow_train_mode=allow_train_mode,
+            method=method,
+            cache_graph=cache_graph,
+            chunk_size=chunk_size,
+            group=group,
+            _checked=_checked,
+        )
+
+    def _build_graph(self, index: int, leaves: dict[str, torch.Tensor], x: Any, y: Any
+                     ) -> tuple[Any, ...]:
+        """The graphs of ``out``, of ``J^T u`` in a dummy ``u`` and of the output-space loss
+        gradient at ``out``."""
+        out = self._outputs(leaves, x)
+        params = list(leaves.values())
+        o = out.detach().requires_grad_(True)
+        loss = self.loss_fn(o, y)
+        _check_loss(loss, index)
+        (loss_grad,) = torch.autograd.grad(loss, o, create_graph=True)
+        u = torch.zeros_like(o, requires_grad=True)
+        Jt_u = torch.autograd.grad(out, params, u, create_graph=True, allow_unused=True)
+        Jt_u = [torch.zeros_like(p) if g is None else g for g, p in zip(Jt_u, params,
+                                                                         strict=True)]
+        return out, params, o, loss_grad, u, Jt_u
+
+    def _graph_product(self, graph: Any, tangents: list[torch.Tensor], k: int,
+                       retain: bool) -> list[torch.Tensor]:
+        out, params, o, loss_grad, u, Jt_u = graph
+        (Jv,) = _batched_grad(Jt_u, [u], tangents, k, True)  # d(J^T u)/du . v = J v
+        (HJv,) = _batched_grad([loss_grad], [o], [Jv], k, True)
+        return _batched_grad([out], params, [HJv], k, retain)
 
     def _batch_product(
         self, index: int, x: Any, y: Any, tangents: dict[str, torch.Tensor]

@@ -108,7 +108,7 @@ def test_output_and_option_errors() -> None:
         HessianOperator(model, loss, batches, output_key="logit")
     x, y = _data()
     with pytest.raises(ValueError, match="method"):
-        GGNOperator(mlp(), nn.MSELoss(), (x, y), method="graph")
+        GGNOperator(mlp(), nn.MSELoss(), (x, y), method="jvp")
     with pytest.raises(ValueError, match="chunk_size"):
         HessianOperator(mlp(), nn.MSELoss(), (x, y), chunk_size=0)
     with pytest.raises(TypeError, match="torch.nn.Module"):
