@@ -31,6 +31,11 @@ _WHICH = ("LA", "SA", "LM")
 _REORTH = ("partial", "full")
 _ONE = np.array([0])  # the omega recurrence's one probe
 
+#: Float64 vectors of length n that :func:`eigsh` holds besides its basis: the current and
+#: previous vectors, the product and the temporaries of a step, a sweep and a restart
+#: (measured peaks 1.07-1.15x the basis plus three such vectors, n = 1e6, float32/float64).
+STEP_VECTORS = 8
+
 
 @dataclass(frozen=True)
 class EigshResult:
@@ -130,9 +135,11 @@ def eigsh(
         the products' rounding (tested against exact spectra, float64 and float32).
     max_memory : int, optional
         Bytes the Krylov basis may take: ``(ncv + 1) n s`` with ``s`` bytes per entry of
-        ``basis_dtype``, plus three float64 vectors of length ``n`` (a 124M-parameter float32
-        model at the default ``ncv = 40``: 20.3 GB + 3 GB). Default: a quarter of the free
-        memory of the operator's device. A basis that does not fit is refused up front.
+        ``basis_dtype``, plus :data:`STEP_VECTORS` (8) float64 vectors of length ``n`` for a
+        step's and a restart's temporaries (a 124M-parameter float32 model at the default
+        ``ncv = 40``: 20.3 GB + 7.9 GB; measured peaks on a 1M-dimensional operator 0.93-0.98
+        of it). Default: a quarter of the free memory of the operator's device. A basis that
+        does not fit is refused up front.
 
     Returns
     -------
@@ -292,10 +299,12 @@ def eigsh(
             V = xp.combine_rows(V, xp.from_numpy(np.ascontiguousarray(S[:, keep]), stored))
             H[:] = 0.0
             if skipped:  # a semi-orthogonal basis: orthonormalise the Ritz vectors first
-                Y, B, arrow, w = _rayleigh_ritz(
-                    xp, xp.transpose(V[:num_keep]), theta[keep], beta * S[j - 1, keep], w,
-                    S[:, keep].T @ D[:j, :j] @ S[:, keep])
-                V = xp.set_index(V, slice(0, num_keep), xp.transpose(Y))
+                Y = xp.transpose(V[:num_keep])  # a view: Q is written over it where it can
+                Q, B, arrow, w = _rayleigh_ritz(
+                    xp, Y, theta[keep], beta * S[j - 1, keep], w,
+                    S[:, keep].T @ D[:j, :j] @ S[:, keep], in_place=True)
+                if Q is not Y:  # jax, or the Householder guard: a new array
+                    V = xp.set_index(V, slice(0, num_keep), xp.transpose(Q))
                 H[:num_keep, :num_keep] = B
                 skipped = False
             else:
@@ -330,10 +339,10 @@ def eigsh(
 
 def _check_memory(op: LinearOperator, ncv: int, k: int, stored: Any, max_memory: int | None
                   ) -> None:
-    """Refuse a Krylov basis (and the step's three float64 vectors) beyond the budget."""
+    """Refuse a Krylov basis (and the step's float64 vectors) beyond the budget."""
     xp, n = op._xp, op.shape[0]
     budget, allowed = budget_of(max_memory, xp.free_memory)
-    need = ((ncv + 1) * itemsize(stored) + 3 * 8) * n
+    need = ((ncv + 1) * itemsize(stored) + STEP_VECTORS * 8) * n
     if need <= budget:
         return
     smaller = (f"a smaller ncv (at least k + 1 = {k + 1}; more restarts), "
@@ -342,7 +351,8 @@ def _check_memory(op: LinearOperator, ncv: int, k: int, stored: Any, max_memory:
         smaller += "basis_dtype='operator' (half the memory), "
     raise MemoryBudgetError(
         f"eigsh keeps a Krylov basis of ncv + 1 = {ncv + 1} vectors of n = {n} entries "
-        f"({itemsize(stored)} bytes each) and three float64 vectors: {format_bytes(need)}, "
+        f"({itemsize(stored)} bytes each) and {STEP_VECTORS} float64 vectors: "
+        f"{format_bytes(need)}, "
         f"more than max_memory = {format_bytes(budget)} ({allowed}). Use "
         f"{smaller}or give a larger max_memory if the memory is there.", need, budget)
 
@@ -361,7 +371,8 @@ def _ritz(Hj: np.ndarray, k: int, which: str) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _rayleigh_ritz(xp: Any, Y: Array, theta: np.ndarray, a: np.ndarray, w: Array,
-                  F: np.ndarray) -> tuple[Array, np.ndarray, np.ndarray, Array]:
+                  F: np.ndarray, in_place: bool = False
+                  ) -> tuple[Array, np.ndarray, np.ndarray, Array]:
     """Orthonormalise Ritz vectors ``Y`` (n, m) of a semi-orthogonal Lanczos basis and return
     ``Q``, the projection ``B = Q^T A Q``, the coupling ``c`` and the new residual ``w'`` of
     ``A Q = Q B + w' c^T``, from host work and two reads of ``Y``, no product.
@@ -373,7 +384,9 @@ def _rayleigh_ritz(xp: Any, Y: Array, theta: np.ndarray, a: np.ndarray, w: Array
     ``Y = Q R`` and ``w = Q g + nu w'``:
     ``B = R diag(theta) R^-1 + R^-T F R^-1 + g (R^-T a)^T`` and ``c = nu R^-T a``. ``B`` is
     symmetric up to rounding and the basis's loss of orthogonality squared (``eps`` for a
-    semi-orthogonal one, Simon 1984).
+    semi-orthogonal one, Simon 1984). ``in_place``: ``Q`` is written over ``Y`` (the
+    caller's basis rows) in row blocks where the backend allows, with no second ``(n, m)``
+    array (:func:`eigsh`'s memory statement counts none).
     """
     # One CholeskyQR pass: Y has condition 1 + loss, so Q is orthonormal to the rounding of
     # its storage. The Gram is float64 (a float32 Gram's own 1e-6 would exceed the loss it
@@ -384,7 +397,8 @@ def _rayleigh_ritz(xp: Any, Y: Array, theta: np.ndarray, a: np.ndarray, w: Array
         Rinv = upper_inverse(R)
     else:
         Rinv = upper_inverse(R)
-        Q = xp.matmul(Y, xp.from_numpy(Rinv, Y.dtype))
+        Rinv_dev = xp.from_numpy(Rinv, Y.dtype)
+        Q = xp.matmul_inplace(Y, Rinv_dev) if in_place else xp.matmul(Y, Rinv_dev)
     g = xp.transpose(Q) @ xp.cast(w, Q.dtype)
     w = w - xp.cast(Q @ g, xp.float64)
     nu = float(xp.to_numpy(xp.norm(w, axis=0)))

@@ -91,11 +91,15 @@ def trace(
         Bytes the estimator's vectors of length ``n`` may take at once (probes, sketches and
         their products; the operator's own memory comes on top). Default: a quarter of the
         free memory of the operator's device (``MemAvailable`` on the host,
-        ``torch.cuda.mem_get_info`` on CUDA). "hutchinson" takes its probes in groups that
-        fit, with the same numbers as one group; the others hold, with ``s`` bytes per entry
-        of the operator's dtype: "xtrace" ``2 m n s`` bytes (four ``n x m/2`` arrays),
-        "hutchpp" about ``4/3 m n s``, "xnystrace" ``32 m n`` (float64), and are refused
-        with the fixes when that exceeds ``max_memory``.
+        ``torch.cuda.mem_get_info`` on CUDA). "hutchinson" (and "exact", by unit vectors)
+        takes its probes in groups of at most ``max_memory`` bytes, or with the default of
+        at most :data:`DEFAULT_GROUP_BYTES` (2 GiB): a fixed size, so the numbers do not
+        move with the free memory (other groupings agree to the products' rounding); a
+        default group beyond a quarter of the free memory is refused, naming
+        ``max_memory``. The others hold, with ``s`` bytes per entry of the operator's
+        dtype: "xtrace" ``2 m n s`` bytes (four ``n x m/2`` arrays), "hutchpp" about
+        ``4/3 m n s``, "xnystrace" ``32 m n`` (float64), and are refused with the fixes
+        when that exceeds ``max_memory``.
         (A 124M-parameter float32 model with ``num_matvecs=100``: 99 GB for "xtrace",
         2 x 496 MB per Hutchinson probe.)
 
@@ -157,15 +161,20 @@ def trace(
     rng = as_generator(seed)
     xp = op._xp
     budget, allowed = budget_of(max_memory, xp.free_memory)
-    _check_memory(op, method, m, budget, allowed)
+    per = 2 * n * itemsize(xp.float64 if method == "exact" else op.dtype)
+    group = 1
+    if method in ("hutchinson", "exact"):  # probes or unit vectors in groups
+        cap = m if method == "hutchinson" else (op.block_size or 64)
+        group = min(cap, group_size(m, per, 0, max_memory, budget))
+    _check_memory(op, method, m, budget, allowed, group, max_memory is None)
     if method == "exact":
-        samples = _exact(op, index, budget)
+        samples = _exact(op, index, group)
         values = samples[:, 0]
         stderrs = np.zeros_like(values)
         result = BlockEstimate(values, stderrs, n, method)
     else:
         if method == "hutchinson":  # probes in groups that fit the budget
-            samples, used, offset = _hutchinson(op, xp, m, rng, index, budget)
+            samples, used, offset = _hutchinson(op, xp, m, rng, index, group)
         else:  # the others hold their sketches whole (checked above)
             fn = {"hutchpp": _hutchpp, "xtrace": _xtrace, "xnystrace": _xnystrace}[method]
             samples, used, offset = fn(op, xp, m, rng, index)
@@ -199,14 +208,14 @@ def diagonal(
     max_memory : int, optional
         Bytes the estimator's arrays of ``n`` entries may take at once (the operator's own
         memory comes on top). Default: a quarter of the free memory of the operator's device.
-        "hutchinson" takes its probes in groups that fit (each probe, its product and their
-        entrywise product in the operator's dtype and a float64 copy of it: ``(3 s + 8) n``
-        bytes with ``s`` bytes per entry), merging the groups' means and variances (Chan,
-        Golub and LeVeque 1979), so the estimate is the one group's to rounding; "hutchpp"
-        holds its sketch whole, about ``(max(3 s, s + 3 g) s + 8 g) n`` bytes with
-        ``s = num_matvecs // 3`` sketch and ``g = num_matvecs - 2 s`` residual probes, and
-        is refused with the fixes when that exceeds ``max_memory``. Only ``n``-vectors
-        (the running mean and variance) come back to the host.
+        Both hold 8 float64 vectors of length ``n`` for the running mean and variance
+        (Welford's update, a probe at a time: the same bits however the probes are grouped;
+        only these ``n``-vectors come back to the host). "hutchinson" takes its probes in
+        groups that fit, ``3 b n`` bytes per probe (the probe, its product and their
+        entrywise product, ``b`` bytes per entry of the operator's dtype); "hutchpp" holds
+        its sketch whole, ``max(3 s, s + 3 g) b n`` bytes with ``s = num_matvecs // 3``
+        sketch and ``g = num_matvecs - 2 s`` residual probes, and is refused with the fixes
+        when that exceeds ``max_memory``.
 
     Returns
     -------
@@ -238,27 +247,27 @@ def diagonal(
     xp = op._xp
     rng = as_generator(seed)
     budget, allowed = budget_of(max_memory, xp.free_memory)
-    per_probe = _check_diagonal_memory(op, method, m, budget, allowed)
+    group = _check_diagonal_memory(op, method, m, budget, allowed, max_memory)
+    moments = _RunningMoments(xp, n)
     if method == "hutchpp":
         s = m // 3
         Q, AQ = _range_sketch(op, xp, s, rng)
-        exact = xp.sum(xp.cast(AQ * Q, xp.float64), axis=1)
+        exact = xp.zeros((n,))
+        for i in range(s):  # a column at a time: no (n, s) float64 array
+            exact = exact + xp.cast(AQ[:, i] * Q[:, i], xp.float64)
         del AQ
         G = _probes(xp, n, m - 2 * s, rng, Q.dtype)
         # out of place: the estimator needs both G and (I - Q Q^T) G
         AG = _apply(op, xp, G - Q @ xp.from_numpy(xp.gram(Q, G), Q.dtype))
-        moments = _Moments.of(xp, G * AG)
+        moments.add(G * AG)
         values = xp.to_numpy(exact + moments.mean)
     else:
-        group = min(m, budget // per_probe)
         stream = RademacherStream(n, rng)
-        moments = None
         for start in range(0, m, group):
             Z = xp.rademacher(stream, min(group, m - start), op.dtype)
             # z_i (A z)_i is exact in the products' dtype
-            part = _Moments.of(xp, Z * matmat_checked(op, Z, "diagonal estimation"))
-            moments = part if moments is None else moments.merge(part)
-            del Z, part  # before the next group's probes
+            moments.add(Z * matmat_checked(op, Z, "diagonal estimation"))
+            del Z  # before the next group's probes
         values = xp.to_numpy(moments.mean)
     k = moments.count
     stderrs = (np.sqrt(xp.to_numpy(moments.m2) / (k - 1) / k) if k > 1
@@ -266,61 +275,64 @@ def diagonal(
     return DiagonalEstimate(values, stderrs, m, method)
 
 
-@dataclass(frozen=True)
-class _Moments:
-    """Count, mean and sum of squared deviations of the columns of (n, k) samples, per row,
-    float64 on the backend; :meth:`merge` combines two groups (Chan, Golub and LeVeque,
-    "Updating formulae and a pairwise algorithm for computing sample variances", 1979)."""
+class _RunningMoments:
+    """Per-row mean and sum of squared deviations of samples added a column at a time
+    (Welford's update; float64 on the backend), so the bits do not depend on how the
+    columns arrive in groups."""
 
-    count: int
-    mean: Array
-    m2: Array
+    def __init__(self, xp: Backend, n: int) -> None:
+        self.xp, self.count = xp, 0
+        self.mean = self.m2 = xp.zeros((n,))
 
-    @classmethod
-    def of(cls, xp: Backend, samples: Array) -> _Moments:
-        x = xp.cast(samples, xp.float64)
-        mean = xp.sum(x, axis=1) / x.shape[1]
-        d = x - mean[:, None]
-        return cls(x.shape[1], mean, xp.sum(d * d, axis=1))
+    def add(self, samples: Array) -> None:
+        xp = self.xp
+        for i in range(samples.shape[1]):
+            x = xp.cast(samples[:, i], xp.float64)
+            self.count += 1
+            delta = x - self.mean
+            self.mean = self.mean + delta / self.count
+            self.m2 = self.m2 + delta * (x - self.mean)
 
-    def merge(self, other: _Moments) -> _Moments:
-        count = self.count + other.count
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / count)
-        m2 = self.m2 + other.m2 + delta * delta * (self.count * other.count / count)
-        return _Moments(count, mean, m2)
+
+#: Float64 vectors of length n that :func:`diagonal` holds besides its probes: the running
+#: mean and variance, a sample and the update's temporaries.
+_DIAGONAL_VECTORS = 8
 
 
 def _check_diagonal_memory(op: LinearOperator, method: str, m: int, budget: int,
-                           allowed: str) -> int:
-    """Refuse a diagonal estimator that does not fit in ``budget`` bytes; return the bytes
-    per Hutchinson probe."""
+                           allowed: str, max_memory: int | None) -> int:
+    """Refuse a diagonal estimator that does not fit in ``budget`` bytes; return the
+    Hutchinson probes per group."""
     n = op.shape[0]
     size = itemsize(op.dtype if method == "hutchinson" else _sketch_dtype(op))
-    per_probe = (3 * size + 8) * n
+    per_probe, fixed = 3 * size * n, _DIAGONAL_VECTORS * 8 * n
+    group = group_size(m, per_probe, fixed, max_memory, budget)
     if method == "hutchinson":
-        need, what = per_probe, "one probe, its product and their float64 entrywise product"
-        fixes = "Give"
+        need = group * per_probe + fixed
+        what = (_group_words(group, "probe", max_memory is None)
+                + " (and the entrywise products)")
+        fixes = ("Give a max_memory for smaller groups, or"
+                 if group > 1 and max_memory is None else "Give")
     else:
         s, g = m // 3, m - 2 * (m // 3)
-        need = (max(3 * s, s + 3 * g) * size + 8 * g) * n
+        need = max(3 * s, s + 3 * g) * size * n + fixed
         what = f"the sketch and residual probes of num_matvecs={m}"
         fixes = ("Use method='hutchinson' (it takes its probes in groups that fit), fewer "
                  "num_matvecs, or give")
     if need <= budget:
-        return per_probe
+        return group
     raise MemoryBudgetError(
         f"diagonal(method={method!r}) holds {format_bytes(need)} of arrays of n = {n} "
-        f"entries for {what}, more than max_memory = {format_bytes(budget)} ({allowed}). "
-        f"{fixes} a larger max_memory if the memory is there.", need, budget)
+        f"entries for {what} and {_DIAGONAL_VECTORS} float64 vectors of running moments, "
+        f"more than max_memory = {format_bytes(budget)} ({allowed}). {fixes} a larger "
+        "max_memory if the memory is there.", need, budget)
 
 
 # -- estimators: each returns per-block per-probe samples (B, k), products used, offset -----
 
 
-def _hutchinson(op, xp, m, rng, index, budget):
+def _hutchinson(op, xp, m, rng, index, group):
     n = op.shape[0]
-    group = min(m, budget // (2 * n * itemsize(op.dtype)))  # probes and products that fit
     stream = RademacherStream(n, rng)
     samples = []
     for start in range(0, m, group):
@@ -406,10 +418,9 @@ def _xnystrace(op, xp, m, rng, index):
     return np.array(samples), m, np.array(offsets)
 
 
-def _exact(op: LinearOperator, index: list[Any], budget: int) -> np.ndarray:
+def _exact(op: LinearOperator, index: list[Any], b: int) -> np.ndarray:
     xp = op._xp
     n = op.shape[0]
-    b = max(1, min(op.block_size or 64, budget // (16 * n)))  # unit vectors and products
     diag = np.zeros(n)
     for i in range(0, n, b):
         cols = np.arange(i, min(i + b, n))
@@ -422,21 +433,24 @@ def _exact(op: LinearOperator, index: list[Any], budget: int) -> np.ndarray:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _check_memory(op: LinearOperator, method: str, m: int, budget: int, allowed: str
-                  ) -> None:
-    """Refuse an estimator whose vectors of length ``n`` do not fit in ``budget`` bytes."""
+def _check_memory(op: LinearOperator, method: str, m: int, budget: int, allowed: str,
+                  group: int = 1, default: bool = False) -> None:
+    """Refuse an estimator whose vectors of length ``n`` do not fit in ``budget`` bytes
+    (Hutchinson and exact: a ``group`` of probes or unit vectors with their products)."""
     n = op.shape[0]
     s, g = m // 3, m - 2 * (m // 3)  # Hutch++'s sketch and residual probes
-    vectors = {"hutchinson": 2, "hutchpp": max(3 * s, 2 * s + 2 * g), "xtrace": 4 * (m // 2),
-               "xnystrace": 4 * m, "exact": 2}[method]
+    vectors = {"hutchinson": 2 * group, "hutchpp": max(3 * s, 2 * s + 2 * g),
+               "xtrace": 4 * (m // 2), "xnystrace": 4 * m, "exact": 2 * group}[method]
     dtype = {"xnystrace": op._xp.float64, "exact": op._xp.float64,
              "hutchinson": op.dtype}.get(method, _sketch_dtype(op))
     need = vectors * n * itemsize(dtype)
     if need <= budget:
         return
+    grouped = "Give a max_memory for smaller groups, or" if group > 1 and default else "Give"
     what, fixes = {
-        "hutchinson": ("one probe and its product", "Give"),
-        "exact": ("one unit vector and its product", "Use method='hutchinson', or give"),
+        "hutchinson": (_group_words(group, "probe", default), grouped),
+        "exact": (_group_words(group, "unit vector", default), "Use method='hutchinson', or "
+                  + grouped.lower()),
     }.get(method, (f"num_matvecs={m}", "Use method='hutchinson' (it takes its probes in "
                    "groups that fit), fewer num_matvecs, or give"))
     raise MemoryBudgetError(
@@ -444,6 +458,30 @@ def _check_memory(op: LinearOperator, method: str, m: int, budget: int, allowed:
         f"{_dtype_name(dtype)} for {what}: {format_bytes(need)}, more than max_memory = "
         f"{format_bytes(budget)} ({allowed}). {fixes} a larger max_memory if the memory is "
         "there.", need, budget)
+
+
+def _group_words(group: int, item: str, default: bool) -> str:
+    if group == 1:
+        return f"one {item} and its product"
+    return (f"a group of {group} {item}s and their products (at most "
+            f"{format_bytes(DEFAULT_GROUP_BYTES)} per group with max_memory=None)"
+            if default else f"a group of {group} {item}s and their products")
+
+
+#: Bytes a group of probes or unit vectors may take with ``max_memory=None``: a fixed figure,
+#: so that the groups, and with them the bits of an estimate (products of ``k`` vectors are
+#: not bitwise those of fewer), do not move with the free memory of the moment; the default
+#: budget (a quarter of the free memory) only refuses.
+DEFAULT_GROUP_BYTES = 2**31
+
+
+def group_size(count: int, per_item: int, fixed: int, max_memory: int | None,
+               budget: int) -> int:
+    """Items (probes, unit vectors) per group: as many as ``max_memory`` holds besides
+    ``fixed`` bytes, or, for ``max_memory=None``, :data:`DEFAULT_GROUP_BYTES`; at least one
+    (a group beyond the budget is then refused by the caller)."""
+    room = budget if max_memory is not None else DEFAULT_GROUP_BYTES
+    return int(max(1, min(count, (room - fixed) // per_item)))
 
 
 def _dtype_name(dtype: Any) -> str:

@@ -169,7 +169,7 @@ def test_a_basis_that_does_not_fit_is_refused_up_front():
 
     op = CountingOperator(aslinearoperator(torch.tensor(np.diag(np.arange(1.0, 101.0)),
                                                         dtype=torch.float32)))
-    need = 41 * 4 * 100 + 3 * 8 * 100  # ncv + 1 float32 basis vectors, three float64 ones
+    need = 41 * 4 * 100 + 8 * 8 * 100  # ncv + 1 float32 basis vectors, eight float64 ones
     with pytest.raises(MemoryBudgetError, match="ncv \\+ 1 = 41 vectors of n = 100") as info:
         eigsh(op, k=3, max_memory=need - 1)
     assert (info.value.need, info.value.budget) == (need, need - 1) and op.num_matvecs == 0

@@ -234,6 +234,7 @@ def test_hutchinson_in_groups_that_fit_gives_the_same_numbers(indefinite, librar
         parts = trace(counted, num_matvecs=50, method="hutchinson", seed=3, blocks=blocks,
                       max_memory=2 * 8 * 200 * group)
         assert counted.num_matvecs == 50
+        # to the rounding of the products (those of k vectors are not bitwise those of fewer)
         assert_close(parts.values, whole.values, rtol=1e-13)
         assert_close(parts.stderrs, whole.stderrs, rtol=1e-13)
 
@@ -264,10 +265,10 @@ def test_diagonal_hutchinson_in_groups_that_fit_gives_the_same_numbers(indefinit
     A, _ = indefinite
     op = aslinearoperator(A if library == "numpy" else torch.tensor(A))
     whole = diagonal(op, num_matvecs=50, method="hutchinson", seed=3)
-    for group in (1, 7, 16):  # per probe: three float64 vectors and their float64 product
+    for group in (1, 7, 16):  # three float64 vectors per probe, 8 of running moments
         counted = CountingOperator(op)
         parts = diagonal(counted, num_matvecs=50, method="hutchinson", seed=3,
-                         max_memory=(3 * 8 + 8) * 200 * group)
+                         max_memory=(3 * 8 * group + 8 * 8) * 200)
         assert counted.num_matvecs == 50
         assert_close(parts.values, whole.values, rtol=1e-13, atol=1e-15)
         assert_close(parts.stderrs, whole.stderrs, rtol=1e-12)
@@ -279,7 +280,7 @@ def test_diagonal_hutchinson_in_groups_that_fit_gives_the_same_numbers(indefinit
 
 
 @pytest.mark.parametrize("method, need", [
-    ("hutchinson", (3 * 4 + 8) * 200), ("hutchpp", (max(48, 16 + 54) * 4 + 8 * 18) * 200)])
+    ("hutchinson", (3 * 4 + 64) * 200), ("hutchpp", (max(48, 16 + 54) * 4 + 64) * 200)])
 def test_diagonal_estimators_that_do_not_fit_are_refused_with_the_fixes(indefinite, method,
                                                                           need):
     from hessntk import MemoryBudgetError
@@ -295,6 +296,31 @@ def test_diagonal_estimators_that_do_not_fit_are_refused_with_the_fixes(indefini
     assert diagonal(op, num_matvecs=50, method=method, max_memory=need).num_matvecs == 50
 
 
+def test_default_groups_do_not_depend_on_the_free_memory(indefinite, monkeypatch):
+    # max_memory=None: groups of DEFAULT_GROUP_BYTES whatever the free memory, so the same
+    # seed gives the same bits; a free memory too small for one such group is refused.
+    import hessntk._memory
+    from hessntk.spectral import traces
+
+    A, _ = indefinite
+    op = aslinearoperator(A)
+    monkeypatch.setattr(traces, "DEFAULT_GROUP_BYTES", 2 * 8 * 200 * 7)  # 7 probes a group
+    runs = []
+    for free in (10**9, 10**10):
+        monkeypatch.setattr(hessntk._memory, "host_memory", lambda free=free: free)
+        runs.append((trace(op, num_matvecs=50, method="hutchinson", seed=3),
+                     diagonal(op, num_matvecs=50, method="hutchinson", seed=3)))
+    (t1, d1), (t2, d2) = runs
+    assert (t1.value, t1.stderr) == (t2.value, t2.stderr)
+    assert np.array_equal(d1.values, d2.values) and np.array_equal(d1.stderrs, d2.stderrs)
+    monkeypatch.setattr(hessntk._memory, "host_memory", lambda: 4 * 2 * 8 * 200 * 7 - 4)
+    with pytest.raises(ValueError, match="a group of 7 probes .* max_memory=None") as info:
+        trace(op, num_matvecs=50, method="hutchinson", seed=3)
+    assert "Give a max_memory for smaller groups" in str(info.value)
+    assert trace(op, num_matvecs=50, method="hutchinson", seed=3,
+                 max_memory=2 * 8 * 200 * 3).num_matvecs == 50
+
+
 def test_default_memory_is_a_quarter_of_the_free_memory(indefinite, monkeypatch):
     import hessntk._memory
 
@@ -303,6 +329,13 @@ def test_default_memory_is_a_quarter_of_the_free_memory(indefinite, monkeypatch)
     monkeypatch.setattr(hessntk._memory, "host_memory", lambda: 4 * 100 * 200 * 8 - 4)
     with pytest.raises(ValueError, match=r"\(a quarter of the free memory\)"):
         trace(op, num_matvecs=50, method="xtrace")  # 100 vectors: 160 kB > 40 kB
-    exact = trace(op, num_matvecs=200, method="exact")  # unit vectors in groups that fit
+    # groups of fixed size under max_memory=None (64 unit vectors, 50 probes): refused past
+    # the default budget, naming max_memory; given, it sets the groups
+    for method, num in (("exact", 200), ("hutchinson", 50)):
+        with pytest.raises(ValueError, match="Give a max_memory for smaller groups|give a "
+                           "max_memory for smaller groups"):
+            trace(op, num_matvecs=num, method=method)
+    exact = trace(op, num_matvecs=200, method="exact", max_memory=16 * 200 * 10)
     assert_close(exact.value, lam.sum(), rtol=1e-12)
-    assert trace(op, num_matvecs=50, method="hutchinson").num_matvecs == 50
+    assert trace(op, num_matvecs=50, method="hutchinson",
+                 max_memory=16 * 200 * 10).num_matvecs == 50
