@@ -3,8 +3,8 @@
 Each function takes a curvature operator (any backend) or builds a
 :class:`~hessntk.hessian.HessianOperator` (or, with ``curvature="ggn"``, a
 :class:`~hessntk.hessian.GGNOperator`) from a model, and hands it to the spectral core
-(:func:`hessntk.spectral.eigen`, :func:`~hessntk.spectral.traces`,
-:func:`~hessntk.spectral.quadrature`). The ``block_*`` variants return one result per parameter
+(:mod:`hessntk.spectral.eigen`, :func:`~hessntk.spectral.trace`,
+:mod:`~hessntk.spectral.quadrature`). The ``block_*`` variants return one result per parameter
 block (per layer by default), as an ordered ``dict`` keyed by block name.
 """
 
@@ -179,7 +179,7 @@ def trace(
     num_matvecs : int
         Product budget; ``>= n`` computes the exact trace with ``n`` products.
     method : {"xtrace", "xnystrace", "hutchpp", "hutchinson"}
-        Estimator of :func:`hessntk.spectral.traces` (``"xnystrace"`` needs a PSD operator:
+        Estimator of :func:`hessntk.spectral.trace` (``"xnystrace"`` needs a PSD operator:
         use it with ``curvature="ggn"``).
     curvature : {"hessian", "ggn"}
     seed : int
@@ -226,6 +226,7 @@ def density(
     allow_train_mode: bool = False,
     reorth: str = "partial",
     basis_dtype: str = "operator",
+    max_basis_bytes: int = 2**31,
 ) -> SpectralDensity:
     """Estimate the spectral density of the loss Hessian (or GGN) by SLQ.
 
@@ -252,6 +253,9 @@ def density(
     basis_dtype : {"operator", "float64"}
         The stored Lanczos vectors in the model's dtype (default; half the memory of float64
         for float32) or in float64.
+    max_basis_bytes : int
+        Memory allowed for the bases of the probes advancing together (default 2 GiB, as
+        :func:`hessntk.spectral.slq`): probes beyond it run in successive groups.
 
     Returns
     -------
@@ -272,7 +276,7 @@ def density(
         allow_train_mode,
     )  # fmt: skip
     return slq(op, num_probes=num_probes, num_matvecs=min(num_matvecs, op.shape[0]), seed=seed,
-               reorth=reorth, basis_dtype=basis_dtype)
+               reorth=reorth, basis_dtype=basis_dtype, max_basis_bytes=max_basis_bytes)
 
 
 def block_top_eigenvalues(
@@ -292,6 +296,7 @@ def block_top_eigenvalues(
     output_key: str | int | None = None,
     outputs_fn: Callable[[Any], torch.Tensor] | None = None,
     allow_train_mode: bool = False,
+    max_memory: int | None = None,
 ) -> dict[str, EigshResult]:
     """Compute the ``k`` extreme eigenvalues of every diagonal block ``H_bb``.
 
@@ -328,7 +333,8 @@ def block_top_eigenvalues(
     return {
         name: extreme_eigenvalues(op.block(name), k, which=which, tol=tol, seed=seed,
                                   max_matvecs=max_matvecs,
-                                  return_eigenvectors=return_eigenvectors)
+                                  return_eigenvectors=return_eigenvectors,
+                                  max_memory=max_memory)
         for name in op.blocks
     }
 
@@ -352,7 +358,7 @@ def block_traces(
     """Estimate the trace of every diagonal block ``H_bb`` in one pass.
 
     All blocks share the same ``num_matvecs`` products of the full operator
-    (:func:`hessntk.spectral.traces` with ``blocks=``), so the cost does not grow with the
+    (:func:`hessntk.spectral.trace` with ``blocks=``), so the cost does not grow with the
     number of blocks.
 
     Parameters
@@ -409,6 +415,18 @@ def block_density(
     dtype), fits ``max_basis_bytes``;
     otherwise each block runs on its own restricted operator. The numbers agree to rounding.
 
+    Parameters
+    ----------
+    blocks : {"layer", "tensor"} or dict
+        Per owning module (default), per parameter tensor, or ``name -> parameter names``.
+    num_probes, num_matvecs, curvature, seed
+        As for :func:`density`, per block.
+    params, output_key, outputs_fn, allow_train_mode
+        Operator options.
+    max_basis_bytes : int
+        Memory allowed for the lockstep pass's basis (default 2 GiB), and for each block's
+        own SLQ otherwise (:func:`hessntk.spectral.slq`: probes in groups that fit).
+
     Returns
     -------
     dict[str, hessntk.spectral.SpectralDensity]
@@ -431,11 +449,12 @@ def block_density(
     if itemsize(op.dtype) * n * min(num_matvecs, n) * num_probes * B <= max_basis_bytes:
         # One lockstep pass for all blocks: each step one product of the full operator.
         dens = block_slq(op, op.block_slices, num_probes=num_probes, num_matvecs=num_matvecs,
-                         seed=seed)
+                         seed=seed, max_basis_bytes=max_basis_bytes)
         return dict(zip(op.blocks, dens, strict=True))
     out = {}
     for name in op.blocks:  # a pass per block, on the block's own (smaller) operator
         sub = op.block(name)
         m = min(num_matvecs, sub.shape[0])
-        out[name] = slq(sub, num_probes=num_probes, num_matvecs=m, seed=seed)
+        out[name] = slq(sub, num_probes=num_probes, num_matvecs=m, seed=seed,
+                        max_basis_bytes=max_basis_bytes)
     return out

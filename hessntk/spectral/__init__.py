@@ -3,8 +3,9 @@
 Backend-agnostic (torch on CPU or CUDA, numpy, jax): algorithms only call ``op.matmat``.
 """
 
-from hessntk.spectral.eigen import EigshResult, eigsh
+from hessntk.spectral.eigen import EigshResult, eigsh, extreme_eigenvalues
 from hessntk.spectral.krylov import Tridiagonal, lanczos
+from hessntk.spectral.layout import ParamLayout
 from hessntk.spectral.logdets import logdet, logdet_difference
 from hessntk.spectral.operators import (
     CallableOperator,
@@ -32,6 +33,7 @@ __all__ = [
     "EigshResult",
     "Estimate",
     "LinearOperator",
+    "ParamLayout",
     "SpectralDensity",
     "Tridiagonal",
     "as_generator",
@@ -42,6 +44,7 @@ __all__ = [
     "gram_floor",
     "diagonal",
     "eigsh",
+    "extreme_eigenvalues",
     "lanczos",
     "logdet",
     "logdet_difference",

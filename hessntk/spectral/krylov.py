@@ -136,7 +136,8 @@ def lanczos(
     seed : int or numpy.random.Generator
         Seed for the random start vectors.
     return_basis : bool
-        Keep the Lanczos vectors in the result (memory ``num_probes * m * n`` float64).
+        Keep the Lanczos vectors in the result (``num_probes * m * n`` entries of
+        ``basis_dtype``).
     max_steps : sequence of int, optional
         Steps of each probe, at most ``num_matvecs`` (e.g. the size of the subspace a probe
         lives in: :func:`hessntk.spectral.block_slq`). Default ``num_matvecs`` for all.

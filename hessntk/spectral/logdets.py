@@ -37,6 +37,7 @@ def logdet(
     diagonal: Array | np.ndarray | None = None,
     reorth: str = "partial",
     method: str = "auto",
+    max_basis_bytes: int = 2**31,
 ) -> Estimate:
     """Estimate ``log det(A + shift I)`` of a symmetric positive definite operator by SLQ.
 
@@ -76,6 +77,9 @@ def logdet(
     method : {"auto", "slq", "exact"}
         SLQ, the dense matrix, or (default) the dense matrix when ``n`` products are within
         the SLQ budget.
+    max_basis_bytes : int
+        Memory allowed for the Lanczos bases of the probes advancing together (default
+        2 GiB; :func:`hessntk.spectral.slq` runs its probes in groups that fit).
 
     Returns
     -------
@@ -115,7 +119,8 @@ def logdet(
         return _exact_logdet(op, shift)
     if preconditioner is None:
         density = slq(op if shift == 0 else _Jacobi(op, None, shift), num_probes=num_probes,
-                      num_matvecs=num_matvecs, seed=seed, reorth=reorth)
+                      num_matvecs=num_matvecs, seed=seed, reorth=reorth,
+                      max_basis_bytes=max_basis_bytes)
         est = density.logdet()
         return Estimate(est.value, est.stderr, est.num_matvecs, "slq")
     d = _diagonal(op, diagonal) + shift
@@ -127,14 +132,15 @@ def logdet(
             "means a zero row). Pass shift > 0 for log det(A + shift I)."
         )
     log_diag, density = jacobi_density(op, d, shift, num_probes=num_probes,
-                                       num_matvecs=num_matvecs, seed=seed, reorth=reorth)
+                                       num_matvecs=num_matvecs, seed=seed, reorth=reorth,
+                                       max_basis_bytes=max_basis_bytes)
     est = density.logdet()
     return Estimate(log_diag + est.value, est.stderr, est.num_matvecs, "slq-jacobi")
 
 
 def jacobi_density(op: LinearOperator, d: np.ndarray, shift: float, *, num_probes: int,
-                   num_matvecs: int, seed: Seed, reorth: str = "partial"
-                   ) -> tuple[float, SpectralDensity]:
+                   num_matvecs: int, seed: Seed, reorth: str = "partial",
+                   max_basis_bytes: int = 2**31) -> tuple[float, SpectralDensity]:
     """``sum(log d)`` and the SLQ density of ``D^{-1/2} (A + shift I) D^{-1/2}``, ``D = diag(d)``.
 
     ``d`` is the positive float64 diagonal of ``A + shift I`` (the caller checks it), so that
@@ -142,7 +148,8 @@ def jacobi_density(op: LinearOperator, d: np.ndarray, shift: float, *, num_probe
     """
     scale = op._xp.from_numpy(1.0 / np.sqrt(d), op.dtype)
     density = slq(_Jacobi(op, scale, shift), num_probes=num_probes,
-                  num_matvecs=min(num_matvecs, op.shape[0]), seed=seed, reorth=reorth)
+                  num_matvecs=min(num_matvecs, op.shape[0]), seed=seed, reorth=reorth,
+                  max_basis_bytes=max_basis_bytes)
     return float(np.log(d).sum()), density
 
 
@@ -214,6 +221,7 @@ def logdet_difference(
     num_probes: int = 16,
     num_matvecs: int = 100,
     seed: Seed = 0,
+    max_basis_bytes: int = 2**31,
 ) -> Estimate:
     """Estimate ``log det A - log det B`` for SPD operators by SLQ with shared probes.
 
@@ -228,6 +236,9 @@ def logdet_difference(
     num_probes, num_matvecs : int
         SLQ settings (each operator gets ``num_probes * num_matvecs`` products at most).
     seed : int or numpy.random.Generator
+    max_basis_bytes : int
+        Memory allowed for each SLQ's Lanczos bases at once (default 2 GiB; see
+        :func:`hessntk.spectral.slq`).
 
     Returns
     -------
@@ -252,7 +263,9 @@ def logdet_difference(
     if A.shape != B.shape:
         raise ValueError(f"Expected operators of the same size; got {A.shape} and {B.shape}.")
     V0 = A._xp.to_numpy(_start_vectors(A, None, num_probes, seed))
-    da = slq(A, num_probes=num_probes, num_matvecs=num_matvecs, v0=V0)
-    db = slq(B, num_probes=num_probes, num_matvecs=num_matvecs, v0=V0)
+    da = slq(A, num_probes=num_probes, num_matvecs=num_matvecs, v0=V0,
+             max_basis_bytes=max_basis_bytes)
+    db = slq(B, num_probes=num_probes, num_matvecs=num_matvecs, v0=V0,
+             max_basis_bytes=max_basis_bytes)
     diff = _per_probe_logdet(da, "A") - _per_probe_logdet(db, "B")
     return mean_estimate(diff, da.num_matvecs + db.num_matvecs, "slq-paired")

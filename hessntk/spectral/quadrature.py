@@ -367,7 +367,8 @@ def slq(
         m`` bytes per probe with a basis of ``s``-byte entries, ``16 * n`` with
         ``reorth="none"``). Probes beyond it run in successive groups; the numbers are the
         same either way, since every probe's run is independent. One probe that does not
-        fit is refused, naming the fixes.
+        fit is refused, naming the fixes. Default 2 GiB (``2**31``): a fixed figure, not
+        the quarter of the free memory that :func:`lanczos` and :func:`trace` default to.
     probes_per_group : int, optional
         Probes advancing together, instead of the groups ``max_basis_bytes`` implies: group
         ``g`` always holds probes ``g * probes_per_group, ...`` (the unit of ``store``).
@@ -469,6 +470,7 @@ def block_slq(
     num_probes: int = 16,
     num_matvecs: int = 100,
     seed: Seed = 0,
+    max_basis_bytes: int | None = None,
 ) -> list[SpectralDensity]:
     """SLQ of every diagonal block ``A_bb`` of ``op`` in one lockstep Lanczos pass.
 
@@ -487,6 +489,10 @@ def block_slq(
         Disjoint coordinate sets (e.g. ``HessianOperator.block_slices``).
     num_probes, num_matvecs, seed
         As for :func:`slq`, per block.
+    max_basis_bytes : int, optional
+        Memory allowed for the pass's Lanczos basis, ``s n m k B`` bytes for ``B`` blocks of
+        ``k`` probes (``s`` bytes per entry of the operator's dtype); default a quarter of
+        the free memory (:func:`lanczos`). Refused up front when it does not fit.
 
     Returns
     -------
@@ -527,7 +533,8 @@ def block_slq(
 
     blockwise = CallableOperator(n, op.dtype, op.device, matmat=matmat, backend=op.backend)
     eps = xp.eps(op.dtype)
-    T = lanczos(blockwise, m, v0=V0, max_steps=np.repeat(steps, k))
+    T = lanczos(blockwise, m, v0=V0, max_steps=np.repeat(steps, k),
+                max_basis_bytes=max_basis_bytes)
     out = []
     for b, r in enumerate(rows):
         cols = owner == b

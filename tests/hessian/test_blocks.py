@@ -147,6 +147,26 @@ def test_block_top_eigenvalues_and_density(relu_case) -> None:
     assert dens["2"].nodes.shape == (2, 8) and dens["0"].n == 3 * 5 + 5
 
 
+def test_memory_budgets_reach_the_spectral_core(relu_case) -> None:
+    # max_memory / max_basis_bytes of the one-call functions are those of the core's calls
+    model, loss, batches, _ = relu_case
+    with pytest.raises(ValueError, match="Krylov basis .* max_memory = 8 B"):
+        hessian.block_top_eigenvalues(model, loss, batches, k=2, blocks="tensor",
+                                      max_memory=8)
+    with pytest.raises(ValueError, match="max_basis_bytes"):
+        hessian.density(model, loss, batches, num_probes=2, num_matvecs=8, max_basis_bytes=8)
+    op = HessianOperator(model, loss, batches, blocks="layer")
+    n = op.shape[0]
+    lockstep = 8 * n * 8 * 2 * len(op.blocks)  # the basis of the one lockstep pass
+    whole = hessian.block_density(op, num_probes=2, num_matvecs=8, max_basis_bytes=lockstep)
+    apart = hessian.block_density(op, num_probes=2, num_matvecs=8, max_basis_bytes=lockstep - 1)
+    for name in op.blocks:  # the pass per block, its SLQ within the same budget
+        np.testing.assert_allclose(apart[name].nodes, whole[name].nodes, rtol=1e-10,
+                                   atol=1e-12 * np.abs(whole[name].nodes).max())
+    with pytest.raises(ValueError, match="max_basis_bytes"):
+        hessian.block_density(op, num_probes=2, num_matvecs=8, max_basis_bytes=8)
+
+
 def test_unravel_eigenvectors(tanh_case) -> None:
     model, loss, batches, _ = tanh_case
     op = HessianOperator(model, loss, batches)

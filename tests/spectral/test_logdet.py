@@ -33,6 +33,21 @@ def test_jacobi_removes_the_diagonal_scales_error_and_stderr_honest():
     assert np.median(jac_err) * 100 < np.median(plain_err)
 
 
+def test_logdet_passes_its_basis_budget_to_slq():
+    # max_basis_bytes groups the probes (same numbers) and refuses one that does not fit
+    from hessntk.spectral import logdet_difference
+
+    A = _badly_scaled(n=100)
+    whole = logdet(A, num_probes=4, num_matvecs=10, method="slq")
+    grouped = logdet(A, num_probes=4, num_matvecs=10, method="slq", max_basis_bytes=8 * 100 * 10)
+    assert grouped.value == pytest.approx(whole.value, rel=1e-12)
+    for kwargs in ({}, {"preconditioner": None}):
+        with pytest.raises(ValueError, match="max_basis_bytes"):
+            logdet(A, num_probes=4, num_matvecs=10, method="slq", max_basis_bytes=8, **kwargs)
+    with pytest.raises(ValueError, match="max_basis_bytes"):
+        logdet_difference(A, A + np.eye(100), num_probes=2, num_matvecs=10, max_basis_bytes=8)
+
+
 def test_logdet_is_exact_when_the_budget_reaches_n():
     A = matrix_with_spectrum(np.logspace(-5, 0, 200), seed=3)
     exact = np.linalg.slogdet(A)[1]
