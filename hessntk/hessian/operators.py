@@ -282,7 +282,11 @@ class HessianOperator(_GraphCurvature):
         loss = self._loss(leaves, x, y)
         _check_loss(loss, index)
         params = list(leaves.values())
-        return params, torch.autograd.grad(loss, params, create_graph=True)
+        # Parameters the loss does not use have zero rows (no graph: _batched_grad skips them).
+        grads = (torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+                 if loss.requires_grad else [None] * len(params))
+        return params, tuple(torch.zeros_like(p) if g is None else g
+                             for g, p in zip(grads, params, strict=True))
 
     def _graph_product(self, graph: Any, tangents: list[torch.Tensor], k: int,
                        retain: bool) -> list[torch.Tensor]:
@@ -388,8 +392,8 @@ class GGNOperator(_GraphCurvature):
 
     Both are exact. MLP 301k on 512 images, float32, 2 threads, ms per vector at 1 / 8 / 16
     vectors (one gradient 3.6): graph 4.6 / 5.3 / 5.7, func 11.3 / 5.4 / 5.5, ``"auto"``
-    (one at a time by the rule) 5.2 / 5.2 / 5.3; ``benchmarks/bench_peers.py`` times them
-    beside the Hessian's.
+    (one at a time by the rule) 5.2 / 5.2 / 5.3; ``benchmarks/bench_peers.py`` times
+    ``"auto"`` beside the Hessian's.
 
     Examples
     --------
@@ -450,7 +454,9 @@ class GGNOperator(_GraphCurvature):
         _check_loss(loss, index)
         (loss_grad,) = torch.autograd.grad(loss, o, create_graph=True)
         u = torch.zeros_like(o, requires_grad=True)
-        Jt_u = torch.autograd.grad(out, params, u, create_graph=True, allow_unused=True)
+        # Outputs that no selected parameter reaches (a block of an unused head): J = 0.
+        Jt_u = (torch.autograd.grad(out, params, u, create_graph=True, allow_unused=True)
+                if out.requires_grad else [None] * len(params))
         Jt_u = [torch.zeros_like(p) if g is None else g for g, p in zip(Jt_u, params,
                                                                          strict=True)]
         return out, params, o, loss_grad, u, Jt_u

@@ -21,9 +21,6 @@ Array = Any
 #: on the host: blocks that stay in cache while they are cast and multiplied.
 GRAM_BLOCK_BYTES = 1 << 21
 
-#: Columns a block of :meth:`Backend.column_dots` is sized for (its height is fixed).
-COLUMN_DOTS_WIDTH = 64
-
 #: The same on an accelerator (CUDA, a JAX GPU or TPU), where each block is a few kernel
 #: launches: with host-sized blocks a 124M x 50 float32 Gram would take 24k launches.
 DEVICE_BLOCK_BYTES = 1 << 27
@@ -171,10 +168,7 @@ class Backend:
         if x.dtype == self.float64 and y.dtype == self.float64:
             return self.to_numpy(self._einsum("ij,ij->j", x, y))
         out = self.zeros(x.shape[1])
-        # Row blocks of a fixed height, whatever the number of columns: each column's sum
-        # then does not depend on the columns beside it (Hutchinson's probes in groups give
-        # the bits of one group).
-        for rows in self._row_blocks(x, y, width=COLUMN_DOTS_WIDTH):
+        for rows in self._row_blocks(x, y):
             out = out + self.sum(self.cast(x[rows] * y[rows], self.float64), axis=0)
         return self.to_numpy(out)
 
@@ -196,12 +190,11 @@ class Backend:
             x = self.set_index(x, (slice(0, s.shape[1]), cols), st @ x[:j, cols])
         return x
 
-    def _row_blocks(self, a: Array, b: Array, width: int | None = None) -> Any:
+    def _row_blocks(self, a: Array, b: Array) -> Any:
         """Row slices of (n, k) and (n, l) arrays whose float64 blocks take
-        :data:`GRAM_BLOCK_BYTES` (:data:`DEVICE_BLOCK_BYTES` on an accelerator), sized for
-        ``width`` columns if given, else ``max(k, l)``."""
+        :data:`GRAM_BLOCK_BYTES` (:data:`DEVICE_BLOCK_BYTES` on an accelerator)."""
         size = GRAM_BLOCK_BYTES if self.on_host() else DEVICE_BLOCK_BYTES
-        step = max(1, size // (8 * (width or max(a.shape[1], b.shape[1], 1))))
+        step = max(1, size // (8 * max(a.shape[1], b.shape[1], 1)))
         return (slice(i, i + step) for i in range(0, a.shape[0], step))
 
     def on_host(self) -> bool:

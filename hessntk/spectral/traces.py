@@ -93,13 +93,13 @@ def trace(
         free memory of the operator's device (``MemAvailable`` on the host,
         ``torch.cuda.mem_get_info`` on CUDA). "hutchinson" (and "exact", by unit vectors)
         takes its probes in groups of at most ``max_memory`` bytes, or with the default of
-        at most :data:`DEFAULT_GROUP_BYTES` (2 GiB): a fixed size, so the numbers do not
-        move with the free memory (other groupings agree to the products' rounding); a
-        default group beyond a quarter of the free memory is refused, naming
-        ``max_memory``. The others hold, with ``s`` bytes per entry of the operator's
-        dtype: "xtrace" ``2 m n s`` bytes (four ``n x m/2`` arrays), "hutchpp" about
-        ``4/3 m n s``, "xnystrace" ``32 m n`` (float64), and are refused with the fixes
-        when that exceeds ``max_memory``.
+        at most :data:`DEFAULT_GROUP_BYTES` (2 GiB) where a quarter of the free memory
+        allows it: a fixed size, so the numbers do not move with the free memory wherever
+        8 GiB are free (other groupings agree to the products' rounding). The others
+        hold, with ``s`` bytes per entry of the operator's dtype: "xtrace" ``2 m n s``
+        bytes (four ``n x m/2`` arrays), "hutchpp" about ``4/3 m n s``, "xnystrace"
+        ``32 m n`` (float64), and are refused with the fixes when that exceeds
+        ``max_memory``.
         (A 124M-parameter float32 model with ``num_matvecs=100``: 99 GB for "xtrace",
         2 x 496 MB per Hutchinson probe.)
 
@@ -166,7 +166,7 @@ def trace(
     if method in ("hutchinson", "exact"):  # probes or unit vectors in groups
         cap = m if method == "hutchinson" else (op.block_size or 64)
         group = min(cap, group_size(m, per, 0, max_memory, budget))
-    _check_memory(op, method, m, budget, allowed, group, max_memory is None)
+    _check_memory(op, method, m, budget, allowed)
     if method == "exact":
         samples = _exact(op, index, group)
         values = samples[:, 0]
@@ -209,13 +209,14 @@ def diagonal(
         Bytes the estimator's arrays of ``n`` entries may take at once (the operator's own
         memory comes on top). Default: a quarter of the free memory of the operator's device.
         Both hold 8 float64 vectors of length ``n`` for the running mean and variance
-        (Welford's update, a probe at a time: the same bits however the probes are grouped;
-        only these ``n``-vectors come back to the host). "hutchinson" takes its probes in
-        groups that fit, ``3 b n`` bytes per probe (the probe, its product and their
-        entrywise product, ``b`` bytes per entry of the operator's dtype); "hutchpp" holds
-        its sketch whole, ``max(3 s, s + 3 g) b n`` bytes with ``s = num_matvecs // 3``
-        sketch and ``g = num_matvecs - 2 s`` residual probes, and is refused with the fixes
-        when that exceeds ``max_memory``.
+        (Welford's update, a probe at a time; only these ``n``-vectors come back to the
+        host). "hutchinson" takes its probes in groups as :func:`trace` does (of
+        ``max_memory``, or of 2 GiB by default where the free memory allows; groupings
+        agree to the products' rounding), ``3 b n`` bytes per probe (the probe, its
+        product and their entrywise product, ``b`` bytes per entry of the operator's
+        dtype); "hutchpp" holds its sketch whole, ``max(3 s, s + 3 g) b n`` bytes with
+        ``s = num_matvecs // 3`` sketch and ``g = num_matvecs - 2 s`` residual probes, and
+        is refused with the fixes when that exceeds ``max_memory``.
 
     Returns
     -------
@@ -307,12 +308,9 @@ def _check_diagonal_memory(op: LinearOperator, method: str, m: int, budget: int,
     size = itemsize(op.dtype if method == "hutchinson" else _sketch_dtype(op))
     per_probe, fixed = 3 * size * n, _DIAGONAL_VECTORS * 8 * n
     group = group_size(m, per_probe, fixed, max_memory, budget)
-    if method == "hutchinson":
-        need = group * per_probe + fixed
-        what = (_group_words(group, "probe", max_memory is None)
-                + " (and the entrywise products)")
-        fixes = ("Give a max_memory for smaller groups, or"
-                 if group > 1 and max_memory is None else "Give")
+    if method == "hutchinson":  # its groups are sized within the budget
+        need = per_probe + fixed
+        what, fixes = "one probe, its product and their entrywise product", "Give"
     else:
         s, g = m // 3, m - 2 * (m // 3)
         need = max(3 * s, s + 3 * g) * size * n + fixed
@@ -433,24 +431,23 @@ def _exact(op: LinearOperator, index: list[Any], b: int) -> np.ndarray:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _check_memory(op: LinearOperator, method: str, m: int, budget: int, allowed: str,
-                  group: int = 1, default: bool = False) -> None:
+def _check_memory(op: LinearOperator, method: str, m: int, budget: int, allowed: str
+                  ) -> None:
     """Refuse an estimator whose vectors of length ``n`` do not fit in ``budget`` bytes
-    (Hutchinson and exact: a ``group`` of probes or unit vectors with their products)."""
+    (Hutchinson and exact: one probe or unit vector and its product; their groups are
+    sized within the budget)."""
     n = op.shape[0]
     s, g = m // 3, m - 2 * (m // 3)  # Hutch++'s sketch and residual probes
-    vectors = {"hutchinson": 2 * group, "hutchpp": max(3 * s, 2 * s + 2 * g),
-               "xtrace": 4 * (m // 2), "xnystrace": 4 * m, "exact": 2 * group}[method]
+    vectors = {"hutchinson": 2, "hutchpp": max(3 * s, 2 * s + 2 * g), "xtrace": 4 * (m // 2),
+               "xnystrace": 4 * m, "exact": 2}[method]
     dtype = {"xnystrace": op._xp.float64, "exact": op._xp.float64,
              "hutchinson": op.dtype}.get(method, _sketch_dtype(op))
     need = vectors * n * itemsize(dtype)
     if need <= budget:
         return
-    grouped = "Give a max_memory for smaller groups, or" if group > 1 and default else "Give"
     what, fixes = {
-        "hutchinson": (_group_words(group, "probe", default), grouped),
-        "exact": (_group_words(group, "unit vector", default), "Use method='hutchinson', or "
-                  + grouped.lower()),
+        "hutchinson": ("one probe and its product", "Give"),
+        "exact": ("one unit vector and its product", "Use method='hutchinson', or give"),
     }.get(method, (f"num_matvecs={m}", "Use method='hutchinson' (it takes its probes in "
                    "groups that fit), fewer num_matvecs, or give"))
     raise MemoryBudgetError(
@@ -460,27 +457,20 @@ def _check_memory(op: LinearOperator, method: str, m: int, budget: int, allowed:
         "there.", need, budget)
 
 
-def _group_words(group: int, item: str, default: bool) -> str:
-    if group == 1:
-        return f"one {item} and its product"
-    return (f"a group of {group} {item}s and their products (at most "
-            f"{format_bytes(DEFAULT_GROUP_BYTES)} per group with max_memory=None)"
-            if default else f"a group of {group} {item}s and their products")
-
-
-#: Bytes a group of probes or unit vectors may take with ``max_memory=None``: a fixed figure,
-#: so that the groups, and with them the bits of an estimate (products of ``k`` vectors are
-#: not bitwise those of fewer), do not move with the free memory of the moment; the default
-#: budget (a quarter of the free memory) only refuses.
+#: Bytes a group of probes or unit vectors may take with ``max_memory=None`` when the default
+#: budget (a quarter of the free memory) allows: a fixed figure, so that the groups, and with
+#: them the bits of an estimate (products of ``k`` vectors are not bitwise those of fewer),
+#: do not move with the free memory wherever at least 8 GiB are free.
 DEFAULT_GROUP_BYTES = 2**31
 
 
 def group_size(count: int, per_item: int, fixed: int, max_memory: int | None,
                budget: int) -> int:
     """Items (probes, unit vectors) per group: as many as ``max_memory`` holds besides
-    ``fixed`` bytes, or, for ``max_memory=None``, :data:`DEFAULT_GROUP_BYTES`; at least one
-    (a group beyond the budget is then refused by the caller)."""
-    room = budget if max_memory is not None else DEFAULT_GROUP_BYTES
+    ``fixed`` bytes, or, for ``max_memory=None``, :data:`DEFAULT_GROUP_BYTES` or the
+    default budget if smaller; at least one (a group beyond the budget is then refused by
+    the caller)."""
+    room = budget if max_memory is not None else min(DEFAULT_GROUP_BYTES, budget)
     return int(max(1, min(count, (room - fixed) // per_item)))
 
 

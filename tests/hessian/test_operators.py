@@ -147,6 +147,40 @@ def test_loss_linear_in_a_parameter_gives_zero_rows() -> None:
     assert torch.equal(op.matvec(torch.ones(2, dtype=DT)), torch.zeros(2, dtype=DT))
 
 
+class _TwoHeads(nn.Module):
+    """A body with the head the loss reads and an auxiliary head it does not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.cls, self.aux = nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = torch.tanh(self.body(x))
+        return {"logits": self.cls(h), "aux": self.aux(h)}
+
+
+@pytest.mark.parametrize("cls", [HessianOperator, GGNOperator])
+@pytest.mark.parametrize("method", ["auto", "graph", "func"])
+def test_parameters_the_loss_does_not_reach_have_zero_rows(cls, method) -> None:
+    # The unused head's rows are zero on the full operator, and its block is zero (no
+    # output depends on it: the graph methods must not differentiate an output without one).
+    torch.manual_seed(0)
+    model = _TwoHeads().to(DT)
+    x, y = torch.randn(8, 3, dtype=DT), torch.randint(0, 2, (8,))
+    op = cls(model, nn.CrossEntropyLoss(), (x, y), output_key="logits", blocks="layer",
+             method=method)
+    full = dense(op)
+    aux = op.block_slices[op.blocks.index("aux")]
+    assert torch.equal(full[aux], torch.zeros_like(full[aux]))
+    block = op.block("aux")
+    assert torch.equal(dense(block), torch.zeros(5, 5, dtype=DT))
+    assert torch.equal(block.matvec(torch.ones(5, dtype=DT)), torch.zeros(5, dtype=DT))
+    used = [i for i in range(full.shape[0]) if i not in range(full.shape[0])[aux]]
+    ref = dense(cls(model, nn.CrossEntropyLoss(), (x, y), output_key="logits",
+                    params=["body.weight", "body.bias", "cls.weight", "cls.bias"]))
+    assert_close(full[used][:, used], ref)
+
+
 def test_tuple_inputs_and_outputs_fn() -> None:
     torch.manual_seed(0)
     model = TwoInputs().to(DT)
