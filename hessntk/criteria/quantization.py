@@ -89,6 +89,7 @@ def quantization_sensitivity(
     output_key: str | int | None = None,
     outputs_fn: Callable[[Any], Any] | None = None,
     allow_train_mode: bool = False,
+    max_memory: int | None = None,
 ) -> QuantizationSensitivity:
     """Predict the loss increase of quantizing each layer alone, per bit width.
 
@@ -146,6 +147,10 @@ def quantization_sensitivity(
         Estimator of :func:`hessntk.spectral.trace` (``"xnystrace"`` needs a GGN).
     output_key, outputs_fn, allow_train_mode
         With a torch model: as for :class:`hessntk.hessian.HessianOperator`.
+    max_memory : int, optional
+        Bytes the block-trace estimate and each layer's Lanczos basis may take
+        (``max_memory`` of :func:`hessntk.spectral.trace` and :func:`hessntk.spectral.eigsh`;
+        default a quarter of the free memory); beyond it they are refused up front.
 
     Returns
     -------
@@ -228,13 +233,15 @@ def quantization_sensitivity(
     if metric in ("trace", "both"):
         m = min(num_matvecs, layout.n)
         method = "exact" if m >= layout.n else trace_method
-        est = _trace(op, num_matvecs=m, method=method, seed=seed, blocks=op.block_slices)
+        est = _trace(op, num_matvecs=m, method=method, seed=seed, blocks=op.block_slices,
+                     max_memory=max_memory)
         tr, tr_se = np.asarray(est.values, float), np.asarray(est.stderrs, float)
         num_matvecs_used["trace"] = int(est.num_matvecs)
         trace_method = method
     if metric in ("eigenvalue", "both"):
         res = [extreme_eigenvalues(op.block(name), 1, tol=1e-4, seed=seed,
-                                   return_eigenvectors=False) for name in groups]
+                                   return_eigenvectors=False, max_memory=max_memory)
+               for name in groups]
         lam = np.array([float(r.eigenvalues[0]) for r in res])
         num_matvecs_used["eigenvalue"] = sum(int(r.num_matvecs) for r in res)
     return QuantizationSensitivity(

@@ -185,6 +185,16 @@ def test_stochastic_block_traces_within_their_standard_errors(layernorm_mlp):
     assert np.isnan(sens.top_eigenvalue).all() and sens.num_matvecs["eigenvalue"] == 0
 
 
+def test_memory_budget_reaches_the_traces_and_eigenvalues(layernorm_mlp):
+    from hessntk import MemoryBudgetError
+
+    model, loss_fn, data, _, _ = layernorm_mlp
+    for metric, words in (("trace", "trace"), ("eigenvalue", "Krylov basis")):
+        with pytest.raises(MemoryBudgetError, match=words):
+            quantization_sensitivity(model, loss_fn, data, bits=4, num_matvecs=20,
+                                     metric=metric, max_memory=64)
+
+
 def test_direct_form_within_a_few_percent_at_8_bits_on_a_trained_mlp(trained_mlp):
     model, loss_fn, data = trained_mlp
     sens = quantization_sensitivity(model, loss_fn, data, bits=(4, 8), metric="eigenvalue")
