@@ -20,11 +20,14 @@ class MemoryBudgetError(ValueError):
     ----------
     need, budget : int
         Bytes needed and allowed.
+    source : str
+        The function that refused (``"trace"``, ``"diagonal"``, ``"eigsh"``, ``"lanczos"``),
+        so that a front end can name its own option that sized the arrays.
     """
 
-    def __init__(self, message: str, need: int, budget: int) -> None:
+    def __init__(self, message: str, need: int, budget: int, source: str = "") -> None:
         super().__init__(message)
-        self.need, self.budget = need, budget
+        self.need, self.budget, self.source = need, budget, source
 
 
 def host_memory() -> int:

@@ -599,6 +599,21 @@ def test_spectrum_without_reorthogonalisation(tmp_path):
     assert docs["none"]["settings"]["reorth"] == "none"
 
 
+def test_quantization_memory_refusals_name_the_flag_that_sized_them(tmp_path, monkeypatch,
+                                                                    capsys):
+    # The per-layer Lanczos basis is sized by --metric, the block traces by --trace-matvecs.
+    import hessntk._memory
+
+    monkeypatch.setattr(hessntk._memory, "host_memory", lambda: 400)  # a quarter: 100 B
+    for metric, words in (("eigenvalue", "--metric eigenvalue: the Krylov basis of a layer's "
+                           "top eigenvalue would hold"),
+                          ("trace", "--trace-matvecs 10: the trace estimate would hold")):
+        assert main(["quantization", ENTRY, "--bits", "4", "--metric", metric,
+                     "--trace-matvecs", "10", "--out", str(tmp_path / metric), *FAST]) == 2
+        line = _one_line_error(capsys.readouterr().err)
+        assert words in line and "max_memory" not in line
+
+
 @pytest.mark.parametrize("fits", ["nothing", "the eigenvalues"])
 def test_what_does_not_fit_in_memory_names_its_flag(tmp_path, monkeypatch, capsys, fits):
     import hessntk._memory

@@ -28,14 +28,18 @@ __all__ = ["data_key", "hessian_analysis", "iic_analysis", "iic_options", "ntk_a
 
 
 @contextlib.contextmanager
-def memory_in_flags(flag: str, value: Any, what: str, fix: str) -> Iterator[None]:
+def memory_in_flags(flag: str, value: Any, what: str, fix: str,
+                    source: str = "") -> Iterator[None]:
     """A computation refused for memory (:class:`hessntk.MemoryBudgetError`), in the words
-    of the flag that sized it."""
+    of the flag that sized it; with ``source``, only a refusal of that function (others pass
+    on to an outer context)."""
     from hessntk._memory import DEFAULT_BUDGET, MemoryBudgetError, format_bytes
 
     try:
         yield
     except MemoryBudgetError as err:  # the CLI leaves every budget at its default
+        if source and err.source != source:
+            raise
         raise CLIError(
             f"{flag} {value}: {what} would hold {format_bytes(err.need)} at once, more than "
             f"{DEFAULT_BUDGET} ({format_bytes(err.budget)}); {fix}") from err
@@ -44,7 +48,7 @@ def memory_in_flags(flag: str, value: Any, what: str, fix: str) -> Iterator[None
 def trace_memory_in_flags(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     """A trace estimate refused for memory, in the words of ``--trace-matvecs``."""
     return memory_in_flags("--trace-matvecs", args.trace_matvecs, "the trace estimate",
-                           "lower --trace-matvecs")
+                           "lower --trace-matvecs", source="trace")
 
 
 def tail_dict(fit: Any) -> dict[str, Any]:
@@ -92,7 +96,7 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
     n = op.shape[0]
     k = min(args.k, n)
     with memory_in_flags("--k", args.k, "the Krylov basis of the top eigenvalues",
-                         "run on a device with more free memory"):
+                         "run on a device with more free memory", source="eigsh"):
         top = timed(timings, "hessian_top", lambda: hessian.top_eigenvalues(
             op, k=k, tol=args.tol, seed=args.seed))
     with trace_memory_in_flags(args):
@@ -361,7 +365,9 @@ def quantization_analysis(report: Any, problem: Any, args: argparse.Namespace,
     bits = tuple(args.bits)
     scheme = {"quantizer": args.quantizer, "granularity": args.granularity,
               "group_size": getattr(args, "group_size", 128)}
-    with trace_memory_in_flags(args):
+    with memory_in_flags("--metric", args.metric, "the Krylov basis of a layer's top "
+                         "eigenvalue", "use --metric trace, or a device with more free memory",
+                         source="eigsh"), trace_memory_in_flags(args):
         sens = timed(timings, "quantization", lambda: quantization_sensitivity(
             op, bits=bits, metric=args.metric, num_matvecs=args.trace_matvecs,
             seed=args.seed, **scheme))

@@ -354,7 +354,7 @@ def _check_memory(op: LinearOperator, ncv: int, k: int, stored: Any, max_memory:
         f"({itemsize(stored)} bytes each) and {STEP_VECTORS} float64 vectors: "
         f"{format_bytes(need)}, "
         f"more than max_memory = {format_bytes(budget)} ({allowed}). Use "
-        f"{smaller}or give a larger max_memory if the memory is there.", need, budget)
+        f"{smaller}or give a larger max_memory if the memory is there.", need, budget, "eigsh")
 
 
 def _order(theta: np.ndarray, which: str) -> np.ndarray:

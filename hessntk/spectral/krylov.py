@@ -374,7 +374,7 @@ def _check_basis_memory(op: LinearOperator, k: int, m: int, width: int, stored: 
         f"{format_bytes(budget)} ({allowed}). Use reorth='none' (no basis; densities and "
         "smooth traces stay accurate), fewer probes or num_matvecs, basis_device='cpu' for "
         "a CUDA operator, shard_basis=True for a data-parallel one, or a larger "
-        "max_basis_bytes if the memory is there.", need, budget)
+        "max_basis_bytes if the memory is there.", need, budget, "lanczos")
 
 
 #: Reorthogonalisation options of :func:`lanczos` and :func:`hessntk.spectral.slq`.

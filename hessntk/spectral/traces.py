@@ -323,7 +323,7 @@ def _check_diagonal_memory(op: LinearOperator, method: str, m: int, budget: int,
         f"diagonal(method={method!r}) holds {format_bytes(need)} of arrays of n = {n} "
         f"entries for {what} and {_DIAGONAL_VECTORS} float64 vectors of running moments, "
         f"more than max_memory = {format_bytes(budget)} ({allowed}). {fixes} a larger "
-        "max_memory if the memory is there.", need, budget)
+        "max_memory if the memory is there.", need, budget, "diagonal")
 
 
 # -- estimators: each returns per-block per-probe samples (B, k), products used, offset -----
@@ -454,7 +454,7 @@ def _check_memory(op: LinearOperator, method: str, m: int, budget: int, allowed:
         f"trace(method={method!r}) holds {vectors} vectors of n = {n} entries in "
         f"{_dtype_name(dtype)} for {what}: {format_bytes(need)}, more than max_memory = "
         f"{format_bytes(budget)} ({allowed}). {fixes} a larger max_memory if the memory is "
-        "there.", need, budget)
+        "there.", need, budget, "trace")
 
 
 #: Bytes a group of probes or unit vectors may take with ``max_memory=None`` when the default

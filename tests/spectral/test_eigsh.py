@@ -173,6 +173,7 @@ def test_a_basis_that_does_not_fit_is_refused_up_front():
     with pytest.raises(MemoryBudgetError, match="ncv \\+ 1 = 41 vectors of n = 100") as info:
         eigsh(op, k=3, max_memory=need - 1)
     assert (info.value.need, info.value.budget) == (need, need - 1) and op.num_matvecs == 0
+    assert info.value.source == "eigsh"
     assert "a smaller ncv (at least k + 1 = 4" in str(info.value)
     assert "basis_dtype='operator'" not in str(info.value)  # the basis is float32 already
     with pytest.raises(ValueError, match="basis_dtype='operator' \\(half the memory\\)"):

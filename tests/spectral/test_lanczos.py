@@ -116,6 +116,7 @@ def test_a_basis_that_does_not_fit_is_refused_up_front(monkeypatch):
     with pytest.raises(MemoryBudgetError, match="basis of 3 probe\\(s\\) x 20 steps x 50") as e:
         lanczos(op, 20, num_probes=3, max_basis_bytes=need - 1)
     assert (e.value.need, e.value.budget) == (need, need - 1) and op.num_matvecs == 0
+    assert e.value.source == "lanczos"
     assert "reorth='none'" in str(e.value) and "(as given)" in str(e.value)
     assert lanczos(op, 20, num_probes=3, max_basis_bytes=need).num_matvecs == 60
     monkeypatch.setattr(hessntk._memory, "host_memory", lambda: 4 * need - 4)  # a quarter

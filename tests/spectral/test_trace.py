@@ -254,6 +254,7 @@ def test_estimators_that_do_not_fit_are_refused_with_the_fixes(indefinite, metho
         trace(op, num_matvecs=50, method=method, max_memory=need - 1)
     assert isinstance(info.value, ValueError) and op.num_matvecs == 0  # refused up front
     assert (info.value.need, info.value.budget) == (need, need - 1)
+    assert info.value.source == "trace"
     assert "a larger max_memory" in str(info.value)
     if method not in ("hutchinson", "exact"):
         assert "method='hutchinson'" in str(info.value) and "fewer num_matvecs" in str(info.value)
@@ -290,6 +291,7 @@ def test_diagonal_estimators_that_do_not_fit_are_refused_with_the_fixes(indefini
     with pytest.raises(MemoryBudgetError, match=f"diagonal\\(method='{method}'\\) holds") as info:
         diagonal(op, num_matvecs=50, method=method, max_memory=need - 1)
     assert op.num_matvecs == 0 and (info.value.need, info.value.budget) == (need, need - 1)
+    assert info.value.source == "diagonal"
     assert "a larger max_memory" in str(info.value)
     if method == "hutchpp":
         assert "method='hutchinson'" in str(info.value) and "fewer num_matvecs" in str(info.value)
