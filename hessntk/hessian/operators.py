@@ -46,6 +46,7 @@ ONE_AT_A_TIME_SAMPLES = 256
 #: ... and samples x parameters reach this (``HessianOperator.one_at_a_time``).
 ONE_AT_A_TIME_WORK = 2**24
 
+
 class _GraphCurvature(_CurvatureOperator):
     """Products by differentiating a per-batch autograd graph again (``method="graph"``) or
     by ``torch.func`` (``"func"``), with the ``"auto"`` rule of :class:`HessianOperator`;
@@ -54,10 +55,28 @@ class _GraphCurvature(_CurvatureOperator):
 
     _methods = ("auto", "graph", "func")
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, *,
-                 cache_graph: bool | None = None, **options: Any) -> None:
-        super().__init__(model, loss_fn, data, **options)
-        method = self.method
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: Any,
+        *,
+        params: ParamSpec = None,
+        blocks: BlockSpec = "tensor",
+        output_key: str | int | None = None,
+        outputs_fn: Callable[[Any], torch.Tensor] | None = None,
+        allow_train_mode: bool = False,
+        method: str = "auto",
+        cache_graph: bool | None = None,
+        chunk_size: int | None = CHUNK_SIZE,
+        group: Any = None,
+        _checked: tuple[int, float, list[float]] | None = None,
+    ) -> None:
+        # The signature is spelled out (not **options) so that both public operators show it.
+        super().__init__(model, loss_fn, data, params=params, blocks=blocks,
+                         output_key=output_key, outputs_fn=outputs_fn,
+                         allow_train_mode=allow_train_mode, method=method,
+                         chunk_size=chunk_size, group=group, _checked=_checked)
         if cache_graph is None:
             cache_graph = _num_batches(data) == 1
         self.cache_graph = bool(cache_graph)
@@ -243,39 +262,6 @@ class HessianOperator(_GraphCurvature):
     kind = "hessian"
     _own_loss_ok = True
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        data: Any,
-        *,
-        params: ParamSpec = None,
-        blocks: BlockSpec = "tensor",
-        output_key: str | int | None = None,
-        outputs_fn: Callable[[Any], torch.Tensor] | None = None,
-        allow_train_mode: bool = False,
-        method: str = "auto",
-        cache_graph: bool | None = None,
-        chunk_size: int | None = CHUNK_SIZE,
-        group: Any = None,
-        _checked: tuple[int, float, list[float]] | None = None,
-    ) -> None:
-        super().__init__(
-            model,
-            loss_fn,
-            data,
-            params=params,
-            blocks=blocks,
-            output_key=output_key,
-            outputs_fn=outputs_fn,
-            allow_train_mode=allow_train_mode,
-            method=method,
-            cache_graph=cache_graph,
-            chunk_size=chunk_size,
-            group=group,
-            _checked=_checked,
-        )
-
     def _build_graph(self, index: int, leaves: dict[str, torch.Tensor], x: Any, y: Any
                      ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
         """The batch's gradient, with its graph (``create_graph=True``)."""
@@ -409,39 +395,6 @@ class GGNOperator(_GraphCurvature):
 
     _product_name = "GGN-vector product"
     kind = "ggn"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        data: Any,
-        *,
-        params: ParamSpec = None,
-        blocks: BlockSpec = "tensor",
-        output_key: str | int | None = None,
-        outputs_fn: Callable[[Any], torch.Tensor] | None = None,
-        allow_train_mode: bool = False,
-        method: str = "auto",
-        cache_graph: bool | None = None,
-        chunk_size: int | None = CHUNK_SIZE,
-        group: Any = None,
-        _checked: tuple[int, float, list[float]] | None = None,
-    ) -> None:
-        super().__init__(
-            model,
-            loss_fn,
-            data,
-            params=params,
-            blocks=blocks,
-            output_key=output_key,
-            outputs_fn=outputs_fn,
-            allow_train_mode=allow_train_mode,
-            method=method,
-            cache_graph=cache_graph,
-            chunk_size=chunk_size,
-            group=group,
-            _checked=_checked,
-        )
 
     def _build_graph(self, index: int, leaves: dict[str, torch.Tensor], x: Any, y: Any
                      ) -> tuple[Any, ...]:
