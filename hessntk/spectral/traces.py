@@ -208,15 +208,15 @@ def diagonal(
     max_memory : int, optional
         Bytes the estimator's arrays of ``n`` entries may take at once (the operator's own
         memory comes on top). Default: a quarter of the free memory of the operator's device.
-        Both hold 8 float64 vectors of length ``n`` for the running mean and variance
-        (Welford's update, a probe at a time; only these ``n``-vectors come back to the
-        host). "hutchinson" takes its probes in groups as :func:`trace` does (of
-        ``max_memory``, or of 2 GiB by default where the free memory allows; groupings
-        agree to the products' rounding), ``3 b n`` bytes per probe (the probe, its
-        product and their entrywise product, ``b`` bytes per entry of the operator's
-        dtype); "hutchpp" holds its sketch whole, ``max(3 s, s + 3 g) b n`` bytes with
-        ``s = num_matvecs // 3`` sketch and ``g = num_matvecs - 2 s`` residual probes, and
-        is refused with the fixes when that exceeds ``max_memory``.
+        Both hold 10 float64 vectors of length ``n`` for the running mean and variance (the
+        groups' moments merged; only these ``n``-vectors come back to the host).
+        "hutchinson" takes its probes in groups as :func:`trace` does (of ``max_memory``,
+        or of 2 GiB by default where the free memory allows; groupings agree to the
+        products' rounding), ``3 b n`` bytes per probe (the probe, its product and their
+        entrywise product, ``b`` bytes per entry of the operator's dtype); "hutchpp" holds
+        its sketch whole, ``max((3 b + 8) s, (s + 4 g) b) n`` bytes with
+        ``s = num_matvecs // 3`` sketch and ``g = num_matvecs - 2 s`` residual probes,
+        and is refused with the fixes when that exceeds ``max_memory``.
 
     Returns
     -------
@@ -253,9 +253,7 @@ def diagonal(
     if method == "hutchpp":
         s = m // 3
         Q, AQ = _range_sketch(op, xp, s, rng)
-        exact = xp.zeros((n,))
-        for i in range(s):  # a column at a time: no (n, s) float64 array
-            exact = exact + xp.cast(AQ[:, i] * Q[:, i], xp.float64)
+        exact = xp.sum(xp.cast(AQ * Q, xp.float64), axis=1)
         del AQ
         G = _probes(xp, n, m - 2 * s, rng, Q.dtype)
         # out of place: the estimator needs both G and (I - Q Q^T) G
@@ -277,9 +275,11 @@ def diagonal(
 
 
 class _RunningMoments:
-    """Per-row mean and sum of squared deviations of samples added a column at a time
-    (Welford's update; float64 on the backend), so the bits do not depend on how the
-    columns arrive in groups."""
+    """Per-row count, mean and sum of squared deviations of samples that arrive in groups of
+    columns, float64 on the backend: each group batched over cache-sized row blocks (no
+    ``(n, g)`` float64 array, whose fresh pages cost more than the sums), merged by Chan,
+    Golub and LeVeque's update ("Updating formulae and a pairwise algorithm for computing
+    sample variances", 1979)."""
 
     def __init__(self, xp: Backend, n: int) -> None:
         self.xp, self.count = xp, 0
@@ -287,17 +287,24 @@ class _RunningMoments:
 
     def add(self, samples: Array) -> None:
         xp = self.xp
-        for i in range(samples.shape[1]):
-            x = xp.cast(samples[:, i], xp.float64)
-            self.count += 1
-            delta = x - self.mean
-            self.mean = self.mean + delta / self.count
-            self.m2 = self.m2 + delta * (x - self.mean)
+        g = samples.shape[1]
+        means, m2s = [], []
+        for rows in xp._row_blocks(samples, samples):
+            x = xp.cast(samples[rows], xp.float64)
+            means.append(xp.sum(x, axis=1) / g)
+            d = x - means[-1][:, None]
+            m2s.append(xp.sum(d * d, axis=1))
+        mean, m2 = xp.concat(means), xp.concat(m2s)
+        total = self.count + g
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (g / total)
+        self.m2 = self.m2 + m2 + delta * delta * (self.count * g / total)
+        self.count = total
 
 
 #: Float64 vectors of length n that :func:`diagonal` holds besides its probes: the running
-#: mean and variance, a sample and the update's temporaries.
-_DIAGONAL_VECTORS = 8
+#: mean and variance, a group's moments block by block and the merge's temporaries.
+_DIAGONAL_VECTORS = 10
 
 
 def _check_diagonal_memory(op: LinearOperator, method: str, m: int, budget: int,
@@ -313,7 +320,7 @@ def _check_diagonal_memory(op: LinearOperator, method: str, m: int, budget: int,
         what, fixes = "one probe, its product and their entrywise product", "Give"
     else:
         s, g = m // 3, m - 2 * (m // 3)
-        need = max(3 * s, s + 3 * g) * size * n + fixed
+        need = max((3 * size + 8) * s, (s + 4 * g) * size) * n + fixed
         what = f"the sketch and residual probes of num_matvecs={m}"
         fixes = ("Use method='hutchinson' (it takes its probes in groups that fit), fewer "
                  "num_matvecs, or give")
