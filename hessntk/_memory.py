@@ -84,6 +84,34 @@ def budget_of(max_memory: int | float | None, free: Callable[[], int],
     return memory_budget(max_memory, name=name), "as given"
 
 
+#: Bytes a group of probes (or unit vectors, Lanczos bases) may take by default when the
+#: default budget (a quarter of the free memory) allows: a fixed figure, so that the groups,
+#: and with them the bits of an estimate (products of ``k`` vectors are not bitwise those of
+#: fewer), do not move with the free memory wherever at least 8 GiB are free.
+DEFAULT_GROUP_BYTES = 2**31
+
+
+def group_room(max_memory: int | float | None, budget: int) -> int:
+    """Bytes one group may take: the ``budget`` of a given ``max_memory``, or for
+    ``max_memory=None`` :data:`DEFAULT_GROUP_BYTES` or the default ``budget`` if smaller."""
+    return budget if max_memory is not None else min(DEFAULT_GROUP_BYTES, budget)
+
+
+def group_size(count: int, per_item: int, fixed: int, max_memory: int | float | None,
+               budget: int) -> int:
+    """Items (probes, unit vectors) per group: as many as ``max_memory`` holds besides
+    ``fixed`` bytes, or, for ``max_memory=None``, :data:`DEFAULT_GROUP_BYTES` or the
+    default ``budget`` if smaller; at least one (a group beyond the budget is then refused
+    by the caller).
+
+    Examples
+    --------
+    >>> group_size(10, per_item=100, fixed=0, max_memory=450, budget=450)
+    4
+    """
+    return int(max(1, min(count, (group_room(max_memory, budget) - fixed) // per_item)))
+
+
 def format_bytes(num: float) -> str:
     """Human-readable size: ``format_bytes(3.2e9) == '3.2 GB'``.
 

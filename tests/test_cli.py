@@ -640,3 +640,27 @@ def test_what_does_not_fit_in_memory_names_its_flag(tmp_path, monkeypatch, capsy
         assert "--trace-matvecs 30: the trace estimate would hold" in line
         assert "lower --trace-matvecs" in line
     assert "max_memory" not in line
+
+
+@pytest.mark.parametrize("reorth, words", [
+    ("partial", "--steps 60: the --reorth partial Lanczos basis of one SLQ probe would hold"),
+    ("none", "--steps 60: the Lanczos basis of the --per-layer spectra would hold")])
+def test_an_slq_basis_that_does_not_fit_names_steps_and_reorth(tmp_path, monkeypatch, capsys,
+                                                               reorth, words):
+    # eigsh and the traces fit; one probe's partial basis (8 n 60 bytes) does not, nor does
+    # the first layer's (8 x 1040 x 60) under --per-layer; --reorth none (16 n) would.
+    import hessntk._memory
+
+    n = 1210  # tests/cli_models.py: 64-16-10, float64
+    budget = (41 * 8 + 64) * n  # eigsh's ncv + 1 = 41 basis vectors and 8 float64 vectors
+    monkeypatch.setattr(hessntk._memory, "host_memory", lambda: 4 * budget)  # a quarter
+    argv = ["spectrum", ENTRY, "--k", "1", "--probes", "2", "--steps", "60", "--reorth",
+            reorth, "--trace-matvecs", "12", "--out", str(tmp_path / "o"), *FAST]
+    assert main(argv + (["--per-layer"] if reorth == "none" else [])) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert words in line and "max_basis_bytes" not in line
+    assert ("use --reorth none" in line) == (reorth == "partial")
+    argv[argv.index(reorth)] = "none"
+    assert main(argv + ["--quiet"]) == 0  # --reorth none fits (without --per-layer)
+    doc = _strict_json((tmp_path / "o" / "report.json").read_text())
+    assert doc["settings"]["reorth"] == "none"

@@ -29,16 +29,16 @@ __all__ = ["data_key", "hessian_analysis", "iic_analysis", "iic_options", "ntk_a
 
 @contextlib.contextmanager
 def memory_in_flags(flag: str, value: Any, what: str, fix: str,
-                    source: str = "") -> Iterator[None]:
+                    source: str | tuple[str, ...] = "") -> Iterator[None]:
     """A computation refused for memory (:class:`hessntk.MemoryBudgetError`), in the words
-    of the flag that sized it; with ``source``, only a refusal of that function (others pass
-    on to an outer context)."""
+    of the flag that sized it; with ``source``, only a refusal of that function (or of
+    those, a tuple; others pass on to an outer context)."""
     from hessntk._memory import DEFAULT_BUDGET, MemoryBudgetError, format_bytes
 
     try:
         yield
     except MemoryBudgetError as err:  # the CLI leaves every budget at its default
-        if source and err.source != source:
+        if source and err.source not in ((source,) if isinstance(source, str) else source):
             raise
         raise CLIError(
             f"{flag} {value}: {what} would hold {format_bytes(err.need)} at once, more than "
@@ -49,6 +49,23 @@ def trace_memory_in_flags(args: argparse.Namespace) -> contextlib.AbstractContex
     """A trace estimate refused for memory, in the words of ``--trace-matvecs``."""
     return memory_in_flags("--trace-matvecs", args.trace_matvecs, "the trace estimate",
                            "lower --trace-matvecs", source="trace")
+
+
+def slq_memory_in_flags(steps: int, reorth: str, per_layer: bool = False
+                        ) -> contextlib.AbstractContextManager:
+    """An SLQ Lanczos basis refused for memory, in the words of ``--steps`` and
+    ``--reorth`` (``per_layer``: the ``--per-layer`` spectra, which keep a basis)."""
+    if per_layer:
+        what, fix = ("the Lanczos basis of the --per-layer spectra",
+                     "lower --steps or leave out --per-layer")
+    elif reorth != "none":
+        what, fix = (f"the --reorth {reorth} Lanczos basis of one SLQ probe",
+                     "use --reorth none (16 n bytes per probe; the density stays accurate) "
+                     "or lower --steps")
+    else:
+        what, fix = ("the Lanczos vectors of one SLQ probe",
+                     "run on a device with more free memory")
+    return memory_in_flags("--steps", steps, what, fix, source=("slq", "lanczos"))
 
 
 def tail_dict(fit: Any) -> dict[str, Any]:
@@ -108,10 +125,12 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
     key = {"curvature": curvature, "params": fingerprint(dict(model.state_dict())),
            "loss": float(f"{op.loss:.12g}"), "data": data_key(data),
            "dtype": str(op.dtype), "device": str(op.device)}
-    dens = timed(timings, "hessian_slq", lambda: slq(
-        op, num_probes=args.probes, num_matvecs=steps, seed=args.seed,
-        probes_per_group=args.probes_per_group, store=store.slq_groups(curvature, key),
-        reorth=getattr(args, "reorth", "partial")))
+    reorth = getattr(args, "reorth", "partial")
+    with slq_memory_in_flags(steps, reorth):
+        dens = timed(timings, "hessian_slq", lambda: slq(
+            op, num_probes=args.probes, num_matvecs=steps, seed=args.seed,
+            probes_per_group=args.probes_per_group, store=store.slq_groups(curvature, key),
+            reorth=reorth))
     negative, neg_lo, neg_hi = _negative_fraction(dens)
     if dens.num_probes > 1:
         interval_of, noise = f"{CONFIDENCE:.0%} interval from the quadrature", " and probe noise"
@@ -213,8 +232,9 @@ def _per_layer(report: Any, op: Any, model: Any, args: argparse.Namespace, steps
     """The SLQ density of each layer's diagonal block (``--per-layer``) and its JSON."""
     from hessntk.hessian import block_density
 
-    blocks = timed(timings, "hessian_layer_slq", lambda: block_density(
-        op, num_probes=args.probes, num_matvecs=steps, seed=args.seed))
+    with slq_memory_in_flags(steps, "partial", per_layer=True):
+        blocks = timed(timings, "hessian_layer_slq", lambda: block_density(
+            op, num_probes=args.probes, num_matvecs=steps, seed=args.seed))
     labels = layer_labels(model, blocks)
     rows, infos = [], {}
     for layer, d in blocks.items():

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hessntk._memory import group_room
 from hessntk._model import ParamSpec
 from hessntk.hessian.operators import BlockSpec, GGNOperator, HessianOperator, LossFn
 from hessntk.spectral import (
@@ -28,6 +29,7 @@ from hessntk.spectral import (
 from hessntk.spectral import trace as _spectral_trace
 from hessntk.spectral._backend import itemsize
 from hessntk.spectral.eigen import extreme_eigenvalues
+from hessntk.spectral.krylov import basis_budget
 from hessntk.spectral.protocols import CurvatureLike, refuse_options
 from hessntk.spectral.quadrature import block_slq
 
@@ -226,7 +228,7 @@ def density(
     allow_train_mode: bool = False,
     reorth: str = "partial",
     basis_dtype: str = "operator",
-    max_basis_bytes: int = 2**31,
+    max_basis_bytes: int | None = None,
 ) -> SpectralDensity:
     """Estimate the spectral density of the loss Hessian (or GGN) by SLQ.
 
@@ -253,9 +255,9 @@ def density(
     basis_dtype : {"operator", "float64"}
         The stored Lanczos vectors in the model's dtype (default; half the memory of float64
         for float32) or in float64.
-    max_basis_bytes : int
-        Memory allowed for the bases of the probes advancing together (default 2 GiB, as
-        :func:`hessntk.spectral.slq`): probes beyond it run in successive groups.
+    max_basis_bytes : int, optional
+        Memory allowed for the bases of the probes advancing together (default as
+        :func:`hessntk.spectral.slq`'s): probes beyond it run in successive groups.
 
     Returns
     -------
@@ -404,7 +406,7 @@ def block_density(
     output_key: str | int | None = None,
     outputs_fn: Callable[[Any], torch.Tensor] | None = None,
     allow_train_mode: bool = False,
-    max_basis_bytes: int = 2**31,
+    max_basis_bytes: int | None = None,
 ) -> dict[str, SpectralDensity]:
     """Estimate the spectral density of every diagonal block ``H_bb`` by SLQ.
 
@@ -423,9 +425,11 @@ def block_density(
         As for :func:`density`, per block.
     params, output_key, outputs_fn, allow_train_mode
         Operator options.
-    max_basis_bytes : int
-        Memory allowed for the lockstep pass's basis (default 2 GiB), and for each block's
-        own SLQ otherwise (:func:`hessntk.spectral.slq`: probes in groups that fit).
+    max_basis_bytes : int, optional
+        Memory allowed for the lockstep pass's basis, and for each block's own SLQ otherwise
+        (:func:`hessntk.spectral.slq`: probes in groups that fit). Default: the lockstep
+        pass where its basis fits ``hessntk._memory.DEFAULT_GROUP_BYTES`` (2 GiB) and a
+        quarter of the free memory, a fixed rule as :func:`hessntk.spectral.slq`'s groups.
 
     Returns
     -------
@@ -446,7 +450,8 @@ def block_density(
         allow_train_mode, default_blocks="layer", need_blocks=True,
     )  # fmt: skip
     n, B = op.shape[0], len(op.blocks)
-    if itemsize(op.dtype) * n * min(num_matvecs, n) * num_probes * B <= max_basis_bytes:
+    room = group_room(max_basis_bytes, basis_budget(op, None, max_basis_bytes)[0])
+    if itemsize(op.dtype) * n * min(num_matvecs, n) * num_probes * B <= room:
         # One lockstep pass for all blocks: each step one product of the full operator.
         dens = block_slq(op, op.block_slices, num_probes=num_probes, num_matvecs=num_matvecs,
                          seed=seed, max_basis_bytes=max_basis_bytes)

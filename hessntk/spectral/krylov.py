@@ -210,7 +210,7 @@ def lanczos(
     if reorth not in REORTH:
         raise ValueError(f"Expected reorth in {REORTH}; got {reorth!r}.")
     stored = basis_storage(op, basis_dtype)
-    on = _basis_device(op, basis_device)
+    on = basis_device_of(op, basis_device)
     shard = basis_shard(op, shard_basis)
     width = n if shard is None else shard.width
     full = reorth == "full"
@@ -364,8 +364,7 @@ def _check_basis_memory(op: LinearOperator, k: int, m: int, width: int, stored: 
     """Refuse a stored Lanczos basis beyond ``max_basis_bytes`` (default a quarter of the
     free memory where it lives)."""
     need = k * m * width * itemsize(stored)
-    free = host_memory if on is not None and on.type == "cpu" else op._xp.free_memory
-    budget, allowed = budget_of(max_basis_bytes, free, "max_basis_bytes")
+    budget, allowed = basis_budget(op, on, max_basis_bytes)
     if need <= budget:
         return
     raise MemoryBudgetError(
@@ -375,6 +374,14 @@ def _check_basis_memory(op: LinearOperator, k: int, m: int, width: int, stored: 
         "smooth traces stay accurate), fewer probes or num_matvecs, basis_device='cpu' for "
         "a CUDA operator, shard_basis=True for a data-parallel one, or a larger "
         "max_basis_bytes if the memory is there.", need, budget, "lanczos")
+
+
+def basis_budget(op: LinearOperator, on: Any, max_basis_bytes: int | None) -> tuple[int, str]:
+    """Bytes a Lanczos basis may take (``max_basis_bytes``, or a quarter of the free memory
+    where it lives: the operator's device, or the host for ``basis_device="cpu"``) and how
+    a refusal names that budget (:func:`hessntk._memory.budget_of`)."""
+    free = host_memory if on is not None and on.type == "cpu" else op._xp.free_memory
+    return budget_of(max_basis_bytes, free, "max_basis_bytes")
 
 
 #: Reorthogonalisation options of :func:`lanczos` and :func:`hessntk.spectral.slq`.
@@ -470,7 +477,7 @@ def basis_storage(op: LinearOperator, basis_dtype: str) -> Any:
 BASIS_BLOCK_BYTES = 2**28
 
 
-def _basis_device(op: LinearOperator, basis_device: Any) -> Any:
+def basis_device_of(op: LinearOperator, basis_device: Any) -> Any:
     """The torch device of an off-device basis, or None for the operator's own device."""
     if basis_device is None:
         return None

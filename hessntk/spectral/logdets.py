@@ -37,7 +37,7 @@ def logdet(
     diagonal: Array | np.ndarray | None = None,
     reorth: str = "partial",
     method: str = "auto",
-    max_basis_bytes: int = 2**31,
+    max_basis_bytes: int | None = None,
 ) -> Estimate:
     """Estimate ``log det(A + shift I)`` of a symmetric positive definite operator by SLQ.
 
@@ -77,9 +77,9 @@ def logdet(
     method : {"auto", "slq", "exact"}
         SLQ, the dense matrix, or (default) the dense matrix when ``n`` products are within
         the SLQ budget.
-    max_basis_bytes : int
-        Memory allowed for the Lanczos bases of the probes advancing together (default
-        2 GiB; :func:`hessntk.spectral.slq` runs its probes in groups that fit).
+    max_basis_bytes : int, optional
+        Memory allowed for the Lanczos bases of the probes advancing together (default as
+        :func:`hessntk.spectral.slq`'s, which runs its probes in groups that fit).
 
     Returns
     -------
@@ -140,7 +140,7 @@ def logdet(
 
 def jacobi_density(op: LinearOperator, d: np.ndarray, shift: float, *, num_probes: int,
                    num_matvecs: int, seed: Seed, reorth: str = "partial",
-                   max_basis_bytes: int = 2**31) -> tuple[float, SpectralDensity]:
+                   max_basis_bytes: int | None = None) -> tuple[float, SpectralDensity]:
     """``sum(log d)`` and the SLQ density of ``D^{-1/2} (A + shift I) D^{-1/2}``, ``D = diag(d)``.
 
     ``d`` is the positive float64 diagonal of ``A + shift I`` (the caller checks it), so that
@@ -221,7 +221,7 @@ def logdet_difference(
     num_probes: int = 16,
     num_matvecs: int = 100,
     seed: Seed = 0,
-    max_basis_bytes: int = 2**31,
+    max_basis_bytes: int | None = None,
 ) -> Estimate:
     """Estimate ``log det A - log det B`` for SPD operators by SLQ with shared probes.
 
@@ -236,9 +236,9 @@ def logdet_difference(
     num_probes, num_matvecs : int
         SLQ settings (each operator gets ``num_probes * num_matvecs`` products at most).
     seed : int or numpy.random.Generator
-    max_basis_bytes : int
-        Memory allowed for each SLQ's Lanczos bases at once (default 2 GiB; see
-        :func:`hessntk.spectral.slq`).
+    max_basis_bytes : int, optional
+        Memory allowed for each SLQ's Lanczos bases at once (default as
+        :func:`hessntk.spectral.slq`'s).
 
     Returns
     -------

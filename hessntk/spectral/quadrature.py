@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hessntk._checks import count, positive
+from hessntk._memory import MemoryBudgetError, format_bytes, group_size
 from hessntk._progress import progress
 from hessntk.spectral._backend import itemsize
 from hessntk.spectral._threads import single_threaded_host_blas
@@ -17,6 +18,8 @@ from hessntk.spectral.krylov import (
     Tridiagonal,
     _check_num_matvecs,
     _start_vectors,
+    basis_budget,
+    basis_device_of,
     basis_shard,
     basis_storage,
     lanczos,
@@ -340,7 +343,7 @@ def slq(
     num_matvecs: int = 100,
     seed: Seed = 0,
     v0: Any = None,
-    max_basis_bytes: int = 2**31,
+    max_basis_bytes: int | None = None,
     probes_per_group: int | None = None,
     store: GroupStore | None = None,
     reorth: str = "partial",
@@ -362,13 +365,18 @@ def slq(
         Seed of the probes.
     v0 : array of shape (n, num_probes), optional
         Explicit probe vectors (e.g. shared between operators for common random numbers).
-    max_basis_bytes : int
+    max_basis_bytes : int, optional
         Memory allowed for the Lanczos bases of the probes advancing together (``s * n *
         m`` bytes per probe with a basis of ``s``-byte entries, ``16 * n`` with
-        ``reorth="none"``). Probes beyond it run in successive groups; the numbers are the
-        same either way, since every probe's run is independent. One probe that does not
-        fit is refused, naming the fixes. Default 2 GiB (``2**31``): a fixed figure, not
-        the quarter of the free memory that :func:`lanczos` and :func:`trace` default to.
+        ``reorth="none"``). Probes beyond it run in successive groups, with the same
+        numbers to the products' rounding (every probe's run is independent; products of
+        ``k`` vectors are not bitwise those of fewer). One probe that does not fit is
+        refused up front, naming the fixes. Default: groups of at most
+        ``hessntk._memory.DEFAULT_GROUP_BYTES`` (2 GiB) where a quarter of the free memory
+        where the basis lives (the operator's device, or the host for
+        ``basis_device="cpu"``) allows it, a fixed size so that the numbers do not move
+        with the free memory wherever 8 GiB are free; smaller groups below that; one
+        probe may take up to that quarter.
     probes_per_group : int, optional
         Probes advancing together, instead of the groups ``max_basis_bytes`` implies: group
         ``g`` always holds probes ``g * probes_per_group, ...`` (the unit of ``store``).
@@ -405,7 +413,10 @@ def slq(
     Raises
     ------
     ValueError
-        One probe's basis larger than ``max_basis_bytes`` (with the fixes), or bad counts.
+        Bad counts, or an unknown ``reorth`` or ``basis_dtype``.
+    hessntk.MemoryBudgetError
+        A ``ValueError`` for one probe's basis larger than ``max_basis_bytes`` (it names
+        the fixes).
 
     References
     ----------
@@ -431,19 +442,22 @@ def slq(
     shard = basis_shard(op, shard_basis)
     width = n if shard is None else shard.width
     per_probe = size * width * m if reorth != "none" else 16 * n
-    if per_probe > int(max_basis_bytes):
-        raise ValueError(
-            f"One probe's Lanczos basis needs {per_probe / 2**30:.3g} GiB ({size} bytes x "
-            f"{'n' if shard is None else 'the slice'} = {width} x {m} steps) > "
-            f"max_basis_bytes = {int(max_basis_bytes) / 2**30:.3g} GiB. Use "
-            "reorth='none' (16 n bytes per probe; densities and smooth traces stay accurate), "
-            "basis_dtype='operator' for a float32 operator, fewer num_matvecs, or a larger "
-            "max_basis_bytes if the memory is there."
-        )
+    budget, allowed = basis_budget(op, basis_device_of(op, basis_device), max_basis_bytes)
+    if per_probe > budget:
+        smaller = ("basis_dtype='operator' (half the memory), "
+                   if reorth != "none" and size > itemsize(op.dtype) else "")
+        raise MemoryBudgetError(
+            f"One probe's Lanczos basis needs {format_bytes(per_probe)} ({size} bytes x "
+            f"{'n' if shard is None else 'the slice'} = {width} x {m} steps), more than "
+            f"max_basis_bytes = {format_bytes(budget)} ({allowed}). Use "
+            + ("reorth='none' (16 n bytes per probe; densities and smooth traces stay "
+               "accurate), " if reorth != "none" else "")
+            + f"{smaller}fewer num_matvecs, or a larger max_basis_bytes if the memory is "
+            "there.", per_probe, budget, "slq")
     if probes_per_group is not None:
         group = min(count(probes_per_group, "probes_per_group"), k)
     else:
-        group = max(1, min(k, int(max_basis_bytes) // per_probe))
+        group = group_size(k, per_probe, 0, max_basis_bytes, budget)
         group = -(-k // -(-k // group))  # balance the groups: 10 probes in 5 + 5, not 8 + 2
     settings = {"n": n, "num_matvecs": m, "num_probes": k, "probes_per_group": group,
                 "seed": int(seed) if isinstance(seed, (int, np.integer)) and v0 is None else None,
@@ -455,7 +469,7 @@ def slq(
             T = lanczos(op, m, v0=V0[:, start : start + group], reorth=reorth,
                         basis_dtype=basis_dtype, basis_device=basis_device,
                         shard_basis=shard_basis, max_basis_bytes=max(
-                            int(max_basis_bytes), group * per_probe))  # checked above
+                            budget, group * per_probe))  # checked above
             if store is not None:
                 store.save(g, settings, T)
         densities.append(SpectralDensity.from_tridiagonal(T, n, op._xp.eps(op.dtype)))

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.linalg
 
 from hessntk._checks import count
-from hessntk._memory import MemoryBudgetError, budget_of, format_bytes
+from hessntk._memory import MemoryBudgetError, budget_of, format_bytes, group_size
 from hessntk.spectral._backend import Array, Backend, itemsize
 from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.operators import LinearOperator, matmat_checked, matmat_float64
@@ -93,8 +93,8 @@ def trace(
         free memory of the operator's device (``MemAvailable`` on the host,
         ``torch.cuda.mem_get_info`` on CUDA). "hutchinson" (and "exact", by unit vectors)
         takes its probes in groups of at most ``max_memory`` bytes, or with the default of
-        at most :data:`DEFAULT_GROUP_BYTES` (2 GiB) where a quarter of the free memory
-        allows it: a fixed size, so the numbers do not move with the free memory wherever
+        at most ``hessntk._memory.DEFAULT_GROUP_BYTES`` (2 GiB) where a quarter of the free
+        memory allows it: a fixed size, so the numbers do not move with the free memory wherever
         8 GiB are free (other groupings agree to the products' rounding). The others
         hold, with ``s`` bytes per entry of the operator's dtype: "xtrace" ``2 m n s``
         bytes (four ``n x m/2`` arrays), "hutchpp" about ``4/3 m n s``, "xnystrace"
@@ -462,23 +462,6 @@ def _check_memory(op: LinearOperator, method: str, m: int, budget: int, allowed:
         f"{_dtype_name(dtype)} for {what}: {format_bytes(need)}, more than max_memory = "
         f"{format_bytes(budget)} ({allowed}). {fixes} a larger max_memory if the memory is "
         "there.", need, budget, "trace")
-
-
-#: Bytes a group of probes or unit vectors may take with ``max_memory=None`` when the default
-#: budget (a quarter of the free memory) allows: a fixed figure, so that the groups, and with
-#: them the bits of an estimate (products of ``k`` vectors are not bitwise those of fewer),
-#: do not move with the free memory wherever at least 8 GiB are free.
-DEFAULT_GROUP_BYTES = 2**31
-
-
-def group_size(count: int, per_item: int, fixed: int, max_memory: int | None,
-               budget: int) -> int:
-    """Items (probes, unit vectors) per group: as many as ``max_memory`` holds besides
-    ``fixed`` bytes, or, for ``max_memory=None``, :data:`DEFAULT_GROUP_BYTES` or the
-    default budget if smaller; at least one (a group beyond the budget is then refused by
-    the caller)."""
-    room = budget if max_memory is not None else min(DEFAULT_GROUP_BYTES, budget)
-    return int(max(1, min(count, (room - fixed) // per_item)))
 
 
 def _dtype_name(dtype: Any) -> str:

@@ -108,6 +108,44 @@ def test_probe_groups_under_a_memory_cap_give_the_same_numbers():
     assert grouped.num_matvecs == whole.num_matvecs == 50
 
 
+def test_default_probe_groups_do_not_depend_on_the_free_memory(monkeypatch):
+    # max_basis_bytes=None: groups of DEFAULT_GROUP_BYTES wherever a quarter of the free
+    # memory holds them (the same bits under any load), smaller groups below that (the same
+    # numbers to rounding), one probe up to that quarter, and a probe beyond it refused.
+    import hessntk._memory
+    from hessntk import MemoryBudgetError
+    from hessntk.spectral import CountingOperator
+
+    A = marchenko_pastur_matrix(100, 60, seed=0)
+    per_probe = 8 * 60 * 10  # float64 basis of 10 steps
+    monkeypatch.setattr(hessntk._memory, "DEFAULT_GROUP_BYTES", 2 * per_probe)
+    groups = {}
+
+    class Groups(CountingOperator):
+        def _matmat(self, V):
+            groups.setdefault(run, set()).add(V.shape[1])
+            return super()._matmat(V)
+
+    runs = {}
+    for run, free in (("ample", 10**9), ("more", 10**10), ("tight", 4 * per_probe + 3)):
+        monkeypatch.setattr(hessntk._memory, "host_memory", lambda free=free: free)
+        runs[run] = slq(Groups(aslinearoperator(A)), num_probes=5, num_matvecs=10, seed=4)
+    assert groups == {"ample": {2, 1}, "more": {2, 1}, "tight": {1}}  # 2 + 2 + 1; 1 each
+    np.testing.assert_array_equal(runs["ample"].nodes, runs["more"].nodes)
+    np.testing.assert_array_equal(runs["ample"].weights, runs["more"].weights)
+    assert_close(runs["tight"].nodes, runs["ample"].nodes, rtol=1e-13)
+    monkeypatch.setattr(hessntk._memory, "DEFAULT_GROUP_BYTES", per_probe // 2)
+    alone = slq(aslinearoperator(A), num_probes=5, num_matvecs=10, seed=4)  # beyond the cap
+    assert_close(alone.nodes, runs["ample"].nodes, rtol=1e-13)
+    monkeypatch.setattr(hessntk._memory, "host_memory", lambda: 4 * per_probe - 4)
+    with pytest.raises(MemoryBudgetError, match="a quarter of the free memory") as info:
+        slq(aslinearoperator(A), num_probes=5, num_matvecs=10, seed=4)
+    assert (info.value.need, info.value.budget, info.value.source) == (
+        per_probe, per_probe - 1, "slq")
+    assert "reorth='none'" in str(info.value)
+    assert slq(aslinearoperator(A), num_matvecs=10, reorth="none").num_probes == 16
+
+
 def test_block_slq_is_slq_of_every_diagonal_block_in_one_pass():
     from hessntk.spectral import CountingOperator, block_slq
 

@@ -304,11 +304,10 @@ def test_default_groups_do_not_depend_on_the_free_memory(indefinite, monkeypatch
     # quarter of it holds one), so the same seed gives the same bits; below, smaller groups
     # with the same numbers to the products' rounding.
     import hessntk._memory
-    from hessntk.spectral import traces
 
     A, _ = indefinite
     op = aslinearoperator(A)
-    monkeypatch.setattr(traces, "DEFAULT_GROUP_BYTES", 2 * 8 * 200 * 7)  # 7 probes a group
+    monkeypatch.setattr(hessntk._memory, "DEFAULT_GROUP_BYTES", 2 * 8 * 200 * 7)  # 7 a group
     runs = []
     for free in (10**9, 10**10):
         monkeypatch.setattr(hessntk._memory, "host_memory", lambda free=free: free)
