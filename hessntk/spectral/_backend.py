@@ -190,10 +190,12 @@ class Backend:
             x = self.set_index(x, (slice(0, s.shape[1]), cols), st @ x[:j, cols])
         return x
 
-    def _row_blocks(self, a: Array, b: Array) -> Any:
+    def _row_blocks(self, a: Array, b: Array, limit: int | None = None) -> Any:
         """Row slices of (n, k) and (n, l) arrays whose float64 blocks take
-        :data:`GRAM_BLOCK_BYTES` (:data:`DEVICE_BLOCK_BYTES` on an accelerator)."""
+        :data:`GRAM_BLOCK_BYTES` (:data:`DEVICE_BLOCK_BYTES` on an accelerator), or at most
+        ``limit`` bytes."""
         size = GRAM_BLOCK_BYTES if self.on_host() else DEVICE_BLOCK_BYTES
+        size = size if limit is None else min(size, limit)
         step = max(1, size // (8 * max(a.shape[1], b.shape[1], 1)))
         return (slice(i, i + step) for i in range(0, a.shape[0], step))
 

@@ -209,14 +209,16 @@ def diagonal(
         Bytes the estimator's arrays of ``n`` entries may take at once (the operator's own
         memory comes on top). Default: a quarter of the free memory of the operator's device.
         Both hold 10 float64 vectors of length ``n`` for the running mean and variance (the
-        groups' moments merged; only these ``n``-vectors come back to the host).
-        "hutchinson" takes its probes in groups as :func:`trace` does (of ``max_memory``,
-        or of 2 GiB by default where the free memory allows; groupings agree to the
-        products' rounding), ``3 b n`` bytes per probe (the probe, its product and their
-        entrywise product, ``b`` bytes per entry of the operator's dtype); "hutchpp" holds
-        its sketch whole, ``max((3 b + 8) s, (s + 4 g) b) n`` bytes with
-        ``s = num_matvecs // 3`` sketch and ``g = num_matvecs - 2 s`` residual probes,
-        and is refused with the fixes when that exceeds ``max_memory``.
+        groups' moments over row blocks of at most ``n`` float64 entries, merged; only
+        these ``n``-vectors come back to the host). "hutchinson" takes its probes in
+        groups as :func:`trace` does (of ``max_memory``, or of 2 GiB by default where the
+        free memory allows; groupings agree to the products' rounding), ``3 b n`` bytes
+        per probe (the probe, its product and their entrywise product, ``b`` bytes per
+        entry of the operator's dtype); "hutchpp" holds its sketch whole,
+        ``max(3 s, s + 4 g) b n`` bytes with ``s = num_matvecs // 3`` sketch vectors (the
+        probes, ``Q`` and ``A Q``) and ``g = num_matvecs - 2 s`` residual probes (``Q``,
+        the probes, their projections, its products and the entrywise products), and is
+        refused with the fixes when that exceeds ``max_memory``.
 
     Returns
     -------
@@ -253,7 +255,8 @@ def diagonal(
     if method == "hutchpp":
         s = m // 3
         Q, AQ = _range_sketch(op, xp, s, rng)
-        exact = xp.sum(xp.cast(AQ * Q, xp.float64), axis=1)
+        exact = xp.concat([xp.sum(xp.cast(AQ[rows] * Q[rows], xp.float64), axis=1)
+                           for rows in _vector_blocks(xp, Q)])
         del AQ
         G = _probes(xp, n, m - 2 * s, rng, Q.dtype)
         # out of place: the estimator needs both G and (I - Q Q^T) G
@@ -276,10 +279,10 @@ def diagonal(
 
 class _RunningMoments:
     """Per-row count, mean and sum of squared deviations of samples that arrive in groups of
-    columns, float64 on the backend: each group batched over cache-sized row blocks (no
-    ``(n, g)`` float64 array, whose fresh pages cost more than the sums), merged by Chan,
-    Golub and LeVeque's update ("Updating formulae and a pairwise algorithm for computing
-    sample variances", 1979)."""
+    columns, float64 on the backend: each group batched over row blocks (:func:`_vector_blocks`,
+    so that no float64 temporary exceeds one ``n``-vector), merged by Chan, Golub and
+    LeVeque's update ("Updating formulae and a pairwise algorithm for computing sample
+    variances", 1979)."""
 
     def __init__(self, xp: Backend, n: int) -> None:
         self.xp, self.count = xp, 0
@@ -289,21 +292,33 @@ class _RunningMoments:
         xp = self.xp
         g = samples.shape[1]
         means, m2s = [], []
-        for rows in xp._row_blocks(samples, samples):
+        for rows in _vector_blocks(xp, samples):
             x = xp.cast(samples[rows], xp.float64)
             means.append(xp.sum(x, axis=1) / g)
-            d = x - means[-1][:, None]
-            m2s.append(xp.sum(d * d, axis=1))
+            x = x - means[-1][:, None]
+            m2s.append(xp.sum(x * x, axis=1))
+            del x
         mean, m2 = xp.concat(means), xp.concat(m2s)
+        del means, m2s
         total = self.count + g
         delta = mean - self.mean
+        del mean
         self.mean = self.mean + delta * (g / total)
         self.m2 = self.m2 + m2 + delta * delta * (self.count * g / total)
         self.count = total
 
 
-#: Float64 vectors of length n that :func:`diagonal` holds besides its probes: the running
-#: mean and variance, a group's moments block by block and the merge's temporaries.
+def _vector_blocks(xp: Backend, X: Array) -> Any:
+    """Row slices of (n, g) ``X`` whose float64 blocks take at most one float64 ``n``-vector
+    (and the backend's block size): the temporaries of a row-wise reduction stay within the
+    memory statement of :func:`diagonal` whatever ``g`` and the device."""
+    return xp._row_blocks(X, X, limit=8 * X.shape[0])
+
+
+#: Float64 vectors of length n that :func:`diagonal` holds besides its probes and sketches:
+#: the running mean and variance, a group's moments (block results and their concatenation),
+#: three row blocks of at most one vector each, the merge's temporaries and Hutch++'s exact
+#: part (9 at the measured peak).
 _DIAGONAL_VECTORS = 10
 
 
@@ -320,7 +335,7 @@ def _check_diagonal_memory(op: LinearOperator, method: str, m: int, budget: int,
         what, fixes = "one probe, its product and their entrywise product", "Give"
     else:
         s, g = m // 3, m - 2 * (m // 3)
-        need = max((3 * size + 8) * s, (s + 4 * g) * size) * n + fixed
+        need = max(3 * s, s + 4 * g) * size * n + fixed
         what = f"the sketch and residual probes of num_matvecs={m}"
         fixes = ("Use method='hutchinson' (it takes its probes in groups that fit), fewer "
                  "num_matvecs, or give")

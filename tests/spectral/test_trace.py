@@ -282,7 +282,7 @@ def test_diagonal_hutchinson_in_groups_that_fit_gives_the_same_numbers(indefinit
 
 @pytest.mark.parametrize("method, need", [
     ("hutchinson", (3 * 4 + 80) * 200),
-    ("hutchpp", (max((3 * 4 + 8) * 16, (16 + 72) * 4) + 80) * 200)])
+    ("hutchpp", (max(3 * 16, 16 + 4 * 18) * 4 + 80) * 200)])
 def test_diagonal_estimators_that_do_not_fit_are_refused_with_the_fixes(indefinite, method,
                                                                           need):
     from hessntk import MemoryBudgetError
