@@ -332,3 +332,41 @@ def test_default_memory_is_a_quarter_of_the_free_memory(indefinite, monkeypatch)
     exact = trace(op, num_matvecs=200, method="exact")  # unit vectors in groups that fit
     assert_close(exact.value, lam.sum(), rtol=1e-12)
     assert trace(op, num_matvecs=50, method="hutchinson").num_matvecs == 50
+
+
+@pytest.mark.parametrize("method, m", [("hutchinson", 1), ("hutchinson", 30), ("hutchpp", 30)])
+@pytest.mark.parametrize("device_blocks", [False, True])
+def test_diagonal_holds_no_more_than_it_states(method, m, device_blocks, monkeypatch):
+    # tracemalloc sees numpy's arrays: the peak of a run stays within the need that
+    # _check_diagonal_memory states (an accelerator's larger row blocks included)
+    import tracemalloc
+
+    from hessntk import MemoryBudgetError
+    from hessntk.spectral import traces
+    from hessntk.spectral._backend import Backend
+
+    if device_blocks:
+        monkeypatch.setattr(Backend, "on_host", lambda self: False)
+    n = 100_000
+    d = (1.0 + np.random.default_rng(0).random(n)).astype(np.float32)
+    op = aslinearoperator(lambda v: d * v, n=n, dtype=np.float32, backend="numpy",
+                          matmat=lambda V: d[:, None] * V)
+    need, check = [], traces._check_diagonal_memory
+
+    def stated(op, method, m, budget, allowed, max_memory):
+        with pytest.raises(MemoryBudgetError) as refused:  # its statement, from a refusal
+            check(op, method, m, 1, allowed, max_memory)
+        need.append(refused.value.need)
+        return check(op, method, m, budget, allowed, max_memory)
+
+    monkeypatch.setattr(traces, "_check_diagonal_memory", stated)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        diagonal(op, num_matvecs=m, method=method, seed=1, max_memory=10**9)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    if method == "hutchinson":  # the need of one probe; the run takes its m in one group
+        need[0] += 3 * 4 * n * (m - 1)
+    assert 0.5 * need[0] < peak <= need[0]
