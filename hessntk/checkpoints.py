@@ -49,6 +49,14 @@ def load_checkpoint(source: Checkpoint) -> dict[str, torch.Tensor]:
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as err:  # noqa: BLE001 - any unpickling failure means refuse
+                text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+                if not _REFUSED_OBJECT.search(text):  # not a refused object: a bad file
+                    raise ValueError(
+                        f"Could not read checkpoint {path!r}: the file is corrupt, truncated "
+                        "or not written by torch.save (torch.load: "
+                        f"{_first_sentence(err, text)}). Save it again with "
+                        "torch.save(model.state_dict(), path), or as a .safetensors file."
+                    ) from err
                 raise ValueError(
                     f"Could not load {path!r} with torch.load(weights_only=True): it is not a "
                     "plain tensor checkpoint (pickles of other objects are refused: loading "
@@ -89,6 +97,23 @@ def load_into(build_model: Callable[[], nn.Module], source: Checkpoint, name: st
             raise FloatingPointError(f"checkpoint {name!r} has {bad} non-finite value(s) of "
                                      f"{tensor.numel()} in {key!r}")
     return model.eval()
+
+
+#: What torch.load(weights_only=True) says of a readable pickle holding objects it refuses
+#: (any other failure is a file that is not a readable checkpoint).
+_REFUSED_OBJECT = re.compile(r"GLOBAL|Can only (create|build)|call reduce|must be imported|"
+                             r"allowlist")
+
+
+def _first_sentence(err: BaseException, text: str) -> str:
+    """The gist of a failed read: the unpickler's own error where torch wraps one (torch's
+    advice about ``weights_only=False`` does not apply to a bad file), else the first
+    sentence of torch's message."""
+    inner = err.__cause__ or err.__context__
+    if inner is not None and str(inner).strip():
+        return f"{type(inner).__name__}: {str(inner).strip().splitlines()[0][:200]}"
+    first = text.strip().split(". ")[0].splitlines()[0] if text.strip() else ""
+    return first[:200] or type(err).__name__
 
 
 def _unpickling_reason(err: BaseException) -> str:

@@ -92,8 +92,11 @@ def checkpoints(tmp_path_factory):
     (folder / "corrupt.pt").write_bytes(b"this is not a checkpoint")
     (folder / "corrupt.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
     torch.save({"0.weight": torch.zeros(3, 3)}, folder / "wrong_shape.pt")
+    whole = paths["early"].read_bytes()
+    (folder / "truncated.pt").write_bytes(whole[: len(whole) // 2])  # an interrupted copy
     paths.update(corrupt=folder / "corrupt.pt", corrupt_st=folder / "corrupt.safetensors",
-                 wrong=folder / "wrong_shape.pt", folder=folder)
+                 wrong=folder / "wrong_shape.pt", truncated=folder / "truncated.pt",
+                 folder=folder)
     return paths
 
 
@@ -359,8 +362,9 @@ def test_malicious_pickle_checkpoint_is_refused(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "corrupt_st", "wrong", "bad_entry",
-                                  "no_module", "no_function", "not_a_triple", "resume_garbage"])
+@pytest.mark.parametrize("case", ["missing", "corrupt", "truncated", "corrupt_st", "wrong",
+                                  "bad_entry", "no_module", "no_function", "not_a_triple",
+                                  "resume_garbage"])
 def test_bad_inputs_give_one_line_errors(case, tmp_path, checkpoints, capsys):
     if case == "corrupt_st":
         pytest.importorskip("safetensors")
@@ -368,6 +372,7 @@ def test_bad_inputs_give_one_line_errors(case, tmp_path, checkpoints, capsys):
     argv = {
         "missing": ["spectrum", ENTRY, "--checkpoint", str(tmp_path / "nope.pt")],
         "corrupt": ["spectrum", ENTRY, "--checkpoint", str(checkpoints["corrupt"])],
+        "truncated": ["iic", ENTRY, "--checkpoint", str(checkpoints["truncated"])],
         "corrupt_st": ["iic", ENTRY, "--checkpoint", str(checkpoints["corrupt_st"])],
         "wrong": ["compare", ENTRY, str(checkpoints["late"]), str(checkpoints["wrong"])],
         "bad_entry": ["spectrum", "no_colon_here"],
@@ -387,12 +392,15 @@ def test_bad_inputs_give_one_line_errors(case, tmp_path, checkpoints, capsys):
     assert main([*argv, "--out", out, *FAST]) == 2
     captured = capsys.readouterr()
     line = _one_line_error(captured.err)
-    expected = {"missing": "does not exist", "corrupt": "weights_only",
+    expected = {"missing": "does not exist", "corrupt": "the file is corrupt, truncated",
+                "truncated": "the file is corrupt, truncated",
                 "corrupt_st": "corrupt.safetensors", "wrong": "does not match",
                 "bad_entry": "MODULE:FUNCTION", "no_module": "cannot import",
                 "no_function": "no attribute", "not_a_triple": "expected (model, loss_fn, data)",
                 "resume_garbage": "unreadable"}[case]
     assert expected in line
+    if case in ("corrupt", "truncated"):  # torch's advice for refused objects is not ours
+        assert "weights_only" not in line and "arbitrary code" not in line
 
 
 def test_argument_errors_exit_2(capsys):
@@ -401,6 +409,21 @@ def test_argument_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["spectrum"])
     assert exit_info.value.code == 2 and "MODEL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["spectrum", ENTRY, "--trace-matvecs", "3"],
+     "argument --trace-matvecs: expected an integer >= 4 (the smallest XTrace sketch)"),
+    (["quantization", ENTRY, "--bits", "4", "--trace-matvecs", "2"],
+     "argument --trace-matvecs: expected an integer >= 4"),
+    (["spectrum", ENTRY, "--seed", "-1"], "argument --seed: expected an integer >= 0")])
+def test_flag_values_the_computation_cannot_take_are_refused_by_the_parser(argv, words,
+                                                                           capsys):
+    # before any model is built, in the flag's words (they once surfaced as "use --method
+    # exact", a flag spectrum does not have, and as an unnamed "non-negative integer")
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and words in capsys.readouterr().err
 
 
 def test_float32_ntk_spectrum_and_iic_match_float64(tmp_path, checkpoints):
@@ -664,3 +687,35 @@ def test_an_slq_basis_that_does_not_fit_names_steps_and_reorth(tmp_path, monkeyp
     assert main(argv + ["--quiet"]) == 0  # --reorth none fits (without --per-layer)
     doc = _strict_json((tmp_path / "o" / "report.json").read_text())
     assert doc["settings"]["reorth"] == "none"
+
+
+def test_terminal_tables_keep_long_layer_names_apart():
+    # GPT-2's "transformer.h.0.attn.c_attn" and "transformer.h.1.attn.c_attn" were both
+    # printed as "transformer.h.0." / "transformer.h.1." (cut at 16 characters)
+    from types import SimpleNamespace
+
+    from hessntk.report.tables import allocation_table
+
+    names = [f"transformer.h.{i}.{part}" for i in (0, 1)
+             for part in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    names.append("transformer.h.0.some.very.deeply.nested.module.name.c_attn")
+    alloc = SimpleNamespace(bits=dict.fromkeys(names, 4), size_bits=1, average_bits=4.0,
+                            budget_bits=4.0, predicted_increase=0.1, predictor="direct",
+                            verified=False, uniform=None, notes=())
+    text = allocation_table(alloc)
+    rows = text.splitlines()[1 : 1 + len(names)]
+    labels = [row.rsplit(None, 1)[0] for row in rows]
+    assert labels[:8] == names[:8]  # whole where they fit
+    assert labels[8].startswith("...") and names[8].endswith(labels[8][3:])
+    assert len(set(labels)) == len(names)
+    assert len({len(row) for row in rows}) == 1  # one column width
+
+
+def test_low_precision_advice_is_given_in_flags():
+    from hessntk._checks import refuse_low_precision
+    from hessntk.cli.text import one_line
+
+    with pytest.raises(ValueError) as info:
+        refuse_low_precision(7.8e-3, "torch.bfloat16", "eigsh")
+    line = one_line(info.value)
+    assert "(--dtype float32)" in line and "model." not in line

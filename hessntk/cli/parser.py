@@ -37,6 +37,7 @@ def _number(cast: Callable[[str], Any], ok: Callable[[Any], bool], what: str
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+_trace_matvecs = _number(int, lambda v: v >= 4, "an integer >= 4 (the smallest XTrace sketch)")
 
 
 def _prior(text: str) -> str | float:
@@ -83,7 +84,7 @@ def _common(sub: argparse.ArgumentParser, command: str) -> None:
                    "off)")
     g.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bars and no summary, errors only (default: off)")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=_nonneg_int, default=0,
                    help=SEED_HELP.get(command, "seed of the random probes and start vectors")
                    + " (default: %(default)s)")
     g.add_argument("--device", default=None, metavar="DEV",
@@ -119,7 +120,7 @@ def _hessian_options(sub: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
                    default=defaults.get("probes_per_group"),
                    help="probes advancing together; each finished group is saved for --resume"
                    + default("probes_per_group"))
-    g.add_argument("--trace-matvecs", type=_positive_int, default=defaults.get("trace_matvecs"),
+    g.add_argument("--trace-matvecs", type=_trace_matvecs, default=defaults.get("trace_matvecs"),
                    metavar="N", help="products of the trace estimates" + default("trace_matvecs"))
     g.add_argument("--resume", action="store_true",
                    help="reuse the partial results saved in --out by an interrupted run "
@@ -178,7 +179,7 @@ def _quant_group(sub: argparse.ArgumentParser, demo: bool = False) -> None:
                    help="curvature summaries next to the direct second-order prediction: "
                    "block traces (HAWQ-v2), top block eigenvalues (HAWQ-v1) or both "
                    "(default: %(default)s)")
-    g.add_argument("--trace-matvecs", type=_positive_int, default=100, metavar="N",
+    g.add_argument("--trace-matvecs", type=_trace_matvecs, default=100, metavar="N",
                    help="products of the block-trace estimate (default: %(default)s)")
     g.add_argument("--curvature", choices=("hessian", "ggn"), default="hessian",
                    help=CURVATURE_HELP)

@@ -45,6 +45,11 @@ CLI_WORDS = (
     (re.compile(r"\bobservations='(\w+)'"), r"--observations \1"),
     (re.compile(r"\bprior='init'"), "--prior init"),
     (re.compile(r"\b(?:model\.double\(\)|dtype=torch\.float64)"), "--dtype float64"),
+    (re.compile(r"\bmodel\.float\(\)(, or model\.to\(torch\.float32\) on a copy)?"),
+     "--dtype float32"),
+    (re.compile(r"\bfor loss_fn=None\b"), "for --loss model (or a loss_fn of None)"),
+    (re.compile(r"\bPass loss_fn\(outputs, targets\) instead"),
+     "Return a loss_fn(outputs, targets) from the entry point and leave out --loss model"),
 )
 
 

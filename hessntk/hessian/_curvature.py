@@ -110,6 +110,8 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         self.layout = ParamLayout(self.params)
         super().__init__(self.layout.n, self.layout.dtype, self.layout.device, backend="torch")
         self._primals = {name: p.detach() for name, p in self.params.items()}
+        for name, value in self._primals.items():  # a saturated unit hides an infinite one
+            check_finite(value, f"parameter {name!r}")
         self._set_blocks(blocks)
         self.group = group
         self.communicator = comm = communicator(group)
@@ -431,13 +433,21 @@ def own_loss(model: nn.Module, p: Mapping[str, torch.Tensor], x: Any, y: Any, *,
     Raises
     ------
     ValueError
-        No targets, or a model output without a loss.
+        No targets, a model that does not take ``labels``, or a model output without a loss.
     """
     if y is None:
         raise ValueError("Expected targets for the model's own loss (loss_fn=None): a dict "
                          "batch with 'labels', or (inputs, targets) pairs.")
-    return call_model(model, p, x, buffers=buffers, extra={"labels": y, **extra},
-                      outputs_fn=_loss_of)
+    try:
+        return call_model(model, p, x, buffers=buffers, extra={"labels": y, **extra},
+                          outputs_fn=_loss_of)
+    except TypeError as err:
+        if "'labels'" not in str(err) or "num_items_in_batch" in extra:
+            raise
+        raise ValueError(
+            f"Expected a model that computes its own loss for loss_fn=None "
+            f"(model(**inputs, labels=targets).loss); {type(model).__name__} does not take "
+            f"labels ({err}). Pass loss_fn(outputs, targets) instead.") from err
 
 
 def _loss_of(out: Any) -> torch.Tensor:
@@ -478,7 +488,9 @@ def loss_terms(model: nn.Module, p: Mapping[str, torch.Tensor], x: Any, y: Any,
             round(ratio) != 1 or valid <= 2):
         return float(round(ratio))
     warnings.warn(f"The model's loss does not say how many terms it averages over in batch "
-                  f"{index} (no num_items_in_batch): batches are weighted by their samples, "
-                  "which is the full-data mean only when every batch has as many loss terms "
-                  "per sample.", RuntimeWarning, stacklevel=6)
+                  f"{index} (its forward takes no num_items_in_batch): batches are weighted "
+                  "by their samples, which is the full-data mean only when every batch has "
+                  f"as many loss terms per sample ({valid} labels are not -100 in this one). "
+                  "Pass the data as one batch, or as batches with equal label counts, for "
+                  "the full-data token mean.", RuntimeWarning, stacklevel=6)
     return float(n)

@@ -128,6 +128,12 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         self._idx = _selection(self.full, select)
         leaves = jax.tree_util.tree_leaves(self.full.tree)
         self._sel = [leaves[i] for i in self._idx]
+        for i in self._idx:  # a saturated unit hides an infinite one
+            if not bool(jnp.all(jnp.isfinite(leaves[i]))):
+                bad = int(jnp.sum(~jnp.isfinite(leaves[i])))
+                raise FloatingPointError(
+                    f"Expected finite values in parameter {self.full.names[i]}; got {bad} "
+                    f"non-finite of {leaves[i].size}. Check the model's parameters.")
         if len(self._idx) == len(leaves):
             self.layout: ParamLayout = self.full
         else:

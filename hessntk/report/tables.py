@@ -76,18 +76,29 @@ def _num(x: Any, width: int = 11) -> str:
 # -- quantization -------------------------------------------------------------------------------
 
 
+def _layer_names(names: Any) -> tuple[dict[Any, str], int]:
+    """Each layer's label for a table column, and the column's width: the full names up to
+    40 characters (at least 16), longer ones cut on the left ("..." and their tail, which
+    tells apart ``transformer.h.0.attn.c_attn`` from ``transformer.h.1.attn.c_attn``)."""
+    labels = [name or "<root>" for name in names]
+    width = max(16, min(40, max((len(label) for label in labels), default=0) + 1))
+    return {name: label if len(label) < width else "..." + label[-(width - 4):]
+            for name, label in zip(names, labels, strict=True)}, width
+
+
 def sensitivity_table(sens: Any) -> str:
     """One line per (layer, bit width) of a sensitivity, layers in rank order."""
-    head = (f"{'rank':>4}  {'layer':<16}{'params':>8}{'avg tr H':>11}{'+-':>9}"
+    rows = list(sens.rows())
+    label, w = _layer_names(list(dict.fromkeys(row["layer"] for row in rows)))
+    head = (f"{'rank':>4}  {'layer':<{w}}{'params':>8}{'avg tr H':>11}{'+-':>9}"
             f"{'lam_max':>11}{'bits':>5}{'|dW|^2':>11}{'g.dW':>11}{'direct':>11}"
             f"{'trace':>11}{'eigen':>11}")  # fmt: skip
     lines = [head]
-    for row in sens.rows():
+    for row in rows:
         first = row["bits"] == sens.bits[0]
-        name = (row["layer"] or "<root>")[:16]
-        left = (f"{row['rank']:>4}  {name:<16}{row['num_params']:>8}"
+        left = (f"{row['rank']:>4}  {label[row['layer']]:<{w}}{row['num_params']:>8}"
                 f"{_num(row['average_trace'])}{_num(row['average_trace_stderr'], 9)}"
-                f"{_num(row['top_eigenvalue'])}") if first else " " * 63  # fmt: skip
+                f"{_num(row['top_eigenvalue'])}") if first else " " * (45 + w)  # fmt: skip
         lines.append(
             f"{left}{row['bits']:>5}{_num(row['error'])}{_num(row['gradient_term'])}"
             f"{_num(row['predicted_direct'])}{_num(row['predicted_trace'])}"
@@ -98,17 +109,19 @@ def sensitivity_table(sens: Any) -> str:
 
 def measurement_table(meas: Any) -> str:
     """The measured increases of a measurement, layers by bit widths."""
-    lines = [f"{'layer':<16}{'params':>8}" + "".join(f"{f'{b} bits':>12}" for b in meas.bits)]
+    label, w = _layer_names(list(meas.layers))
+    lines = [f"{'layer':<{w}}{'params':>8}" + "".join(f"{f'{b} bits':>12}" for b in meas.bits)]
     for i, name in enumerate(meas.layers):
         cells = "".join(_num(v, 12) for v in meas.increase[i])
-        lines.append(f"{(name or '<root>')[:16]:<16}{int(meas.num_params[i]):>8}{cells}")
+        lines.append(f"{label[name]:<{w}}{int(meas.num_params[i]):>8}{cells}")
     return "\n".join(lines)
 
 
 def allocation_table(alloc: Any) -> str:
     """The chosen bit widths of an allocation, its size, predicted (and measured) increase."""
-    lines = [f"{'layer':<16}{'bits':>6}"]
-    lines += [f"{(k or '<root>')[:16]:<16}{v:>6}" for k, v in alloc.bits.items()]
+    label, w = _layer_names(list(alloc.bits))
+    lines = [f"{'layer':<{w}}{'bits':>6}"]
+    lines += [f"{label[k]:<{w}}{v:>6}" for k, v in alloc.bits.items()]
     lines.append(
         f"size {alloc.size_bits} bits (average {alloc.average_bits:.3g}, budget "
         f"{alloc.budget_bits:.6g}); predicted increase {alloc.predicted_increase:.4g} "

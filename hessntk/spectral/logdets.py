@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from hessntk._checks import count
+from hessntk._checks import count, refuse_low_precision
 from hessntk.spectral._backend import Array
 from hessntk.spectral.krylov import _start_vectors
 from hessntk.spectral.operators import (
@@ -109,6 +109,7 @@ def logdet(
     'exact'
     """
     op = aslinearoperator(A)
+    refuse_low_precision(op._xp.eps(op.dtype), op.dtype, "logdet")  # exact or SLQ alike
     if preconditioner not in PRECONDITIONERS:
         raise ValueError(f"Expected preconditioner in {PRECONDITIONERS}; got {preconditioner!r}.")
     if method not in LOGDET_METHODS:

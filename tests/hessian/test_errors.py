@@ -49,6 +49,16 @@ def test_non_finite_loss_names_the_batch() -> None:
         HessianOperator(mlp(), nn.MSELoss(), [(x[:4], y[:4]), (x[4:], y[4:])])
 
 
+@pytest.mark.parametrize("cls", [HessianOperator, GGNOperator])
+def test_non_finite_parameters_are_refused_by_name(cls: type) -> None:
+    # an infinite weight into a saturating tanh gives a finite loss and finite products
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).to(DT)
+    with torch.no_grad():
+        model[0].weight[1, 2] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"parameter '0\.weight'.*1 non-finite of 15"):
+        cls(model, nn.MSELoss(), _data())
+
+
 def test_non_finite_product_names_the_batch() -> None:
     # finite loss, infinite curvature: sqrt has an infinite second derivative at 0
     model, (x, y) = mlp(), _data(4)

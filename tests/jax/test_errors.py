@@ -100,6 +100,10 @@ def test_non_finite_loss_and_products():
         H.matvec(jnp.ones(3))
     with pytest.raises(ValueError, match=r"Expected v of shape \(3,\)"):
         H.matvec(jnp.ones(4))
+    # an infinite weight into a saturating tanh: finite loss and products, refused by name
+    with pytest.raises(FloatingPointError, match=r"parameter \['w'\]; got 1 non-finite of 3"):
+        hj.HessianOperator(lambda p, b: jnp.mean(jnp.tanh(b[0][:, :3] @ p["w"]) - b[1]) ** 2,
+                           {"w": jnp.array([1.0, jnp.inf, 0.0])}, data())
 
 
 def test_ntk_inputs_and_options():

@@ -108,3 +108,14 @@ def test_shift_with_and_without_the_preconditioner():
         est = logdet(A, num_probes=10, num_matvecs=60, seed=0, shift=2.0, method="slq",
                      preconditioner=pre)
         assert abs(est.value - exact) <= 4 * est.stderr + 1e-9 * abs(exact)
+
+
+def test_low_precision_operators_are_refused_with_the_fix():
+    # a bfloat16 operator was called "singular at this precision" (its dense matrix), or
+    # reached Lanczos's refusal only on the SLQ path
+    import torch
+
+    A = torch.tensor(np.diag(np.linspace(1.0, 2.0, 50)), dtype=torch.bfloat16)
+    for method in ("exact", "slq"):
+        with pytest.raises(ValueError, match="Expected float32 or float64 products for logdet"):
+            logdet(A, method=method, num_probes=2, num_matvecs=10)

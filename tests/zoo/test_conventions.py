@@ -233,3 +233,46 @@ def test_cli_on_a_hugging_face_entry_point(tmp_path, capsys):
     assert main(["quantization", entry, "--loss", "model", "--bits", "4", "8",
                  "--metric", "trace", "--trace-matvecs", "4", "--no-measure", "--quiet",
                  "--out", str(tmp_path / "c")]) == 0
+
+
+def test_own_loss_without_num_items_in_batch_warns_with_its_label_count():
+    # BertForMaskedLM's forward takes no num_items_in_batch: batches are weighted by their
+    # samples (the README says so), with a warning that counts the batch's labels
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(2)
+    config = BertConfig(vocab_size=13, hidden_size=6, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=8, max_position_embeddings=8)
+    model = BertForMaskedLM(config).to(torch.float64).eval()
+    ids = torch.randint(1, 13, (4, 6), generator=torch.Generator().manual_seed(3))
+    labels = torch.full_like(ids, -100)
+    labels[0, :1] = ids[0, :1]
+    labels[1:, :5] = ids[1:, :5]  # batch 0: 1 + 5 labels, batch 1: 10
+    batches = [{"input_ids": ids[:2], "labels": labels[:2]},
+               {"input_ids": ids[2:], "labels": labels[2:]}]
+    with pytest.warns(RuntimeWarning, match=r"no num_items_in_batch") as caught:
+        H = hessian.HessianOperator(model, None, batches)
+    said = [str(w.message) for w in caught]
+    assert any("(6 labels are not -100" in m for m in said)
+    assert any("(10 labels are not -100" in m for m in said)
+    assert H.num_loss_terms == 4  # samples
+    with torch.no_grad():
+        means = [float(model(**b).loss) for b in batches]
+    assert H.loss == pytest.approx((2 * means[0] + 2 * means[1]) / 4, rel=1e-12)
+
+
+def test_own_loss_of_a_model_that_takes_no_labels_is_refused_with_the_fix(tmp_path, capsys):
+    net = nn.Sequential(nn.Linear(3, 2)).to(DT)
+    batch = (torch.randn(4, 3, dtype=DT), torch.tensor([0, 1, 1, 0]))
+    with pytest.raises(ValueError, match=r"Sequential does not take labels.*Pass loss_fn"):
+        hessian.HessianOperator(net, None, batch)
+    entry = tmp_path / "no_loss.py"
+    entry.write_text("import torch\nfrom torch import nn\n\n\ndef build():\n"
+                     "    torch.manual_seed(0)\n"
+                     "    return nn.Sequential(nn.Linear(3, 2)), None, "
+                     "(torch.randn(4, 3), torch.tensor([0, 1, 1, 0]))\n")
+    assert main(["spectrum", f"{entry}:build", "--out", str(tmp_path / "o"), "--threads",
+                 "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Return a loss_fn(outputs, targets) from the entry point" in err
+    assert "loss_fn=None" not in err and "Traceback" not in err
