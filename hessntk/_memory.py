@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 #: Fraction of the free memory that ``max_memory=None`` allows.
 DEFAULT_MEMORY_FRACTION = 0.25
@@ -68,9 +69,11 @@ DEFAULT_BUDGET = "a quarter of the free memory"
 
 
 def budget_of(max_memory: int | float | None, free: Callable[[], int],
-              name: str = "max_memory") -> tuple[int, str]:
+              name: str = "max_memory", comm: Any = None) -> tuple[int, str]:
     """The budget in bytes (``free()`` is read only for the default) and how a refusal
-    names it: :data:`DEFAULT_BUDGET` or "as given".
+    names it: :data:`DEFAULT_BUDGET` or "as given". With a data-parallel operator's
+    ``comm`` (``hessntk.distributed.Communicator``), the default is the least over its
+    ranks, so that every rank sizes its groups, and refuses, alike.
 
     Examples
     --------
@@ -80,7 +83,10 @@ def budget_of(max_memory: int | float | None, free: Callable[[], int],
     (1000, 'a quarter of the free memory')
     """
     if max_memory is None:
-        return memory_budget(None, free()), DEFAULT_BUDGET
+        budget = memory_budget(None, free())
+        if comm is not None:
+            budget = int(comm.gather_numbers([budget], "the free memory").min())
+        return budget, DEFAULT_BUDGET
     return memory_budget(max_memory, name=name), "as given"
 
 

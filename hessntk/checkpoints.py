@@ -39,6 +39,10 @@ def load_checkpoint(source: Checkpoint) -> dict[str, torch.Tensor]:
         path = os.fspath(source)
         if not os.path.exists(path):
             raise ValueError(f"Expected a checkpoint file; {path!r} does not exist.")
+        if os.path.isdir(path):
+            raise ValueError(f"Expected a checkpoint file; {path!r} is a directory. Pass the "
+                             "weights file inside it (e.g. model.safetensors or "
+                             "pytorch_model.bin).")
         if path.endswith(".safetensors"):
             try:
                 from safetensors.torch import load_file
@@ -48,13 +52,15 @@ def load_checkpoint(source: Checkpoint) -> dict[str, torch.Tensor]:
         else:
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
+            except (PermissionError, FileNotFoundError, MemoryError):
+                raise  # the file system's or the host's trouble, not the file's content
             except Exception as err:  # noqa: BLE001 - any unpickling failure means refuse
                 text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
                 if not _REFUSED_OBJECT.search(text):  # not a refused object: a bad file
                     raise ValueError(
                         f"Could not read checkpoint {path!r}: the file is corrupt, truncated "
-                        "or not written by torch.save (torch.load: "
-                        f"{_first_sentence(err, text)}). Save it again with "
+                        "or not written by torch.save with its default pickle protocol "
+                        f"(torch.load: {_first_sentence(err, text)}). Save it again with "
                         "torch.save(model.state_dict(), path), or as a .safetensors file."
                     ) from err
                 raise ValueError(
@@ -113,7 +119,7 @@ def _first_sentence(err: BaseException, text: str) -> str:
     if inner is not None and str(inner).strip():
         return f"{type(inner).__name__}: {str(inner).strip().splitlines()[0][:200]}"
     first = text.strip().split(". ")[0].splitlines()[0] if text.strip() else ""
-    return first[:200] or type(err).__name__
+    return f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
 
 
 def _unpickling_reason(err: BaseException) -> str:

@@ -362,9 +362,9 @@ def test_malicious_pickle_checkpoint_is_refused(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "truncated", "corrupt_st", "wrong",
-                                  "bad_entry", "no_module", "no_function", "not_a_triple",
-                                  "resume_garbage"])
+@pytest.mark.parametrize("case", ["missing", "corrupt", "truncated", "directory",
+                                  "corrupt_st", "wrong", "bad_entry", "no_module",
+                                  "no_function", "not_a_triple", "resume_garbage"])
 def test_bad_inputs_give_one_line_errors(case, tmp_path, checkpoints, capsys):
     if case == "corrupt_st":
         pytest.importorskip("safetensors")
@@ -373,6 +373,7 @@ def test_bad_inputs_give_one_line_errors(case, tmp_path, checkpoints, capsys):
         "missing": ["spectrum", ENTRY, "--checkpoint", str(tmp_path / "nope.pt")],
         "corrupt": ["spectrum", ENTRY, "--checkpoint", str(checkpoints["corrupt"])],
         "truncated": ["iic", ENTRY, "--checkpoint", str(checkpoints["truncated"])],
+        "directory": ["spectrum", ENTRY, "--checkpoint", str(checkpoints["folder"])],
         "corrupt_st": ["iic", ENTRY, "--checkpoint", str(checkpoints["corrupt_st"])],
         "wrong": ["compare", ENTRY, str(checkpoints["late"]), str(checkpoints["wrong"])],
         "bad_entry": ["spectrum", "no_colon_here"],
@@ -394,6 +395,7 @@ def test_bad_inputs_give_one_line_errors(case, tmp_path, checkpoints, capsys):
     line = _one_line_error(captured.err)
     expected = {"missing": "does not exist", "corrupt": "the file is corrupt, truncated",
                 "truncated": "the file is corrupt, truncated",
+                "directory": "is a directory. Pass the weights file inside it",
                 "corrupt_st": "corrupt.safetensors", "wrong": "does not match",
                 "bad_entry": "MODULE:FUNCTION", "no_module": "cannot import",
                 "no_function": "no attribute", "not_a_triple": "expected (model, loss_fn, data)",
@@ -709,6 +711,11 @@ def test_terminal_tables_keep_long_layer_names_apart():
     assert labels[8].startswith("...") and names[8].endswith(labels[8][3:])
     assert len(set(labels)) == len(names)
     assert len({len(row) for row in rows}) == 1  # one column width
+    alike = {f"{side}_model.encoder.layers.11.self_attn.out_proj": 4 for side in ("text",
+                                                                              "vision")}
+    alike["x"] = 8  # tails that would read alike: the full names
+    text = allocation_table(SimpleNamespace(**{**vars(alloc), "bits": alike}))
+    assert all(name in text for name in alike)
 
 
 def test_low_precision_advice_is_given_in_flags():
@@ -719,3 +726,13 @@ def test_low_precision_advice_is_given_in_flags():
         refuse_low_precision(7.8e-3, "torch.bfloat16", "eigsh")
     line = one_line(info.value)
     assert "(--dtype float32)" in line and "model." not in line
+
+
+def test_counts_beyond_the_model_size_are_capped_with_a_note(tmp_path):
+    # --k and --steps above n = 1210 (tests/cli_models.py) use n, and the report says so
+    out = tmp_path / "o"
+    assert main(["spectrum", ENTRY, "--k", "1300", "--probes", "1", "--steps", "1500",
+                 "--trace-matvecs", "8", "--quiet", "--out", str(out), *FAST]) == 0
+    notes = _strict_json((out / "report.json").read_text())["notes"]
+    assert any("--k 1300 is more than the model's n = 1210 parameters" in n for n in notes)
+    assert any("--steps 1500 is more than the model's n = 1210" in n for n in notes)

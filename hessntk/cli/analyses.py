@@ -112,6 +112,10 @@ def hessian_analysis(report: Any, problem: Any, args: argparse.Namespace, store:
                 **problem.parallel)
     n = op.shape[0]
     k = min(args.k, n)
+    for flag, value in (("--k", args.k), ("--steps", args.steps)):
+        if value > n:  # capped, and said so
+            report.notes.append(f"{flag} {value} is more than the model's n = {n} "
+                                f"parameters: {n} used.")
     with memory_in_flags("--k", args.k, "the Krylov basis of the top eigenvalues",
                          "run on a device with more free memory", source="eigsh"):
         top = timed(timings, "hessian_top", lambda: hessian.top_eigenvalues(

@@ -128,7 +128,7 @@ def cmd_compare(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]
     report, store, timings = ctx["report"], ctx["store"], ctx["timings"]
     names = _checkpoint_names(args.checkpoints)
     for path in args.checkpoints:
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise ValueError(f"checkpoint {path!r} does not exist")
     problem = _load(args, group=ctx.get("group"))
     report.title = f"hessntk compare: {len(names)} checkpoints of {problem.entry}"

@@ -217,10 +217,10 @@ def load_weights(model: nn.Module, path: str) -> None:
     a custom class is refused), ``.safetensors`` with safetensors; see
     :func:`hessntk.checkpoints.load_checkpoint`.
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise CLIError(f"checkpoint {path!r} does not exist")
     try:
-        state = load_checkpoint(path)
+        state = load_checkpoint(path)  # names a directory, a corrupt file, a refused pickle
     except ImportError as err:
         raise CLIError(str(err)) from err
     except ValueError as err:

@@ -110,11 +110,10 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         self.layout = ParamLayout(self.params)
         super().__init__(self.layout.n, self.layout.dtype, self.layout.device, backend="torch")
         self._primals = {name: p.detach() for name, p in self.params.items()}
-        for name, value in self._primals.items():  # a saturated unit hides an infinite one
-            check_finite(value, f"parameter {name!r}")
         self._set_blocks(blocks)
         self.group = group
         self.communicator = comm = communicator(group)
+        _checked_now = _checked is None  # a block's operator was checked as the whole
         if _checked is None:
             def check() -> tuple[int, float, list[float]]:
                 check_sampler(data, comm)
@@ -125,6 +124,9 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
                 check_shards(comm, data)
         if comm is not None:
             check_replicas(comm, self.layout, self.theta())
+        if _checked_now:  # after the ranks' own checks, so that all of them refuse alike
+            for name, value in self._primals.items():  # a saturated unit hides an inf
+                check_finite(value, f"parameter {name!r}")
         self._local_samples, self._loss_sum, self._counts = _checked
         # Global totals: batch b of any rank weighs c_b / (sum of c over every rank's batches).
         totals = self._sum_numbers([self._local_samples, float(sum(self._counts)),
@@ -491,6 +493,6 @@ def loss_terms(model: nn.Module, p: Mapping[str, torch.Tensor], x: Any, y: Any,
                   f"{index} (its forward takes no num_items_in_batch): batches are weighted "
                   "by their samples, which is the full-data mean only when every batch has "
                   f"as many loss terms per sample ({valid} labels are not -100 in this one). "
-                  "Pass the data as one batch, or as batches with equal label counts, for "
-                  "the full-data token mean.", RuntimeWarning, stacklevel=6)
+                  "Pass the data as one batch, or as batches with as many labelled tokens "
+                  "per sample, for the full-data token mean.", RuntimeWarning, stacklevel=6)
     return float(n)

@@ -452,9 +452,10 @@ def block_density(
     n, B = op.shape[0], len(op.blocks)
     room = group_room(max_basis_bytes, basis_budget(op, None, max_basis_bytes)[0])
     if itemsize(op.dtype) * n * min(num_matvecs, n) * num_probes * B <= room:
-        # One lockstep pass for all blocks: each step one product of the full operator.
+        # One lockstep pass for all blocks: each step one product of the full operator (the
+        # budget it was chosen by, not a second reading of the free memory).
         dens = block_slq(op, op.block_slices, num_probes=num_probes, num_matvecs=num_matvecs,
-                         seed=seed, max_basis_bytes=max_basis_bytes)
+                         seed=seed, max_basis_bytes=room)
         return dict(zip(op.blocks, dens, strict=True))
     out = {}
     for name in op.blocks:  # a pass per block, on the block's own (smaller) operator

@@ -128,12 +128,6 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         self._idx = _selection(self.full, select)
         leaves = jax.tree_util.tree_leaves(self.full.tree)
         self._sel = [leaves[i] for i in self._idx]
-        for i in self._idx:  # a saturated unit hides an infinite one
-            if not bool(jnp.all(jnp.isfinite(leaves[i]))):
-                bad = int(jnp.sum(~jnp.isfinite(leaves[i])))
-                raise FloatingPointError(
-                    f"Expected finite values in parameter {self.full.names[i]}; got {bad} "
-                    f"non-finite of {leaves[i].size}. Check the model's parameters.")
         if len(self._idx) == len(leaves):
             self.layout: ParamLayout = self.full
         else:
@@ -149,6 +143,12 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
         self.num_samples = sum(self.batch_sizes)
         self.weights = [n_b / self.num_samples for n_b in self.batch_sizes]
         super().__init__(self.layout.n, self.full.dtype, self.full.device, backend="jax")
+        for i in self._idx if _checked is None else ():  # a saturated unit hides an inf
+            if not self._xp.all_finite(leaves[i]):
+                bad = int(jnp.sum(~jnp.isfinite(leaves[i])))
+                raise FloatingPointError(
+                    f"Expected finite values in parameter {self.full.names[i]}; got {bad} "
+                    f"non-finite of {leaves[i].size}. Check the model's parameters.")
         self.block_size = chunk_size
         self.chunk_size = chunk_size
         self._set_blocks(blocks)

@@ -79,11 +79,15 @@ def _num(x: Any, width: int = 11) -> str:
 def _layer_names(names: Any) -> tuple[dict[Any, str], int]:
     """Each layer's label for a table column, and the column's width: the full names up to
     40 characters (at least 16), longer ones cut on the left ("..." and their tail, which
-    tells apart ``transformer.h.0.attn.c_attn`` from ``transformer.h.1.attn.c_attn``)."""
+    tells apart ``transformer.h.0.attn.c_attn`` from ``transformer.h.1.attn.c_attn``), or
+    all in full where two tails would read alike."""
     labels = [name or "<root>" for name in names]
-    width = max(16, min(40, max((len(label) for label in labels), default=0) + 1))
-    return {name: label if len(label) < width else "..." + label[-(width - 4):]
-            for name, label in zip(names, labels, strict=True)}, width
+    longest = max((len(label) for label in labels), default=0) + 1
+    width = max(16, min(40, longest))
+    cut = [label if len(label) < width else "..." + label[-(width - 4):] for label in labels]
+    if len(set(cut)) < len(set(labels)):  # tails alike (encoder / decoder): the full names
+        cut, width = labels, max(16, longest)
+    return dict(zip(names, cut, strict=True)), width
 
 
 def sensitivity_table(sens: Any) -> str:

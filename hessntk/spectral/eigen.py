@@ -138,8 +138,9 @@ def eigsh(
         ``basis_dtype``, plus :data:`STEP_VECTORS` (8) float64 vectors of length ``n`` for a
         step's and a restart's temporaries (a 124M-parameter float32 model at the default
         ``ncv = 40``: 20.3 GB + 7.9 GB; measured peaks on a 1M-dimensional operator 0.93-0.98
-        of it). Default: a quarter of the free memory of the operator's device. A basis that
-        does not fit is refused up front.
+        of it). Default: a quarter of the free memory of the operator's device (the least
+        over the ranks of a data-parallel operator). A basis that does not fit is refused
+        up front.
 
     Returns
     -------
@@ -341,7 +342,7 @@ def _check_memory(op: LinearOperator, ncv: int, k: int, stored: Any, max_memory:
                   ) -> None:
     """Refuse a Krylov basis (and the step's float64 vectors) beyond the budget."""
     xp, n = op._xp, op.shape[0]
-    budget, allowed = budget_of(max_memory, xp.free_memory)
+    budget, allowed = budget_of(max_memory, xp.free_memory, comm=getattr(op, "communicator", None))
     need = ((ncv + 1) * itemsize(stored) + STEP_VECTORS * 8) * n
     if need <= budget:
         return

@@ -176,9 +176,10 @@ def lanczos(
         Memory allowed for the stored basis (``k m n s`` bytes with ``s`` bytes per entry of
         ``basis_dtype``, ``n`` the slice with ``shard_basis``; none with ``reorth="none"``
         unless ``return_basis``). Default: a quarter of the free memory where the basis
-        lives (the operator's device, or the host for ``basis_device="cpu"``). A basis that
-        does not fit is refused up front, naming the fixes (:func:`hessntk.spectral.slq`
-        runs its probes in groups that fit instead).
+        lives (the operator's device, or the host for ``basis_device="cpu"``; the least over
+        the ranks of a data-parallel operator). A basis that does not fit is refused up
+        front, naming the fixes (:func:`hessntk.spectral.slq` runs its probes in groups
+        that fit instead).
 
     Returns
     -------
@@ -378,10 +379,12 @@ def _check_basis_memory(op: LinearOperator, k: int, m: int, width: int, stored: 
 
 def basis_budget(op: LinearOperator, on: Any, max_basis_bytes: int | None) -> tuple[int, str]:
     """Bytes a Lanczos basis may take (``max_basis_bytes``, or a quarter of the free memory
-    where it lives: the operator's device, or the host for ``basis_device="cpu"``) and how
-    a refusal names that budget (:func:`hessntk._memory.budget_of`)."""
+    where it lives: the operator's device, or the host for ``basis_device="cpu"``; for a
+    data-parallel operator the least over its ranks, so that all size and refuse alike) and
+    how a refusal names that budget (:func:`hessntk._memory.budget_of`)."""
     free = host_memory if on is not None and on.type == "cpu" else op._xp.free_memory
-    return budget_of(max_basis_bytes, free, "max_basis_bytes")
+    return budget_of(max_basis_bytes, free, "max_basis_bytes",
+                     getattr(op, "communicator", None))
 
 
 #: Reorthogonalisation options of :func:`lanczos` and :func:`hessntk.spectral.slq`.

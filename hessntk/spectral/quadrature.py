@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hessntk._checks import count, positive
+from hessntk._checks import count, positive, refuse_low_precision
 from hessntk._memory import MemoryBudgetError, format_bytes, group_size
 from hessntk._progress import progress
 from hessntk.spectral._backend import itemsize
@@ -376,7 +376,8 @@ def slq(
         where the basis lives (the operator's device, or the host for
         ``basis_device="cpu"``) allows it, a fixed size so that the numbers do not move
         with the free memory wherever 8 GiB are free; smaller groups below that; one
-        probe may take up to that quarter.
+        probe may take up to that quarter (the least over the ranks of a data-parallel
+        operator).
     probes_per_group : int, optional
         Probes advancing together, instead of the groups ``max_basis_bytes`` implies: group
         ``g`` always holds probes ``g * probes_per_group, ...`` (the unit of ``store``).
@@ -434,6 +435,7 @@ def slq(
     """
     n = op.shape[0]
     m = _check_num_matvecs(num_matvecs, n)
+    refuse_low_precision(op._xp.eps(op.dtype), op.dtype, "Lanczos and SLQ")  # before sizing
     V0 = _start_vectors(op, v0, num_probes, seed)
     k = V0.shape[1]
     if reorth not in REORTH:
@@ -442,7 +444,9 @@ def slq(
     shard = basis_shard(op, shard_basis)
     width = n if shard is None else shard.width
     per_probe = size * width * m if reorth != "none" else 16 * n
-    budget, allowed = basis_budget(op, basis_device_of(op, basis_device), max_basis_bytes)
+    # without a basis, the recurrence's vectors live on the operator's device
+    on = basis_device_of(op, basis_device) if reorth != "none" else None
+    budget, allowed = basis_budget(op, on, max_basis_bytes)
     if per_probe > budget:
         smaller = ("basis_dtype='operator' (half the memory), "
                    if reorth != "none" and size > itemsize(op.dtype) else "")

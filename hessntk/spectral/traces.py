@@ -91,7 +91,8 @@ def trace(
         Bytes the estimator's vectors of length ``n`` may take at once (probes, sketches and
         their products; the operator's own memory comes on top). Default: a quarter of the
         free memory of the operator's device (``MemAvailable`` on the host,
-        ``torch.cuda.mem_get_info`` on CUDA). "hutchinson" (and "exact", by unit vectors)
+        ``torch.cuda.mem_get_info`` on CUDA; the least over the ranks of a data-parallel
+        operator). "hutchinson" (and "exact", by unit vectors)
         takes its probes in groups of at most ``max_memory`` bytes, or with the default of
         at most ``hessntk._memory.DEFAULT_GROUP_BYTES`` (2 GiB) where a quarter of the free
         memory allows it: a fixed size, so the numbers do not move with the free memory wherever
@@ -160,7 +161,7 @@ def trace(
     index = _as_blocks(blocks, n)
     rng = as_generator(seed)
     xp = op._xp
-    budget, allowed = budget_of(max_memory, xp.free_memory)
+    budget, allowed = budget_of(max_memory, xp.free_memory, comm=getattr(op, "communicator", None))
     per = 2 * n * itemsize(xp.float64 if method == "exact" else op.dtype)
     group = 1
     if method in ("hutchinson", "exact"):  # probes or unit vectors in groups
@@ -207,10 +208,11 @@ def diagonal(
     seed : int or numpy.random.Generator
     max_memory : int, optional
         Bytes the estimator's arrays of ``n`` entries may take at once (the operator's own
-        memory comes on top). Default: a quarter of the free memory of the operator's device.
-        Both hold 10 float64 vectors of length ``n`` for the running mean and variance (the
-        groups' moments over row blocks of at most ``n`` float64 entries, merged; only
-        these ``n``-vectors come back to the host). "hutchinson" takes its probes in
+        memory comes on top). Default: a quarter of the free memory of the operator's device
+        (the least over the ranks of a data-parallel operator). Both hold 10 float64
+        vectors of length ``n`` for the running mean and variance (the groups' moments
+        over row blocks of at most ``n`` float64 entries, merged; only these ``n``-vectors
+        come back to the host). "hutchinson" takes its probes in
         groups as :func:`trace` does (of ``max_memory``, or of 2 GiB by default where the
         free memory allows; groupings agree to the products' rounding), ``3 b n`` bytes
         per probe (the probe, its product and their entrywise product, ``b`` bytes per
@@ -249,7 +251,7 @@ def diagonal(
         raise ValueError(f"Expected {lo} <= num_matvecs <= n = {n}; got {num_matvecs}.")
     xp = op._xp
     rng = as_generator(seed)
-    budget, allowed = budget_of(max_memory, xp.free_memory)
+    budget, allowed = budget_of(max_memory, xp.free_memory, comm=getattr(op, "communicator", None))
     group = _check_diagonal_memory(op, method, m, budget, allowed, max_memory)
     moments = _RunningMoments(xp, n)
     if method == "hutchpp":

@@ -124,3 +124,12 @@ def test_a_distributed_sampler_without_padding_gives_the_full_data_mean(tmp_path
     assert torch.equal(rank0["HV"], rank1["HV"])
     torch.testing.assert_close(rank0["HV"], expected, rtol=RTOL, atol=RTOL * expected.abs().max())
     assert abs(rank0["loss"] - H.loss) <= RTOL * H.loss
+
+
+def test_default_groups_follow_the_rank_with_the_least_free_memory(tmp_path: Path) -> None:
+    (rank0, rank1), ranks, _ = _job(tmp_path, "unequal_memory", timeout=60)
+    assert [r.returncode for r in ranks] == [0, 0], ranks[0].output + ranks[1].output
+    assert rank0["widths"] == rank1["widths"] == [1] * 18  # 3 groups of 1 probe x 6 steps
+    assert torch.equal(rank0["nodes"], rank1["nodes"])
+    assert rank0["trace_widths"] == rank1["trace_widths"] == [2, 2, 2]  # trace's groups too
+    assert rank0["trace"] == rank1["trace"]

@@ -129,9 +129,29 @@ def exact_sampler(comm: hessntk.distributed.Communicator) -> dict:
     return {"HV": H @ torch.ones(H.shape[0], dtype=torch.float64), "loss": H.loss}
 
 
+def unequal_memory(comm: hessntk.distributed.Communicator) -> dict:
+    """The ranks see different free memory: the default SLQ groups are sized by the least
+    (rank 1's room for one probe), so that both run the same groups with the same numbers."""
+    import hessntk._memory
+
+    H = _mlp_operator(comm)
+    per_probe = 8 * H.shape[0] * 6  # float64 basis of 6 steps
+    free = 10**10 if comm.rank == 0 else 4 * per_probe + 3  # a quarter: one probe
+    hessntk._memory.host_memory = lambda: free
+    widths: list[int] = []
+    product = H._matmat
+    H._matmat = lambda V: (widths.append(V.shape[1]), product(V))[1]
+    d = hessntk.slq(H, num_probes=3, num_matvecs=6, seed=1)
+    slq_widths = list(widths)
+    widths.clear()  # Hutchinson: 3 float64 vectors a probe, 2 probes a group on rank 1
+    t = hessntk.trace(H, num_matvecs=6, method="hutchinson", seed=1)
+    return {"widths": slq_widths, "nodes": torch.from_numpy(d.nodes),
+            "trace_widths": list(widths), "trace": t.value}
+
+
 JOBS = {f.__name__: f for f in (core, rank_exits, rank_stalls, other_parameters, same_data,
                                 other_vectors, nan_on_one_rank, padding_sampler,
-                                exact_sampler)}
+                                exact_sampler, unequal_memory)}
 
 
 def main() -> None:

@@ -167,6 +167,25 @@ def test_memory_budgets_reach_the_spectral_core(relu_case) -> None:
         hessian.block_density(op, num_probes=2, num_matvecs=8, max_basis_bytes=8)
 
 
+def test_block_density_runs_the_lockstep_pass_it_chose(relu_case, monkeypatch) -> None:
+    # the default budget is read once: memory taken between that reading and the pass's own
+    # Lanczos (its start vectors) must not turn the chosen pass into a refusal
+    import hessntk._memory
+
+    model, loss, batches, _ = relu_case
+    op = HessianOperator(model, loss, batches, blocks="layer")
+    lockstep = 8 * op.shape[0] * 8 * 2 * len(op.blocks)
+    readings = []
+
+    def shrinking() -> int:  # 4 KiB fewer free at every later reading
+        readings.append(1)
+        return 4 * lockstep - 4096 * (len(readings) - 1)
+
+    monkeypatch.setattr(hessntk._memory, "host_memory", shrinking)
+    dens = hessian.block_density(op, num_probes=2, num_matvecs=8)
+    assert list(dens) == list(op.blocks) and readings == [1]
+
+
 def test_unravel_eigenvectors(tanh_case) -> None:
     model, loss, batches, _ = tanh_case
     op = HessianOperator(model, loss, batches)
