@@ -747,15 +747,41 @@ class ParamWatch:
             )
 
 
+def describe(tree: Any, of: Callable[[torch.Tensor], str]) -> str:
+    """``of`` every tensor of a tree, for messages: ``{input_ids: int64}``."""
+    if isinstance(tree, torch.Tensor):
+        return of(tree)
+    if isinstance(tree, Mapping):
+        return "{" + ", ".join(f"{k}: {describe(v, of)}" for k, v in tree.items()) + "}"
+    if isinstance(tree, (tuple, list)):
+        return "(" + ", ".join(describe(v, of) for v in tree) + ")"
+    return type(tree).__name__
+
+
 def dtypes(tree: Any) -> str:
     """The dtypes of a tree of tensors, for messages: ``{input_ids: int64}``."""
-    if isinstance(tree, torch.Tensor):
-        return str(tree.dtype).replace("torch.", "")
-    if isinstance(tree, Mapping):
-        return "{" + ", ".join(f"{k}: {dtypes(v)}" for k, v in tree.items()) + "}"
-    if isinstance(tree, (tuple, list)):
-        return "(" + ", ".join(dtypes(v) for v in tree) + ")"
-    return type(tree).__name__
+    return describe(tree, lambda t: str(t.dtype).replace("torch.", ""))
+
+
+def forward_error(err: Exception, what: str, inputs: Any, targets: Any = None) -> Exception:
+    """torch's raw error of a forward or loss (a shape mismatch, a class index out of range)
+    with what failed and the shapes it was given, as the same exception type.
+
+    Examples
+    --------
+    >>> err = forward_error(RuntimeError("shapes differ"), "batch 0", torch.ones(2, 3))
+    >>> str(err).split(". ")[1]
+    'Check that the inputs (2, 3) are what the model and its loss take.'
+    """
+    shown = f"inputs {describe(inputs, lambda t: str(tuple(t.shape)))}"
+    if targets is not None:
+        shown += f" and targets {describe(targets, lambda t: str(tuple(t.shape)))}"
+    message = (f"Evaluating the loss of {what} failed: {str(err).rstrip('.')}. Check that "
+               f"the {shown} are what the model and its loss take.")
+    try:
+        return type(err)(message)
+    except TypeError:  # an exception type that takes other arguments
+        return RuntimeError(message)
 
 
 def dtype_error(err: RuntimeError, what: str, inputs: Any, dtype: torch.dtype,

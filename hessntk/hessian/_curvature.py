@@ -29,6 +29,7 @@ from hessntk._model import (
     check_eval_mode,
     check_finite,
     dtype_error,
+    forward_error,
     iter_batches,
     ravel_params,
     select_params,
@@ -206,11 +207,10 @@ class _CurvatureOperator(ParamBlocks, LinearOperator):
                 x, y = to_device(x, self.device), to_device(y, self.device)
                 try:
                     loss = self._loss(self._primals, x, y)
-                except RuntimeError as err:
-                    clear = dtype_error(err, f"batch {i}", x, self.dtype, y)
-                    if clear is None:
-                        raise
-                    raise clear from err
+                except (RuntimeError, IndexError) as err:
+                    clear = dtype_error(err, f"batch {i}", x, self.dtype, y) if isinstance(
+                        err, RuntimeError) else None
+                    raise (clear or forward_error(err, f"batch {i}", x, y)) from err
                 _check_loss(loss, i)
                 if i == 0:
                     _warn_loss_dtype(loss, self.dtype, self.loss_fn is None)

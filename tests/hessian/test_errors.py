@@ -59,6 +59,19 @@ def test_non_finite_parameters_are_refused_by_name(cls: type) -> None:
         cls(model, nn.MSELoss(), _data())
 
 
+def test_a_failing_forward_names_the_batch_and_its_shapes() -> None:
+    # torch's own "mat1 and mat2 shapes cannot be multiplied" / "Target 4 is out of bounds"
+    # used to arrive without saying which batch or what it held
+    x, y = _data(8)
+    with pytest.raises(RuntimeError, match=r"loss of batch 1 failed: mat1 and mat2 shapes.*"
+                                           r"inputs \(4, 2\) and targets \(4, 2\)"):
+        HessianOperator(mlp(), nn.MSELoss(), [(x[:4], y[:4]), (x[4:, :2], y[4:])])
+    labels = torch.tensor([0, 1, 4, 1, 0, 1])
+    with pytest.raises(IndexError, match=r"loss of batch 0 failed: Target 4 is out of bounds\. "
+                                         r"Check that the inputs \(6, 3\) and targets \(6,\)"):
+        HessianOperator(mlp(), nn.CrossEntropyLoss(), (_data()[0], labels))
+
+
 def test_non_finite_product_names_the_batch() -> None:
     # finite loss, infinite curvature: sqrt has an infinite second derivative at 0
     model, (x, y) = mlp(), _data(4)
