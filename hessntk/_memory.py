@@ -90,6 +90,15 @@ def budget_of(max_memory: int | float | None, free: Callable[[], int],
     return memory_budget(max_memory, name=name), "as given"
 
 
+def operator_budget(op: Any, max_memory: int | float | None,
+                    free: Callable[[], int] | None = None,
+                    name: str = "max_memory") -> tuple[int, str]:
+    """:func:`budget_of` for a linear operator: the default from the free memory of its
+    device (or ``free``), the least over its ranks for a data-parallel one."""
+    return budget_of(max_memory, free or op._xp.free_memory, name,
+                     getattr(op, "communicator", None))
+
+
 #: Bytes a group of probes (or unit vectors, Lanczos bases) may take by default when the
 #: default budget (a quarter of the free memory) allows: a fixed figure, so that the groups,
 #: and with them the bits of an estimate (products of ``k`` vectors are not bitwise those of

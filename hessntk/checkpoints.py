@@ -55,7 +55,7 @@ def load_checkpoint(source: Checkpoint) -> dict[str, torch.Tensor]:
             except (PermissionError, FileNotFoundError, MemoryError):
                 raise  # the file system's or the host's trouble, not the file's content
             except Exception as err:  # noqa: BLE001 - any unpickling failure means refuse
-                text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+                text = _plain(err)
                 if not _REFUSED_OBJECT.search(text):  # not a refused object: a bad file
                     raise ValueError(
                         f"Could not read checkpoint {path!r}: the file is corrupt, truncated "
@@ -122,9 +122,14 @@ def _first_sentence(err: BaseException, text: str) -> str:
     return f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
 
 
+def _plain(err: BaseException) -> str:
+    """torch's message without its terminal colours."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+
+
 def _unpickling_reason(err: BaseException) -> str:
     """The gist of torch's weights-only refusal, without its advice and terminal colours."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    text = _plain(err)
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if found:
         return f"it needs {found.group(1)}"

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.linalg
 
 from hessntk._checks import count, positive, refuse_low_precision
-from hessntk._memory import MemoryBudgetError, budget_of, format_bytes
+from hessntk._memory import MemoryBudgetError, format_bytes, operator_budget
 from hessntk._progress import progress
 from hessntk.spectral._backend import Array, itemsize
 from hessntk.spectral._threads import single_threaded_host_blas
@@ -341,8 +341,8 @@ def eigsh(
 def _check_memory(op: LinearOperator, ncv: int, k: int, stored: Any, max_memory: int | None
                   ) -> None:
     """Refuse a Krylov basis (and the step's float64 vectors) beyond the budget."""
-    xp, n = op._xp, op.shape[0]
-    budget, allowed = budget_of(max_memory, xp.free_memory, comm=getattr(op, "communicator", None))
+    n = op.shape[0]
+    budget, allowed = operator_budget(op, max_memory)
     need = ((ncv + 1) * itemsize(stored) + STEP_VECTORS * 8) * n
     if need <= budget:
         return

@@ -10,7 +10,7 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
 from hessntk._checks import count, refuse_low_precision
-from hessntk._memory import MemoryBudgetError, budget_of, format_bytes, host_memory
+from hessntk._memory import MemoryBudgetError, format_bytes, host_memory, operator_budget
 from hessntk._progress import progress
 from hessntk.spectral._backend import Array, itemsize
 from hessntk.spectral._threads import single_threaded_host_blas
@@ -381,10 +381,10 @@ def basis_budget(op: LinearOperator, on: Any, max_basis_bytes: int | None) -> tu
     """Bytes a Lanczos basis may take (``max_basis_bytes``, or a quarter of the free memory
     where it lives: the operator's device, or the host for ``basis_device="cpu"``; for a
     data-parallel operator the least over its ranks, so that all size and refuse alike) and
-    how a refusal names that budget (:func:`hessntk._memory.budget_of`)."""
-    free = host_memory if on is not None and on.type == "cpu" else op._xp.free_memory
-    return budget_of(max_basis_bytes, free, "max_basis_bytes",
-                     getattr(op, "communicator", None))
+    how a refusal names that budget (:func:`hessntk._memory.operator_budget`)."""
+    on_host = on is not None and on.type == "cpu"
+    return operator_budget(op, max_basis_bytes, host_memory if on_host else None,
+                           "max_basis_bytes")
 
 
 #: Reorthogonalisation options of :func:`lanczos` and :func:`hessntk.spectral.slq`.

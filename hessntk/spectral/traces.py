@@ -17,7 +17,7 @@ import numpy as np
 import scipy.linalg
 
 from hessntk._checks import count
-from hessntk._memory import MemoryBudgetError, budget_of, format_bytes, group_size
+from hessntk._memory import MemoryBudgetError, format_bytes, group_size, operator_budget
 from hessntk.spectral._backend import Array, Backend, itemsize
 from hessntk.spectral._threads import single_threaded_host_blas
 from hessntk.spectral.operators import LinearOperator, matmat_checked, matmat_float64
@@ -95,8 +95,8 @@ def trace(
         operator). "hutchinson" (and "exact", by unit vectors)
         takes its probes in groups of at most ``max_memory`` bytes, or with the default of
         at most ``hessntk._memory.DEFAULT_GROUP_BYTES`` (2 GiB) where a quarter of the free
-        memory allows it: a fixed size, so the numbers do not move with the free memory wherever
-        8 GiB are free (other groupings agree to the products' rounding). The others
+        memory allows it: a fixed size, so the numbers do not move with the free memory
+        wherever 8 GiB are free (other groupings agree to the products' rounding). The others
         hold, with ``s`` bytes per entry of the operator's dtype: "xtrace" ``2 m n s``
         bytes (four ``n x m/2`` arrays), "hutchpp" about ``4/3 m n s``, "xnystrace"
         ``32 m n`` (float64), and are refused with the fixes when that exceeds
@@ -161,7 +161,7 @@ def trace(
     index = _as_blocks(blocks, n)
     rng = as_generator(seed)
     xp = op._xp
-    budget, allowed = budget_of(max_memory, xp.free_memory, comm=getattr(op, "communicator", None))
+    budget, allowed = operator_budget(op, max_memory)
     per = 2 * n * itemsize(xp.float64 if method == "exact" else op.dtype)
     group = 1
     if method in ("hutchinson", "exact"):  # probes or unit vectors in groups
@@ -251,7 +251,7 @@ def diagonal(
         raise ValueError(f"Expected {lo} <= num_matvecs <= n = {n}; got {num_matvecs}.")
     xp = op._xp
     rng = as_generator(seed)
-    budget, allowed = budget_of(max_memory, xp.free_memory, comm=getattr(op, "communicator", None))
+    budget, allowed = operator_budget(op, max_memory)
     group = _check_diagonal_memory(op, method, m, budget, allowed, max_memory)
     moments = _RunningMoments(xp, n)
     if method == "hutchpp":
